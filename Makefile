@@ -1,0 +1,47 @@
+# autolora: set-up, tests, runs. `make install` is idempotent; `make test` and `make run` install first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# On a machine without an NVIDIA GPU, torch comes from PyTorch's CPU index (or a local +cpu wheel
+# where pip is configured with one): a plain `pip install torch` would pull the multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+PYTEST_FAST := -m "not slow and not gpu and not network"
+
+.PHONY: install test test-slow test-all lint run smoke clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PY) -m pip install -q "torch>=2.2"; \
+	else \
+	  $(PY) -m pip install -q --retries 1 --timeout 20 "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
+	fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_FAST)
+
+test-slow: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "slow and not gpu and not network"
+
+test-all: install
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not gpu and not network"
+
+lint: install
+	$(VENV)/bin/ruff check src tests
+
+# The embedded default: MiniLM (offline) on the packaged SST-2 sample, AutoLoRA search then retrain.
+run: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autolora-run $(ARGS)
+
+# Seconds on CPU: the whole pipeline on a random 2-layer model.
+smoke: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/autolora-run debug=tiny
+
+clean:
+	rm -rf outputs multirun .pytest_cache

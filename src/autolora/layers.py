@@ -1,0 +1,164 @@
+"""Selectable-rank LoRA: a frozen base projection plus K rank-1 components per output *part*.
+
+PAPER §1: h = W x + s · Σ_j g_j · B[:, j] A[j, :] x, with the gate g = normalise(alpha) during the
+search and g = 1 for plain (fixed-rank) LoRA. A fused projection (GPT-2's ``c_attn``) holds one
+part per adapted slice (``q``, ``v``); the untouched slices (``k``) pass through bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+ALPHA_NORMS = ("softmax", "none", "sigmoid")
+WHOLE = "all"  # part name of an adapter that covers the full output of its module
+
+
+def normalise(alpha: Tensor, alpha_norm: str) -> Tensor:
+    """The gate the forward pass multiplies each rank-1 component by (PAPER §1, ablations §5)."""
+    if alpha_norm == "softmax":  # the paper: alpha on the simplex
+        return torch.softmax(alpha, dim=-1)
+    if alpha_norm == "sigmoid":  # ablation: element-wise gate in (0, 1)
+        return torch.sigmoid(alpha)
+    if alpha_norm == "none":  # ablation: unconstrained
+        return alpha
+    raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
+
+
+def initial_alpha(k: int, alpha_norm: str) -> Tensor:
+    """Raw alpha such that the gate starts neutral: uniform 1/k (softmax, none) or 0.5 (sigmoid)."""
+    if alpha_norm == "none":
+        return torch.full((k,), 1.0 / k)
+    if alpha_norm in ("softmax", "sigmoid"):
+        return torch.zeros(k)
+    raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One adapted output slice ``[start, stop)`` of a projection, with its number of components."""
+
+    name: str
+    start: int
+    stop: int
+    rank: int
+
+
+def projection_shape(base: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an ``nn.Linear`` or a GPT-2 ``Conv1D`` (weight stored (in, out))."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    if isinstance(base, Conv1D):
+        in_features, out_features = base.weight.shape
+        return in_features, out_features
+    raise TypeError(f"LoRA wraps nn.Linear or transformers Conv1D, not {type(base).__name__}")
+
+
+class LoRAPart(nn.Module):
+    """K rank-1 components for one output slice: delta(x) = scale · (x Aᵀ ⊙ g) Bᵀ."""
+
+    def __init__(self, spec: PartSpec, in_features: int, scale: float, alpha_norm: str | None):
+        super().__init__()
+        self.start, self.stop, self.scale, self.alpha_norm = spec.start, spec.stop, scale, alpha_norm
+        self.A = nn.Parameter(torch.empty(spec.rank, in_features))  # (K, in)
+        self.B = nn.Parameter(torch.zeros(spec.stop - spec.start, spec.rank))  # (out_part, K)
+        nn.init.kaiming_uniform_(self.A, a=5**0.5)  # as peft/LoRA: A random, B zero, so delta = 0 at init
+        self.alpha = None if alpha_norm is None else nn.Parameter(initial_alpha(spec.rank, alpha_norm))
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def gate(self) -> Tensor | None:
+        """normalise(alpha), or None for plain LoRA (all gates one)."""
+        return None if self.alpha is None else normalise(self.alpha, self.alpha_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = F.linear(x, self.A)  # (..., K): never materialises the (out, in) update
+        gate = self.gate()
+        if gate is None:
+            return F.linear(hidden, self.B) * self.scale
+        return F.linear(hidden * (gate * self.scale).to(hidden.dtype), self.B)
+
+    def delta_weight(self) -> Tensor:
+        """The dense update scale · B diag(g) A, shape (out_part, in); used by merge() and tests only."""
+        gate = self.gate()
+        scaled_b = self.B * (self.scale if gate is None else gate * self.scale)  # scales B's columns
+        return scaled_b @ self.A
+
+
+class SelectableLoRA(nn.Module):
+    """A frozen projection plus one ``LoRAPart`` per adapted slice; ``base`` runs unchanged."""
+
+    def __init__(
+        self,
+        base: nn.Module,
+        parts: Sequence[PartSpec],
+        *,
+        lora_alpha: float,
+        dropout: float,
+        alpha_norm: str | None,
+    ):
+        """alpha_norm None builds plain LoRA (scale lora_alpha / rank); otherwise search mode."""
+        super().__init__()
+        in_features, out_features = projection_shape(base)
+        ordered = sorted(parts, key=lambda p: p.start)
+        for prev, spec in zip([None, *ordered], ordered, strict=False):
+            if not 0 <= spec.start < spec.stop <= out_features or spec.rank < 1:
+                raise ValueError(f"bad LoRA part {spec} for a projection with {out_features} outputs")
+            if prev is not None and spec.start < prev.stop:
+                raise ValueError(f"LoRA parts {prev.name!r} and {spec.name!r} overlap")
+        self.base = base
+        self.in_features, self.out_features = in_features, out_features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.parts = nn.ModuleDict(
+            {spec.name: LoRAPart(spec, in_features, lora_alpha / spec.rank, alpha_norm) for spec in ordered}
+        )
+        self.merged = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        x = self.dropout(x)
+        pieces, pos = [], 0
+        for part in self.parts.values():
+            if part.start > pos:
+                pieces.append(out[..., pos : part.start])  # untouched slice (e.g. k of c_attn)
+            pieces.append(out[..., part.start : part.stop] + part(x).to(out.dtype))
+            pos = part.stop
+        if pos < self.out_features:
+            pieces.append(out[..., pos:])
+        # out of place: never write into a view that autograd still needs
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+
+    def ranks(self) -> dict[str, int]:
+        """Actual number of components per part, read off the parameters."""
+        return {name: part.rank for name, part in self.parts.items()}
+
+    @torch.no_grad()
+    def _add_deltas(self, sign: float) -> None:
+        weight = self.base.weight
+        for part in self.parts.values():
+            delta = part.delta_weight().to(weight.dtype) * sign  # (out_part, in)
+            if isinstance(self.base, Conv1D):  # Conv1D stores (in, out): the one place layout matters
+                weight[:, part.start : part.stop] += delta.T
+            else:
+                weight[part.start : part.stop, :] += delta
+
+    def merge(self) -> None:
+        """Fold the update into the base weight (inference); forward then runs the base alone."""
+        if not self.merged:
+            self._add_deltas(+1.0)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo merge() (up to rounding) so the adapter trains again."""
+        if self.merged:
+            self._add_deltas(-1.0)
+            self.merged = False

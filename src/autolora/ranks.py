@@ -1,0 +1,121 @@
+"""Rank selection (PAPER §3): threshold the gates the forward pass uses, save/load, export to peft.
+
+The only way ranks travel from the search to the retrain is ``ranks.json`` (or the same mapping in
+memory within one run). Unlike the released code, we threshold exactly ``normalise(alpha)``, the
+gate of the forward pass, not the raw vector divided by its sum.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autolora.files import write_json
+
+# Gates are float32 on the device; a gate equal to the threshold up to float32 rounding (1/3 as
+# float32 vs 1/3 as float64, say) counts as reaching it.
+TIE_TOLERANCE = 1e-6
+FORMAT_VERSION = 1
+
+
+class RanksFileError(ValueError):
+    """A ranks file that cannot be used; the message names the file and the key."""
+
+
+def default_threshold(k: int, alpha_norm: str) -> float:
+    """1/k on the simplex (the paper); 0.5 for the sigmoid ablation."""
+    return 0.5 if alpha_norm == "sigmoid" else 1.0 / k
+
+
+def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 0) -> dict[str, int]:
+    """rank_l = #{j : gate_l^j >= threshold}, raised to min_rank; rank 0 means the matrix gets no LoRA."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    ranks = {}
+    for name, gate in gates.items():
+        kept = sum(1 for g in gate if float(g) >= threshold * (1.0 - TIE_TOLERANCE))
+        ranks[name] = min(len(gate), max(kept, min_rank))
+    return ranks
+
+
+def save(
+    run_dir: Path, ranks: Mapping[str, int], gates: Mapping[str, Sequence[float]], metadata: Mapping[str, Any]
+) -> Path:
+    """Write ranks.json (ranks, gates and provenance) and alpha.json (the gates alone); return ranks.json."""
+    if set(ranks) != set(gates):
+        raise ValueError("ranks and gates must name the same matrices")
+    gates = {name: [float(g) for g in gate] for name, gate in gates.items()}
+    payload = {"format_version": FORMAT_VERSION, **metadata, "ranks": dict(ranks), "alpha": gates}
+    write_json(Path(run_dir) / "alpha.json", gates)
+    write_json(Path(run_dir) / "ranks.json", payload)
+    return Path(run_dir) / "ranks.json"
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ranks.json written by save(); returns the whole payload."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RanksFileError(f"{path}: no such ranks file") from None
+    except json.JSONDecodeError as err:
+        raise RanksFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    ranks = payload.get("ranks") if isinstance(payload, dict) else None
+    if not isinstance(ranks, dict) or not ranks:
+        raise RanksFileError(f"{path}: key 'ranks' must be a non-empty mapping of matrix name to rank")
+    for name, rank in ranks.items():
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank!r} is not a non-negative integer")
+    return payload
+
+
+def module_ranks(ranks: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Group public names by module: {'…c_attn': {'q': 3, 'v': 5}, '…query': {'all': 4}}."""
+    grouped: dict[str, dict[str, int]] = {}
+    for name, rank in ranks.items():
+        module, _, part = name.partition(":")
+        grouped.setdefault(module, {})[part or "all"] = rank
+    return grouped
+
+
+def peft_config(
+    ranks: Mapping[str, int],
+    *,
+    lora_alpha: float,
+    dropout: float,
+    modules_to_save: Sequence[str],
+    task_type: str | None,
+    fan_in_fan_out: bool,
+):
+    """A peft LoraConfig that rebuilds exactly these ranks; rank-0 matrices are left out.
+
+    Keys of rank_pattern/alpha_pattern are the escaped full module path, so peft's match
+    ``(.*\\.)?(key)$`` hits one module only. A fused projection with several adapted slices becomes one
+    peft adapter of rank sum(ranks) with block-structured B (see export.py), scaling 1 (alpha = rank).
+    """
+    from peft import LoraConfig
+
+    rank_pattern, alpha_pattern = {}, {}
+    for module, parts in module_ranks(ranks).items():
+        total = sum(parts.values())
+        if total == 0:
+            continue
+        key = re.escape(module)
+        rank_pattern[key] = total
+        alpha_pattern[key] = float(total) if list(parts) != ["all"] else float(lora_alpha)
+    if not rank_pattern:
+        raise ValueError("every rank is 0: there is no adapter to export")
+    return LoraConfig(
+        r=max(rank_pattern.values()),
+        lora_alpha=lora_alpha,
+        lora_dropout=dropout,
+        target_modules=[m for m, p in module_ranks(ranks).items() if sum(p.values()) > 0],
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        modules_to_save=list(modules_to_save) or None,
+        task_type=task_type,
+        fan_in_fan_out=fan_in_fan_out,
+    )

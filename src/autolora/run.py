@@ -1,0 +1,394 @@
+"""Hydra entrypoint (`autolora-run`): search -> threshold -> retrain -> evaluate -> run directory.
+
+The only place that sees a DictConfig: it builds the frozen dataclasses of each module, checks the
+model/task pair, then connects the steps. Bad input ends the run with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from autolora import export, ranks as ranks_io
+from autolora.files import write_atomic, write_json, write_text
+from autolora.inject import RankKeyError, TargetConfig, check_rank_keys, inject, target_names
+from autolora.models import ModelConfig, load_model, load_tokenizer, resolve_location
+from autolora.search import SearchConfig, search
+from autolora.tasks import build_task
+from autolora.tasks.base import DataConfig, DataError, search_split
+from autolora.tracking import LoggerConfig, open_tracker
+from autolora.train import RetrainConfig, train
+
+METHODS = ("autolora", "lora")
+PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message names the key."""
+
+
+USER_ERRORS = (ConfigError, DataError, RankKeyError, ranks_io.RanksFileError, FileNotFoundError)
+
+
+def config_dir() -> Path:
+    """conf/ inside the installed package (wheel), else the repository's conf/ (editable checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no conf/config.yaml next to {here} or in the repository root")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs, checked before any heavy work."""
+
+    method: str
+    seed: int
+    device: torch.device
+    precision: str  # fp32 | bf16 (resolved from auto)
+    log_every: int
+    progress: bool
+    lora_r: int
+    model: ModelConfig
+    data: DataConfig
+    search: SearchConfig
+    retrain: RetrainConfig
+    logger: LoggerConfig
+
+
+def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg[key], resolve=True)
+
+
+def build_settings(cfg: DictConfig) -> Settings:
+    """DictConfig -> frozen dataclasses; any invalid value becomes a ConfigError naming its key."""
+    try:
+        if cfg.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}")
+        if cfg.lora.r < 1:
+            raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
+        if cfg.log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {cfg.log_every}")
+        model = _node(cfg, "model")
+        targets = model.pop("targets")
+        model = ModelConfig(
+            **{**model, "head_modules": tuple(model["head_modules"])},
+            targets=TargetConfig(tuple(targets["modules"]), tuple(targets["split"]), tuple(targets["parts"])),
+        )
+        device = resolve_device(cfg.device)
+        return Settings(
+            method=cfg.method, seed=cfg.seed, device=device, precision=resolve_precision(cfg.precision, device),
+            log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
+            data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
+            retrain=RetrainConfig(**_node(cfg, "retrain")), logger=LoggerConfig(**_node(cfg, "logger")),
+        )
+    except (ValueError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when visible, else cpu; asking for an absent CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto -> bf16 autocast on CUDA, fp32 on CPU."""
+    if name not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision must be auto, fp32 or bf16, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def autocast_for(settings: Settings):
+    """A factory of autocast contexts for the forward passes (bf16) or of no-op contexts (fp32)."""
+    if settings.precision == "fp32":
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=settings.device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (the search split takes it explicitly)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    """The checkout's commit (with -dirty for local changes), or 'unknown' outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "datasets": datasets.__version__}
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Mark the directory as this run's; a directory that already holds a run is never reused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(run_dir / ".autolora-run", "x") as marker:
+            marker.write(f"{time.time()}\n")
+    except FileExistsError:
+        raise ConfigError(f"{run_dir} already holds a run; choose another hydra.run.dir") from None
+
+
+def check_compatible(model: ModelConfig, task) -> None:
+    """The model/task rule: generation tasks need a decoder; classifiers need a head to train."""
+    if task.head == "causal_lm" and model.kind != "decoder":
+        raise ConfigError(f"task {task.name} generates text: it needs a decoder model, not {model.name}")
+    if task.head != "causal_lm" and not model.head_modules:
+        raise ConfigError(f"model.head_modules is empty: task {task.name} needs its classifier head trained")
+
+
+class Job:
+    """One run: the settings, the task and its data, the tracker and the run directory."""
+
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev):
+        self.settings, self.task, self.run_dir = settings, task, run_dir
+        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # dev/train: tokenised datasets
+        self.autocast = autocast_for(settings)
+        self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
+
+    def loader(self, dataset, batch_size: int, shuffle: bool, seed_offset: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.settings.seed + seed_offset)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          collate_fn=self.task.collate(self.tokenizer), pin_memory=self.settings.device.type == "cuda")
+
+    def fresh_model(self):
+        return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                          self.settings.seed).to(self.settings.device)
+
+    def evaluate(self, model) -> dict[str, float]:
+        dev = self.loader(self.dev, 2 * self.settings.retrain.batch_size, shuffle=False)
+        return self.task.evaluate(model, dev, device=self.settings.device, autocast=self.autocast)
+
+    def run_search(self, tracker) -> tuple[dict[str, int], dict[str, list[float]], dict[str, Any]]:
+        """Search on D_tr/D_val, threshold, save ranks.json; returns (ranks, gates, phase record)."""
+        s = self.settings.search
+        start = time.perf_counter()
+        model = self.fresh_model()
+        inject(model, self.settings.model.targets, {n: s.k for n in target_names(model, self.settings.model.targets)},
+               lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm, trainable_modules=self.heads)
+        tr_idx, val_idx = search_split(len(self.train), s.val_fraction, self.settings.seed)
+        gates = search(
+            model, self.loader(self.train.select(tr_idx), s.batch_size, True, 1),
+            self.loader(self.train.select(val_idx), s.batch_size, True, 2), s,
+            compute_loss=self.task.loss, autocast=self.autocast, device=self.settings.device,
+            log=tracker.log, log_every=self.settings.log_every, progress=self.settings.progress,
+        )
+        found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
+        record = {"dev": self.evaluate(model), "steps": s.epochs * -(-len(tr_idx) // s.batch_size),
+                  "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
+                  "wall_time_s": elapsed(start, self.settings.device), "threshold": s.selection_threshold}
+        ranks_io.save(self.run_dir, found, gates, {
+            "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
+            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank})
+        return found, gates, record
+
+    def run_retrain(self, ranks: Mapping[str, int], tracker):
+        """Fresh backbone and head, plain LoRA at `ranks`, train on the whole training set, evaluate."""
+        r = self.settings.retrain
+        start = time.perf_counter()
+        model = self.fresh_model()
+        inject(model, self.settings.model.targets, ranks, lora_alpha=r.lora_alpha, dropout=r.dropout,
+               alpha_norm=None, trainable_modules=self.heads)  # checks every module's actual rank
+        steps = train(model, self.loader(self.train, r.batch_size, True, 3), r, compute_loss=self.task.loss,
+                      autocast=self.autocast, device=self.settings.device, log=tracker.log,
+                      log_every=self.settings.log_every, progress=self.settings.progress)
+        record = {"dev": self.evaluate(model), "steps": steps, "n_train": len(self.train),
+                  "trainable_params": trainable(model), "wall_time_s": elapsed(start, self.settings.device)}
+        return model, record
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # phase boundary, not a hot loop
+    return round(time.perf_counter() - start, 3)
+
+
+def initial_ranks(job: Job) -> dict[str, int] | None:
+    """Ranks known before training: from search.ranks_file, or uniform lora.r; None means search."""
+    s = job.settings
+    if s.method == "lora":
+        probe = job.fresh_model()
+        return {name: s.lora_r for name in target_names(probe, s.model.targets)}
+    if s.search.ranks_file is None:
+        return None
+    payload = ranks_io.load(s.search.ranks_file)
+    check_rank_keys(target_names(job.fresh_model(), s.model.targets), payload["ranks"])
+    return payload["ranks"]
+
+
+def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
+    """The retrained adapter in peft format (plus the base weights when they are random-init)."""
+    r = job.settings.retrain
+    config = ranks_io.peft_config(ranks, lora_alpha=r.lora_alpha, dropout=r.dropout, modules_to_save=job.heads,
+                                  task_type=PEFT_TASK_TYPES[job.task.head],
+                                  fan_in_fan_out=job.settings.model.fan_in_fan_out)
+    cfg = job.settings.model
+    if cfg.is_random:
+        base_dir = job.run_dir / "base_model"
+        export.unwrap(model).save_pretrained(base_dir)
+        job.tokenizer.save_pretrained(base_dir)
+        config.base_model_name_or_path = str(base_dir)
+    else:
+        config.base_model_name_or_path = resolve_location(cfg.path)
+    peft_model = export.to_peft(model, config)
+    target = job.run_dir / "adapter"
+    staging = job.run_dir / ".adapter.tmp"
+    peft_model.save_pretrained(staging)
+    staging.rename(target)  # the folder appears complete or not at all
+    return target
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The whole pipeline for one composed config; returns the metrics written to metrics.json."""
+    datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
+    if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    settings = build_settings(cfg)
+    try:
+        task = build_task(_node(cfg, "task"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
+    check_compatible(settings.model, task)
+    claim_run_dir(run_dir)
+    seed_everything(settings.seed)
+    splits = task.load(settings.data)  # data errors surface here, before any model is loaded
+    tokenizer = load_tokenizer(settings.model)
+    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), task.encode(splits.dev, tokenizer))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    tracker = open_tracker(settings.logger, run_dir, resolved, run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
+    record: dict[str, Any] = {
+        "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
+        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
+        "device": device_name(settings.device), "precision": settings.precision, "git_commit": git_commit(),
+        "versions": versions(), "command": " ".join(sys.argv),
+    }
+    try:
+        ranks = initial_ranks(job)
+        if ranks is None:
+            ranks, _, record["search"] = job.run_search(tracker)
+        else:
+            record["ranks_file"] = settings.search.ranks_file
+        model, record["retrain"] = job.run_retrain(ranks, tracker)
+        record["ranks"] = dict(ranks)
+        record["adapter"] = str(save_adapter(job, model, ranks))
+        figure_path = save_rank_figure(job, ranks)
+        record["figures"] = [str(figure_path)]
+        write_json(run_dir / "metrics.json", record)
+        tracker.summary(flat_summary(record), ranks)
+    finally:
+        tracker.close()
+    print(summary_text(record, run_dir), flush=True)
+    return record
+
+
+def save_rank_figure(job: Job, ranks: Mapping[str, int]) -> Path:
+    from autolora.figures import plt, rank_heatmap
+
+    k = job.settings.search.k if job.settings.method == "autolora" else job.settings.lora_r
+    fig = rank_heatmap(ranks, k, f"{job.task.name} · {job.settings.model.name} · {job.settings.method}")
+    path = job.run_dir / "ranks.png"
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+    return path
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def flat_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for phase in ("search", "retrain"):
+        for key, value in record.get(phase, {}).get("dev", {}).items():
+            out[f"{phase}/dev_{key}"] = value
+        if phase in record:
+            out[f"{phase}/wall_time_s"] = record[phase]["wall_time_s"]
+    return out
+
+
+def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
+    """The one-screen summary printed at the end of a run."""
+    from autolora.figures import rank_grid
+
+    main = record["main_metric"]
+    lines = [f"autolora-run  {record['task']} · {record['model']} · {record['method']} · seed {record['seed']}"
+             f"  ({record['device']}, {record['precision']})",
+             f"data     {record['data']}: {record['n_train']} train / {record['n_dev']} dev"]
+    if "search" in record:
+        s = record["search"]
+        lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; dev {main} {s['dev'][main]:.4f};"
+                     f" threshold {s['threshold']:.4g}")
+    kinds, layers, grid = rank_grid(record["ranks"])
+    lines.append("ranks    layer " + " ".join(f"{layer:>3}" for layer in layers))
+    for kind, row in zip(kinds, grid, strict=True):
+        lines.append(f"         {kind:<5} " + " ".join("  -" if np.isnan(v) else f"{int(v):>3}" for v in row))
+    values = list(record["ranks"].values())
+    lines.append(f"         mean rank {np.mean(values):.2f}, {sum(v == 0 for v in values)} of {len(values)} matrices without LoRA")
+    r = record["retrain"]
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in r["dev"].items())
+    lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; dev {scores}; {r['trainable_params']:,} trainable params")
+    lines.append(f"run dir  {run_dir}")
+    return "\n".join(lines)
+
+
+def _job(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except USER_ERRORS as err:
+        print(f"autolora-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
+    hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_job)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The bilevel search loop (PAPER §2): per step, a hypergradient step on alpha and an AdamW step on W.
+
+Each step evaluates the hypergradient on one D_tr batch and one D_val batch, updates alpha with its
+own AdamW, then updates W with the look-ahead's training gradient ∇_W L_tr(W, alpha) (computed before
+alpha moved; DARTS recomputes it after, one more forward/backward for an O(alpha_lr) difference).
+Losses stay on the device; the host reads them only every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from autolora.hypergrad import HYPERGRADS, LossFn, hypergradient
+from autolora.inject import gates, split_params
+from autolora.layers import ALPHA_NORMS
+from autolora.ranks import default_threshold
+from autolora.tasks.base import Batch, to_device
+
+ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The `search` config group (conf/search/*.yaml); every value comes from there."""
+
+    k: int  # components per matrix before selection (the initial rank)
+    alpha_norm: str  # softmax (paper) | none | sigmoid (ablations)
+    hypergrad: str  # fd (finite difference, PAPER §2) | exact (double backward)
+    eta: float  # look-ahead learning rate; 0 = first order
+    fd_eps: float  # eps = fd_eps / ‖v‖
+    lr: float  # AdamW learning rate of W (LoRA factors and head)
+    alpha_lr: float  # AdamW learning rate of alpha
+    weight_decay: float
+    alpha_weight_decay: float
+    warmup_ratio: float
+    epochs: int
+    batch_size: int
+    val_fraction: float  # share of the training set held out as D_val
+    lora_alpha: float  # peft's scaling numerator: scale = lora_alpha / k
+    dropout: float
+    threshold: float | None  # None: default_threshold(k, alpha_norm)
+    min_rank: int
+    max_grad_norm: float | None
+    ranks_file: str | None  # retrain with these ranks and skip the search
+
+    def __post_init__(self):
+        checks = [
+            (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
+            (self.alpha_norm in ALPHA_NORMS, f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
+            (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
+            (self.eta >= 0, f"search.eta must be >= 0, got {self.eta}"),
+            (self.fd_eps > 0, f"search.fd_eps must be > 0, got {self.fd_eps}"),
+            (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"search.batch_size must be >= 1, got {self.batch_size}"),
+            (0 < self.val_fraction < 1, f"search.val_fraction must lie in (0, 1), got {self.val_fraction}"),
+            (self.threshold is None or 0 < self.threshold <= 1, f"search.threshold must lie in (0, 1], got {self.threshold}"),
+            (0 <= self.min_rank <= self.k, f"search.min_rank must lie in [0, k={self.k}], got {self.min_rank}"),
+            (0 <= self.warmup_ratio < 1, f"search.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def selection_threshold(self) -> float:
+        return default_threshold(self.k, self.alpha_norm) if self.threshold is None else self.threshold
+
+
+def batch_loss(model: nn.Module, compute_loss: ComputeLoss, batch: Batch, autocast: Callable) -> LossFn:
+    """L(params) on one batch, with the model's parameters substituted by name.
+
+    Every call replays the same random state, so the dropout masks are identical in the passes at
+    W, W' and W ± eps·v: the finite difference then differences one function, not two noisy draws.
+    """
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    seed = int(torch.randint(2**62, (1,)))  # CPU generator: no device sync
+    device = next(iter(inputs.values())).device
+    devices = [device.index or 0] if device.type == "cuda" else []
+
+    def loss(params: dict[str, Tensor]) -> Tensor:
+        with torch.random.fork_rng(devices=devices, device_type=device.type):
+            torch.manual_seed(seed)
+            with autocast():
+                outputs = torch.func.functional_call(model, params, args=(), kwargs=inputs, strict=False)
+            return compute_loss(outputs, batch)
+
+    return loss
+
+
+def _cycle(loader: Iterable) -> Iterator:
+    while True:
+        yield from loader
+
+
+def apply_grads(optimizer: torch.optim.Optimizer, params: Iterable[Tensor], grads: Iterable[Tensor], max_norm) -> None:
+    """Install gradients, clip them (no host sync: foreach, non-finite check off) and step."""
+    params = list(params)
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad
+    if max_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def alpha_entropy(gate: Tensor) -> Tensor:
+    """Entropy of a gate vector normalised to sum one (log k = undecided, 0 = one component)."""
+    p = gate.clamp_min(0)
+    p = p / p.sum().clamp_min(1e-12)
+    return -(p * p.clamp_min(1e-12).log()).sum()
+
+
+def search(
+    model: nn.Module,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch],
+    cfg: SearchConfig,
+    *,
+    compute_loss: ComputeLoss,
+    autocast: Callable,
+    device: torch.device,
+    log: Callable[[dict, int], None],
+    log_every: int,
+    progress: bool = True,
+) -> dict[str, list[float]]:
+    """Run the alternating search and return the final gates, normalise(alpha), per matrix."""
+    inner, outer = split_params(model)
+    if not outer:
+        raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
+    opt_w = torch.optim.AdamW(inner.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_alpha = torch.optim.AdamW(outer.values(), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
+    total = cfg.epochs * len(train_loader)
+    schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total), total)
+    val_batches = _cycle(val_loader)
+    running = torch.zeros(2, device=device)  # (train, val) loss sums since the last log: stay on device
+    model.train()
+    step = 0
+    with tqdm(total=total, desc="search", unit="step", disable=not progress) as bar:
+        for epoch in range(cfg.epochs):
+            for batch in train_loader:
+                batch, val_batch = to_device(batch, device), to_device(next(val_batches), device)
+                hyper = hypergradient(
+                    batch_loss(model, compute_loss, batch, autocast),
+                    batch_loss(model, compute_loss, val_batch, autocast),
+                    inner,
+                    outer,
+                    method=cfg.hypergrad,
+                    eta=cfg.eta,
+                    fd_eps=cfg.fd_eps,
+                )
+                apply_grads(opt_alpha, outer.values(), hyper.alpha_grad, None)
+                apply_grads(opt_w, inner.values(), hyper.inner_grad, cfg.max_grad_norm)
+                schedule.step()
+                running += torch.stack([hyper.train_loss, hyper.val_loss]).float()
+                step += 1
+                bar.update()
+                if step % log_every == 0 or step == total:
+                    losses = (running / (log_every if step % log_every == 0 else step % log_every)).tolist()
+                    running.zero_()
+                    bar.set_postfix(train=f"{losses[0]:.4f}", val=f"{losses[1]:.4f}")
+                    record = {"phase": "search", "epoch": epoch, "train_loss": losses[0], "val_loss": losses[1],
+                              "lr": schedule.get_last_lr()[0]}
+                    with torch.no_grad():
+                        for name, gate in gates(model).items():
+                            record[f"alpha_entropy/{name}"] = float(alpha_entropy(gate))
+                    log(record, step)
+    with torch.no_grad():
+        return {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}

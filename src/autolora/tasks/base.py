@@ -1,0 +1,106 @@
+"""What every task provides: data splits, tokenisation, the loss, the evaluation; plus shared helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import Tensor, nn
+
+Batch = dict[str, Tensor]
+HEADS = ("sequence_classification", "token_classification", "causal_lm")
+DATA_SOURCES = ("auto", "local", "hub", "sample")
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message names the file and line (or the split)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The `data` config node: where the data comes from and how much of it."""
+
+    source: str  # auto: data_dir if set, else the packaged sample if the task has one, else the hub
+    data_dir: str | None
+    max_train_samples: int | None
+    max_eval_samples: int | None
+
+    def __post_init__(self):
+        if self.source not in DATA_SOURCES:
+            raise ValueError(f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be >= 1 or null, got {value}")
+
+
+@dataclass
+class Splits:
+    """Raw (untokenised) splits; `origin` says where they came from, for the summary."""
+
+    train: Dataset
+    dev: Dataset
+    origin: str
+
+
+class Task(Protocol):
+    """The interface run.py relies on; one implementation per dataset family (tasks/glue.py, ...)."""
+
+    name: str
+    head: str  # one of HEADS: which AutoModelFor... class the backbone needs
+    num_labels: int
+    main_metric: str
+    max_length: int
+
+    def load(self, data: DataConfig) -> Splits: ...
+
+    def encode(self, split: Dataset, tokenizer) -> Dataset: ...
+
+    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]: ...
+
+    def loss(self, outputs: Any, batch: Batch) -> Tensor: ...
+
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, autocast: Callable) -> dict[str, float]: ...
+
+
+def resolve_source(data: DataConfig, has_sample: bool) -> str:
+    """The concrete data source for `auto`: local files, the packaged sample, or the hub."""
+    if data.source != "auto":
+        return data.source
+    if data.data_dir is not None:
+        return "local"
+    return "sample" if has_sample else "hub"
+
+
+def sample_dir() -> Path:
+    """The data shipped inside the package (a small slice of SST-2, see data/README.md)."""
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def search_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of n training rows into D_tr and D_val index lists (PAPER §2; both non-empty)."""
+    if n < 2:
+        raise DataError(f"the training split has {n} row(s): the search needs at least 2 (one per side)")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def truncate(split: Dataset, limit: int | None) -> Dataset:
+    """The first `limit` rows (data.max_*_samples), or the split unchanged."""
+    return split if limit is None or limit >= len(split) else split.select(range(limit))
+
+
+def to_device(batch: Mapping[str, Tensor], device: torch.device) -> Batch:
+    """Move a batch; non_blocking lets pinned host memory overlap the copy with compute."""
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def model_inputs(batch: Mapping[str, Tensor]) -> Batch:
+    """The batch minus its labels: the loss is the task's, not the model's built-in one."""
+    return {key: value for key, value in batch.items() if key != "labels"}

@@ -1,0 +1,194 @@
+"""GLUE: local TSV files in the layout of download_glue_data.py, the packaged SST-2 sample, or the hub.
+
+Quirks handled (../shared/data/MANIFEST.md): CoLA has no header; MRPC starts with a UTF-8 BOM; texts
+contain bare double quotes, so rows are split on tabs only (no CSV quoting); RTE/QNLI/MNLI labels are
+strings. Every row is checked; a bad one stops the run with its file and line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor, nn
+from transformers import DataCollatorWithPadding
+
+from autolora import metrics
+from autolora.tasks.base import Batch, DataConfig, DataError, Splits, model_inputs, resolve_source, sample_dir, truncate
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where a GLUE task's columns sit in its TSV files."""
+
+    dir: str  # folder under data.data_dir, e.g. "SST-2"
+    train: str
+    dev: str
+    header: bool  # False for CoLA: then `columns` names the fields
+    columns: tuple[str, ...] | None
+    text: tuple[str, ...]  # one or two text columns
+    label: str
+
+
+@dataclass(frozen=True)
+class HubLayout:
+    """The same task on the Hugging Face hub (used when data.source resolves to hub)."""
+
+    path: str
+    name: str
+    text: tuple[str, ...]
+    label: str
+    dev_split: str
+
+
+def read_tsv(path: Path, layout: TsvLayout, labels: tuple[str, ...] | None) -> dict[str, list]:
+    """Parse one GLUE TSV into {text_a, [text_b], labels}; labels are class ids or floats (regression)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig drops MRPC's BOM
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline (CoLA's dev.tsv has none)
+    columns = lines[0].rstrip("\r").split("\t") if layout.header else list(layout.columns or ())
+    wanted = [*layout.text, layout.label]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataError(f"{path}:1: missing column(s) {missing}; the header has {columns}")
+    where = {c: columns.index(c) for c in wanted}
+    label_ids = None if labels is None else {raw: i for i, raw in enumerate(labels)}
+    out: dict[str, list] = {"text_a": [], "text_b": [], "labels": []}
+    first = 1 if layout.header else 0
+    for lineno, line in enumerate(lines[first:], start=first + 1):
+        fields = line.rstrip("\r").split("\t")
+        if len(fields) != len(columns):
+            raise DataError(f"{path}:{lineno}: expected {len(columns)} tab-separated fields, found {len(fields)}")
+        raw = fields[where[layout.label]].strip()
+        if label_ids is None:
+            try:
+                out["labels"].append(float(raw))
+            except ValueError:
+                raise DataError(f"{path}:{lineno}: score {raw!r} is not a number") from None
+        elif raw in label_ids:
+            out["labels"].append(label_ids[raw])
+        else:
+            raise DataError(f"{path}:{lineno}: label {raw!r} is not one of {list(labels)}")
+        out["text_a"].append(fields[where[layout.text[0]]].strip())
+        out["text_b"].append(fields[where[layout.text[1]]].strip() if len(layout.text) > 1 else "")
+    if not out["labels"]:
+        raise DataError(f"{path}: no data rows")
+    if len(layout.text) == 1:
+        del out["text_b"]
+    return out
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """One GLUE task: sentence(-pair) classification or regression (STS-B)."""
+
+    name: str
+    local: TsvLayout
+    hub: HubLayout
+    labels: tuple[str, ...] | None  # raw label values in class-id order; None for regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    max_length: int
+    sample: str | None  # folder of a packaged sample under autolora/data, if any
+    head: str = "sequence_classification"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> GlueTask:
+        """Build from the `task` config node (conf/task/glue/*.yaml)."""
+        local = dict(cfg["local"])
+        local["text"], local["columns"] = tuple(local["text"]), local["columns"] and tuple(local["columns"])
+        hub = dict(cfg["hub"], text=tuple(cfg["hub"]["text"]))
+        labels = None if cfg["labels"] is None else tuple(str(label) for label in cfg["labels"])
+        task = cls(cfg["name"], TsvLayout(**local), HubLayout(**hub), labels, tuple(cfg["metrics"]),
+                   cfg["main_metric"], cfg["max_length"], cfg["sample"])
+        if task.main_metric not in task.metrics:
+            raise ValueError(f"task.main_metric {task.main_metric!r} is not in task.metrics {list(task.metrics)}")
+        return task
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def load(self, data: DataConfig) -> Splits:
+        """Train and dev splits from local TSVs, the packaged sample or the hub."""
+        source = resolve_source(data, self.sample is not None)
+        if source == "hub":
+            train, dev = self._load_hub()
+            origin = f"hub {self.hub.path}/{self.hub.name}"
+        else:
+            if source == "sample":
+                if self.sample is None:
+                    raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
+                folder = sample_dir() / self.sample
+                origin = f"packaged sample {folder}"
+            else:
+                if data.data_dir is None:
+                    raise DataError("data.source=local needs data.data_dir=<folder holding the GLUE task folders>")
+                folder = Path(data.data_dir).expanduser() / self.local.dir
+                if not folder.is_dir():
+                    raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
+                origin = f"local {folder}"
+            train = Dataset.from_dict(read_tsv(folder / self.local.train, self.local, self.labels))
+            dev = Dataset.from_dict(read_tsv(folder / self.local.dev, self.local, self.labels))
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+
+    def _load_hub(self) -> tuple[Dataset, Dataset]:
+        from datasets import load_dataset
+
+        parts = load_dataset(self.hub.path, self.hub.name)
+        columns = {self.hub.text[0]: "text_a", self.hub.label: "labels"}
+        if len(self.hub.text) > 1:
+            columns[self.hub.text[1]] = "text_b"
+
+        def standard(split: Dataset) -> Dataset:
+            split = split.rename_columns(columns)
+            return split.remove_columns([c for c in split.column_names if c not in columns.values()])
+
+        return standard(parts["train"]), standard(parts[self.hub.dev_split])
+
+    def encode(self, split: Dataset, tokenizer) -> Dataset:
+        """Tokenise (truncating to max_length); keeps only model inputs and labels."""
+        pair = "text_b" in split.column_names
+
+        def tokenize(rows):
+            args = (rows["text_a"], rows["text_b"]) if pair else (rows["text_a"],)
+            return tokenizer(*args, truncation=True, max_length=self.max_length)
+
+        text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
+        return split.map(tokenize, batched=True, remove_columns=text_columns)
+
+    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
+        """Dynamic padding to the longest sequence of the batch."""
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def loss(self, outputs: Any, batch: Batch) -> Tensor:
+        """Cross-entropy, or mean squared error for regression (STS-B); computed in float32."""
+        logits = outputs.logits.float()
+        if self.labels is None:
+            return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+        return F.cross_entropy(logits, batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader, *, device: torch.device, autocast: Callable) -> dict[str, float]:
+        """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
+        was_training = model.training
+        model.eval()
+        outputs, labels = [], []
+        for batch in loader:
+            with autocast():
+                logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
+            outputs.append(logits.float().cpu())
+            labels.append(batch["labels"])
+        model.train(was_training)
+        logits, gold = torch.cat(outputs).numpy(), torch.cat(labels).numpy()
+        if self.labels is None:
+            return metrics.regression_scores(gold, logits[:, 0])
+        return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics)

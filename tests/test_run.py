@@ -1,0 +1,88 @@
+"""The runner end to end on CPU: the run directory, the three ways of getting ranks, errors, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, compose
+
+from autolora.run import ConfigError, run
+
+TINY = ("debug=tiny",)
+
+
+def run_in(tmp_path, *overrides: str, name: str = "run"):
+    """Compose, run the whole pipeline into tmp_path/name, return (record, run_dir)."""
+    run_dir = tmp_path / name
+    return run(compose(*TINY, *overrides), run_dir), run_dir
+
+
+def test_full_pipeline_writes_the_run_directory(tmp_path):
+    """search -> ranks -> retrain -> evaluate: every artefact is there, and the adapter loads in plain peft
+    with exactly the ranks of ranks.json."""
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForSequenceClassification
+
+    record, run_dir = run_in(tmp_path)
+    for name in ("config.yaml", "ranks.json", "alpha.json", "metrics.json", "events.jsonl", "ranks.png", "adapter"):
+        assert (run_dir / name).exists(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["search"]) >= {"dev", "wall_time_s", "trainable_params", "steps"}
+    assert 0 <= metrics["retrain"]["dev"]["accuracy"] <= 1 and metrics["versions"]["torch"] == torch.__version__
+    ranks = json.loads((run_dir / "ranks.json").read_text())["ranks"]
+    assert ranks == metrics["ranks"] and len(ranks) == 4
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert {e["phase"] for e in events} == {"search", "retrain"}
+    base = AutoModelForSequenceClassification.from_pretrained(run_dir / "base_model")
+    peft_model = PeftModel.from_pretrained(base, run_dir / "adapter")
+    built = {n: m.r["default"] for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}
+    assert built == {n: r for n, r in ranks.items() if r}
+
+
+def test_lora_method_and_ranks_file_skip_the_search(tmp_path):
+    """method=lora uses lora.r everywhere; search.ranks_file retrains at the ranks of an earlier run."""
+    record, _ = run_in(tmp_path, "method=lora", "lora.r=3", name="lora")
+    assert set(record["ranks"].values()) == {3} and "search" not in record
+    first, first_dir = run_in(tmp_path, "search.k=4", name="search")
+    second, _ = run_in(tmp_path, f"search.ranks_file={first_dir / 'ranks.json'}", name="reuse")
+    assert second["ranks"] == first["ranks"] and "search" not in second
+
+
+def test_same_seed_same_ranks_and_metrics(tmp_path):
+    """Determinism on CPU: two runs with one seed give identical ranks, gates and dev metrics."""
+    a, a_dir = run_in(tmp_path, "search.epochs=2", name="a")
+    b, b_dir = run_in(tmp_path, "search.epochs=2", name="b")
+    assert a["ranks"] == b["ranks"] and a["retrain"]["dev"] == b["retrain"]["dev"]
+    assert (a_dir / "alpha.json").read_text() == (b_dir / "alpha.json").read_text()
+
+
+def test_a_run_directory_is_never_reused(tmp_path):
+    """A second run into the same directory stops before doing anything."""
+    run_in(tmp_path, "method=lora")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run_in(tmp_path, "method=lora")
+
+
+def test_ranks_file_naming_other_modules_is_refused(tmp_path):
+    """A ranks file for another model stops the run, naming the offending keys."""
+    bad = tmp_path / "ranks.json"
+    bad.write_text(json.dumps({"ranks": {"transformer.h.0.attn.c_attn:q": 2}}))
+    with pytest.raises(ValueError, match="not in the model"):
+        run_in(tmp_path, f"search.ranks_file={bad}")
+
+
+def test_console_script_errors_are_one_line_with_status_2(tmp_path):
+    """Bad input through the console script: exit 2, one 'error:' line, no traceback."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *TINY, "search.k=0", f"hydra.run.dir={tmp_path / 'x'}"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "error: search.k must be >= 1, got 0" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,120 @@
+"""The alternating search loop: a toy where the answer is known, and the dropout replay of batch_loss."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROBERTA_TARGETS, tiny_roberta, token_batch
+from torch import nn
+
+from autolora.inject import inject, target_names
+from autolora.layers import WHOLE, PartSpec, SelectableLoRA
+from autolora.ranks import select_ranks
+from autolora.search import SearchConfig, batch_loss, search
+
+D = K = 8
+
+
+def search_config(**overrides) -> SearchConfig:
+    """Explicit values for every field (library code has no hidden defaults)."""
+    values = dict(k=K, alpha_norm="softmax", hypergrad="fd", eta=0.01, fd_eps=0.01, lr=1e-2, alpha_lr=5e-2,
+                  weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=30, batch_size=16,
+                  val_fraction=0.5, lora_alpha=K, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
+                  ranks_file=None)
+    return SearchConfig(**{**values, **overrides})
+
+
+class TwoBranches(nn.Module):
+    """prediction = useful(signal) + useless(noise): only the first branch can explain the target."""
+
+    def __init__(self, alpha_norm: str):
+        super().__init__()
+
+        def branch() -> SelectableLoRA:
+            base = nn.Linear(D, D, bias=False)
+            nn.init.zeros_(base.weight)
+            base.weight.requires_grad_(False)
+            return SelectableLoRA(base, [PartSpec(WHOLE, 0, D, K)], lora_alpha=K, dropout=0.0, alpha_norm=alpha_norm)
+
+        self.useful, self.useless = branch(), branch()
+
+    def forward(self, signal, noise):
+        return self.useful(signal) + self.useless(noise)
+
+
+def _split(n: int, gen, mixing) -> list[dict]:
+    signal, noise = torch.randn(n, D, generator=gen), torch.randn(n, D, generator=gen)
+    labels = signal @ mixing + 0.1 * torch.randn(n, D, generator=gen)
+    return [{"signal": signal[i:i + 16], "noise": noise[i:i + 16], "labels": labels[i:i + 16]} for i in range(0, n, 16)]
+
+
+@pytest.mark.parametrize("alpha_norm", ["softmax", "sigmoid", "none"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_layer_that_cannot_help_ends_with_a_lower_rank(alpha_norm, seed):
+    """Target = orthogonal map of `signal` (needs every direction); `noise` is independent of it.
+    After the second-order search, the noise branch's rank is below the signal branch's."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mixing = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    train, val = _split(64, gen, mixing), _split(64, gen, mixing)
+    model = TwoBranches(alpha_norm)
+    cfg = search_config(alpha_norm=alpha_norm)
+    gates = search(model, train, val, cfg, compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]),
+                   autocast=contextlib.nullcontext, device=torch.device("cpu"), log=lambda record, step: None,
+                   log_every=100, progress=False)
+    found = select_ranks(gates, cfg.selection_threshold)
+    assert found["useless"] < found["useful"], (found, gates)
+
+
+def test_batch_loss_replays_dropout_masks():
+    """In train mode with dropout, one batch_loss gives the same value on every call (so W+ and W-
+    see the same masks), while a new batch_loss draws new masks."""
+    model = tiny_roberta()
+    inject(model, ROBERTA_TARGETS, {n: 4 for n in target_names(model, ROBERTA_TARGETS)}, lora_alpha=8,
+           dropout=0.5, alpha_norm="softmax", trainable_modules=["classifier"])
+    with torch.no_grad():  # B away from zero, so that LoRA dropout changes the output
+        for name, p in model.named_parameters():
+            if name.endswith(".B"):
+                p.normal_()
+    model.train()
+    batch = {**token_batch(4, 9), "labels": torch.tensor([0, 1, 0, 1])}
+    params = dict(model.named_parameters())
+
+    def ce(out, b):
+        return F.cross_entropy(out.logits, b["labels"])
+
+    loss = batch_loss(model, ce, batch, contextlib.nullcontext)
+    first, second = loss(params), loss(params)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, batch_loss(model, ce, batch, contextlib.nullcontext)(params))
+
+
+def test_search_needs_alpha_and_logs_entropies():
+    """A model without search layers is refused; the log records losses and one entropy per matrix."""
+    model = TwoBranches("softmax")
+    gen = torch.Generator().manual_seed(0)
+    data = _split(32, gen, torch.eye(D))
+    records = []
+    search(model, data, data, search_config(epochs=1), compute_loss=lambda out, b: F.mse_loss(out, b["labels"]),
+           autocast=contextlib.nullcontext, device=torch.device("cpu"), log=lambda r, s: records.append((s, r)),
+           log_every=1, progress=False)
+    assert [step for step, _ in records] == [1, 2]
+    assert {"train_loss", "val_loss", "alpha_entropy/useful", "alpha_entropy/useless"} <= set(records[0][1])
+    plain = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no alpha"):
+        search(plain, data, data, search_config(), compute_loss=None, autocast=contextlib.nullcontext,
+               device=torch.device("cpu"), log=None, log_every=1, progress=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("k", 0, "search.k must be >= 1"), ("val_fraction", 1.0, "search.val_fraction"),
+    ("threshold", 1.5, "search.threshold"), ("alpha_norm", "relu", "search.alpha_norm"),
+    ("hypergrad", "neumann", "search.hypergrad"), ("min_rank", 9, "search.min_rank"), ("eta", -1.0, "search.eta"),
+])
+def test_search_config_rejects_bad_values(field, value, message):
+    """Each out-of-range search value fails at construction, naming its key."""
+    with pytest.raises(ValueError, match=message):
+        search_config(**{field: value})
