@@ -115,3 +115,27 @@ def test_real_minilm_injection_keeps_the_output_and_has_twelve_matrices():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, before)
+
+
+@pytest.mark.parametrize("kind, impl", [("roberta", "eager"), ("roberta", "sdpa"), ("gpt2", "eager"), ("gpt2", "sdpa")])
+def test_four_d_mask_gives_the_same_outputs_as_the_2d_mask(kind, impl):
+    """The sync-free 4D mask reproduces the model's own 2D-mask outputs on every non-padded position."""
+    from autolora.models import four_d_attention_mask
+
+    model = tiny_roberta() if kind == "roberta" else tiny_gpt2()
+    model.config._attn_implementation = impl
+    for module in model.modules():
+        if hasattr(module, "config"):
+            module.config._attn_implementation = impl
+    batch = token_batch(3, 9)
+    batch["attention_mask"][0, 6:] = 0  # right padding
+    batch["attention_mask"][2, 4:] = 0
+    with torch.no_grad():
+        expected = model(**batch).logits
+        four_d = four_d_attention_mask(batch["attention_mask"], causal=kind == "gpt2", attn_implementation=impl)
+        got = model(input_ids=batch["input_ids"], attention_mask=four_d).logits
+    if kind == "gpt2":
+        keep = batch["attention_mask"].bool()
+        torch.testing.assert_close(got[keep], expected[keep], rtol=1e-5, atol=1e-5)
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -118,3 +118,22 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def four_d_attention_mask(mask: torch.Tensor, *, causal: bool, attn_implementation: str) -> torch.Tensor:
+    """A (B, T) padding mask as the 4D mask transformers uses as-is: (B, 1, 1, T), or (B, 1, T, T) if causal.
+
+    Why: given a 2D mask, transformers' SDPA path asks ``mask.all()`` to decide whether it can drop the
+    mask: a host-device sync in every forward pass. A ready 4D mask skips that. Boolean (True = attend)
+    for SDPA, additive float (0 or the float32 minimum) for eager attention. Batches must be right-padded
+    when causal, so that no query row is fully masked.
+    """
+    keep = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+    if causal:
+        length = mask.shape[-1]
+        keep = keep & torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()  # (B, 1, T, T)
+    if attn_implementation == "sdpa":
+        return keep
+    if attn_implementation == "eager":
+        return torch.zeros(keep.shape, dtype=torch.float32, device=mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)
+    raise ValueError(f"4D masks are built for sdpa and eager attention, not {attn_implementation!r}")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from autolora import export, ranks as ranks_io
 from autolora.files import write_atomic, write_json, write_text
 from autolora.inject import RankKeyError, TargetConfig, check_rank_keys, inject, target_names
-from autolora.models import ModelConfig, load_model, load_tokenizer, resolve_location
+from autolora.models import ModelConfig, four_d_attention_mask, load_model, load_tokenizer, resolve_location
 from autolora.search import SearchConfig, search
 from autolora.tasks import build_task
 from autolora.tasks.base import DataConfig, DataError, search_split
@@ -187,7 +187,15 @@ class Job:
     def loader(self, dataset, batch_size: int, shuffle: bool, seed_offset: int = 0) -> DataLoader:
         generator = torch.Generator().manual_seed(self.settings.seed + seed_offset)
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          collate_fn=self.task.collate(self.tokenizer), pin_memory=self.settings.device.type == "cuda")
+                          collate_fn=self.collate, pin_memory=self.settings.device.type == "cuda")
+
+    def collate(self, rows: list[dict]) -> dict:
+        """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""
+        batch = dict(self.task.collate(self.tokenizer)(rows))
+        model = self.settings.model
+        batch["attention_mask"] = four_d_attention_mask(
+            batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
+        return batch
 
     def fresh_model(self):
         return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
