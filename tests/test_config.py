@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import compose
-from omegaconf import OmegaConf
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
 from autolora.run import ConfigError, build_settings, check_compatible, config_dir
 from autolora.tasks import build_task

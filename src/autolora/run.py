@@ -26,7 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from autolora import export, ranks as ranks_io
+from autolora import export
+from autolora import ranks as ranks_io
 from autolora.files import write_atomic, write_json, write_text
 from autolora.inject import RankKeyError, TargetConfig, check_rank_keys, inject, target_names
 from autolora.models import ModelConfig, four_d_attention_mask, load_model, load_tokenizer, resolve_location

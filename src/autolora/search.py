@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from autolora.batch import Batch, model_inputs, to_device
 from autolora.hypergrad import HYPERGRADS, LossFn, hypergradient
 from autolora.inject import gates, split_params
 from autolora.layers import ALPHA_NORMS
 from autolora.ranks import default_threshold
-from autolora.tasks.base import Batch, to_device
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
 
@@ -79,7 +79,7 @@ def batch_loss(model: nn.Module, compute_loss: ComputeLoss, batch: Batch, autoca
     Every call replays the same random state, so the dropout masks are identical in the passes at
     W, W' and W ± eps·v: the finite difference then differences one function, not two noisy draws.
     """
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = model_inputs(batch)
     seed = int(torch.randint(2**62, (1,)))  # CPU generator: no device sync
     device = next(iter(inputs.values())).device
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -117,6 +117,47 @@ def alpha_entropy(gate: Tensor) -> Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum()
 
 
+@dataclass
+class SearchState:
+    """What persists across search steps: the two parameter groups, their optimisers, W's schedule."""
+
+    inner: dict[str, Tensor]
+    outer: dict[str, Tensor]
+    opt_w: torch.optim.Optimizer
+    opt_alpha: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int) -> SearchState:
+    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha."""
+    inner, outer = split_params(model)
+    if not outer:
+        raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
+    opt_w = torch.optim.AdamW(inner.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_alpha = torch.optim.AdamW(outer.values(), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
+    schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
+    return SearchState(inner, outer, opt_w, opt_alpha, schedule)
+
+
+def search_step(
+    model: nn.Module, state: SearchState, batch: Batch, val_batch: Batch, cfg: SearchConfig,
+    compute_loss: ComputeLoss, autocast: Callable,
+) -> Tensor:
+    """One alternating step on device-resident batches; returns (train, val) losses as a device tensor.
+
+    Nothing in here waits for the device (checked on a GPU under torch.cuda.set_sync_debug_mode("error")).
+    """
+    hyper = hypergradient(
+        batch_loss(model, compute_loss, batch, autocast),
+        batch_loss(model, compute_loss, val_batch, autocast),
+        state.inner, state.outer, method=cfg.hypergrad, eta=cfg.eta, fd_eps=cfg.fd_eps,
+    )
+    apply_grads(state.opt_alpha, state.outer.values(), hyper.alpha_grad, None)
+    apply_grads(state.opt_w, state.inner.values(), hyper.inner_grad, cfg.max_grad_norm)
+    state.schedule.step()
+    return torch.stack([hyper.train_loss, hyper.val_loss]).float()
+
+
 def search(
     model: nn.Module,
     train_loader: Iterable[Batch],
@@ -131,13 +172,8 @@ def search(
     progress: bool = True,
 ) -> dict[str, list[float]]:
     """Run the alternating search and return the final gates, normalise(alpha), per matrix."""
-    inner, outer = split_params(model)
-    if not outer:
-        raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
-    opt_w = torch.optim.AdamW(inner.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_alpha = torch.optim.AdamW(outer.values(), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
     total = cfg.epochs * len(train_loader)
-    schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total), total)
+    state = start_search(model, cfg, total)
     val_batches = _cycle(val_loader)
     running = torch.zeros(2, device=device)  # (train, val) loss sums since the last log: stay on device
     model.train()
@@ -146,19 +182,7 @@ def search(
         for epoch in range(cfg.epochs):
             for batch in train_loader:
                 batch, val_batch = to_device(batch, device), to_device(next(val_batches), device)
-                hyper = hypergradient(
-                    batch_loss(model, compute_loss, batch, autocast),
-                    batch_loss(model, compute_loss, val_batch, autocast),
-                    inner,
-                    outer,
-                    method=cfg.hypergrad,
-                    eta=cfg.eta,
-                    fd_eps=cfg.fd_eps,
-                )
-                apply_grads(opt_alpha, outer.values(), hyper.alpha_grad, None)
-                apply_grads(opt_w, inner.values(), hyper.inner_grad, cfg.max_grad_norm)
-                schedule.step()
-                running += torch.stack([hyper.train_loss, hyper.val_loss]).float()
+                running += search_step(model, state, batch, val_batch, cfg, compute_loss, autocast)
                 step += 1
                 bar.update()
                 if step % log_every == 0 or step == total:
@@ -166,7 +190,7 @@ def search(
                     running.zero_()
                     bar.set_postfix(train=f"{losses[0]:.4f}", val=f"{losses[1]:.4f}")
                     record = {"phase": "search", "epoch": epoch, "train_loss": losses[0], "val_loss": losses[1],
-                              "lr": schedule.get_last_lr()[0]}
+                              "lr": state.schedule.get_last_lr()[0]}
                     with torch.no_grad():
                         for name, gate in gates(model).items():
                             record[f"alpha_entropy/{name}"] = float(alpha_entropy(gate))

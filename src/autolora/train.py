@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from autolora.tasks.base import Batch, model_inputs, to_device
+from autolora.batch import Batch, model_inputs, to_device
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
-from datasets import Dataset
 from torch import Tensor, nn
 
-Batch = dict[str, Tensor]
+from autolora.batch import Batch
+
+if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
+    from datasets import Dataset
+
 HEADS = ("sequence_classification", "token_classification", "causal_lm")
 DATA_SOURCES = ("auto", "local", "hub", "sample")
 
@@ -94,13 +97,3 @@ def search_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
 def truncate(split: Dataset, limit: int | None) -> Dataset:
     """The first `limit` rows (data.max_*_samples), or the split unchanged."""
     return split if limit is None or limit >= len(split) else split.select(range(limit))
-
-
-def to_device(batch: Mapping[str, Tensor], device: torch.device) -> Batch:
-    """Move a batch; non_blocking lets pinned host memory overlap the copy with compute."""
-    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
-
-
-def model_inputs(batch: Mapping[str, Tensor]) -> Batch:
-    """The batch minus its labels: the loss is the task's, not the model's built-in one."""
-    return {key: value for key, value in batch.items() if key != "labels"}

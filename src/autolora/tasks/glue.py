@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from transformers import DataCollatorWithPadding
 
 from autolora import metrics
-from autolora.tasks.base import Batch, DataConfig, DataError, Splits, model_inputs, resolve_source, sample_dir, truncate
+from autolora.batch import Batch, model_inputs
+from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, sample_dir, truncate
 
 
 @dataclass(frozen=True)
