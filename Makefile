@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
-.PHONY: install test test-slow test-all lint run smoke clean
+.PHONY: install test test-slow test-all lint run smoke report clean
 
 install: $(STAMP)
 
@@ -45,3 +45,7 @@ smoke: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
+report: install
+	$(PY) -m autolora.report results/runs/*/

@@ -1,0 +1,211 @@
+"""Aggregate run directories (metrics.json, config.yaml) into tables and figures; reruns nothing.
+
+    python -m autolora.report results/runs/glue_minilm [more folders ...]
+
+A folder under results/runs/ holds compact copies of run directories plus report.json, the provenance
+of those runs (title, command, commit, device, date, notes). Each run becomes one row; rows group by
+(task, model, variant) with mean ± std over seeds. Writes results/NAME.md, results/NAME.csv and
+results/figures/NAME_ranks.png (NAME = the folder's name). `make report` does this for every folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from autolora.files import write_atomic, write_text
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run, as read back from its directory."""
+
+    path: Path
+    task: str
+    model: str
+    variant: str
+    seed: int
+    main_metric: str
+    dev: dict[str, float]
+    ranks: dict[str, int]
+    trainable_params: int
+    search_s: float | None
+    retrain_s: float
+    versions: dict[str, str]
+    device: str
+
+
+def variant_of(config: Mapping[str, Any]) -> str:
+    """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)'."""
+    if config["method"] == "lora":
+        return f"LoRA r={config['lora']['r']}"
+    search = config["search"]
+    notes = []
+    if search["ranks_file"]:
+        notes.append("given ranks")
+    if search["alpha_norm"] != "softmax":
+        notes.append(f"alpha {search['alpha_norm']}")
+    if float(search["eta"]) == 0:
+        notes.append("eta=0")
+    return "AutoLoRA" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def read_run(path: Path) -> Run:
+    """Parse one run directory (it must hold metrics.json and config.yaml)."""
+    metrics = json.loads((path / "metrics.json").read_text())
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    search = metrics.get("search")
+    return Run(
+        path=path, task=metrics["task"], model=metrics["model"], variant=variant_of(config), seed=metrics["seed"],
+        main_metric=metrics["main_metric"], dev=metrics["retrain"]["dev"], ranks=metrics["ranks"],
+        trainable_params=metrics["retrain"]["trainable_params"], search_s=search and search["wall_time_s"],
+        retrain_s=metrics["retrain"]["wall_time_s"], versions=metrics["versions"], device=metrics["device"],
+    )
+
+
+def find_runs(folders: Iterable[Path]) -> list[Run]:
+    """Every finished run (a metrics.json next to a config.yaml) below the given folders."""
+    found = sorted({p.parent for folder in folders for p in Path(folder).rglob("metrics.json")})
+    return [read_run(p) for p in found if (p / "config.yaml").is_file()]
+
+
+def mean_std(values: list[float], scale: float = 100.0) -> str:
+    """'87.61 ± 0.42' (x100), or the single value when there is one seed."""
+    if len(values) == 1:
+        return f"{values[0] * scale:.2f}"
+    return f"{statistics.mean(values) * scale:.2f} ± {statistics.stdev(values) * scale:.2f}"
+
+
+def group(runs: Iterable[Run]) -> dict[tuple[str, str, str], list[Run]]:
+    """(task, model, variant) -> runs, in a stable order."""
+    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.task, r.model, r.variant, r.seed)):
+        groups[(run.task, run.model, run.variant)].append(run)
+    return dict(groups)
+
+
+def table_rows(runs: Iterable[Run]) -> list[dict[str, Any]]:
+    """One row per (task, model, variant): metrics mean ± std over seeds, ranks, parameters, times."""
+    rows = []
+    for (task, model, variant), members in group(runs).items():
+        main = members[0].main_metric
+        metric_names = list(members[0].dev)
+        ranks = [statistics.mean(r.ranks.values()) for r in members]
+        rows.append({
+            "task": task, "model": model, "variant": variant, "seeds": len(members), "main_metric": main,
+            **{f"dev_{m}": mean_std([r.dev[m] for r in members]) for m in metric_names},
+            "mean_rank": f"{statistics.mean(ranks):.2f}",
+            "trainable_params": f"{round(statistics.mean(r.trainable_params for r in members)):,}",
+            "search_s": "-" if members[0].search_s is None else f"{statistics.mean(r.search_s for r in members):.0f}",
+            "retrain_s": f"{statistics.mean(r.retrain_s for r in members):.0f}",
+        })
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]], provenance: Mapping[str, str], title: str, notes: str) -> str:
+    """A markdown page: provenance first, then the table (dev metrics x100)."""
+    metric_columns = sorted({k for row in rows for k in row if k.startswith("dev_")})
+    header = ["task", "model", "variant", "seeds", *metric_columns, "mean_rank", "trainable_params", "search_s", "retrain_s"]
+    lines = [f"# {title}", "", *[f"- {k}: {v}" for k, v in provenance.items()], ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(col, "")) for col in header) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def ranks_figure(runs: list[Run], title: str):
+    """Per-layer rank heatmaps, one panel per (task, model) of the AutoLoRA runs (first seed)."""
+    from autolora.figures import plt, rank_grid
+
+    chosen = {}
+    for run in sorted(runs, key=lambda r: r.seed):
+        if run.variant == "AutoLoRA":
+            chosen.setdefault((run.task, run.model), run)
+    if not chosen:
+        return None
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 1.3 * len(chosen) + 0.8), squeeze=False)
+    for ax, ((task, model), run) in zip(axes[:, 0], sorted(chosen.items()), strict=True):
+        kinds, layers, grid = rank_grid(run.ranks)
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=8, aspect="auto")
+        for (row, col), value in np.ndenumerate(grid):
+            ax.text(col, row, f"{int(value)}", ha="center", va="center", color="w" if value < 4 else "k", fontsize=8)
+        ax.set_yticks(range(len(kinds)), kinds)
+        ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
+        ax.set_title(f"{task} · {model} (seed {run.seed})", fontsize=9)
+    axes[-1, 0].set_xlabel("layer")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def write_report(runs: list[Run], out: Path, title: str, provenance: Mapping[str, str], notes: str = "") -> list[Path]:
+    """Write OUT.md, OUT.csv and OUT_ranks.png; returns the paths written."""
+    rows = table_rows(runs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [write_text(out.with_suffix(".md"), markdown(rows, provenance, title, notes)),
+               write_text(out.with_suffix(".csv"), csv_text(rows))]
+    fig = ranks_figure(runs, f"ranks found by AutoLoRA ({out.name})")
+    if fig is not None:
+        from autolora.figures import plt
+
+        figure = out.parent / "figures" / f"{out.name}_ranks.png"
+        written.append(write_atomic(figure, lambda f: fig.savefig(f, format="png", dpi=120), binary=True))
+        plt.close(fig)
+    return written
+
+
+PROVENANCE_KEYS = ("title", "command", "commit", "device", "date", "notes")
+
+
+def report_folder(folder: Path, results: Path) -> list[Path]:
+    """Tables and figure for one results/runs/NAME folder, next to it in `results`."""
+    meta = json.loads((folder / "report.json").read_text())
+    missing = [k for k in PROVENANCE_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"{folder / 'report.json'}: missing {missing}")
+    runs = find_runs([folder])
+    if not runs:
+        raise ValueError(f"{folder}: no finished runs (metrics.json + config.yaml)")
+    provenance = {
+        "command": f"`{meta['command']}`", "commit": meta["commit"], "device": meta["device"], "date": meta["date"],
+        "versions": ", ".join(f"{k} {v}" for k, v in runs[0].versions.items()),
+        "runs": f"{len(runs)} run directories in {folder} (metrics.json, ranks.json, config.yaml of each)",
+        "regenerate": f"`python -m autolora.report {folder}` (or `make report`)",
+    }
+    return write_report(runs, results / folder.name, meta["title"], provenance, meta["notes"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="results/runs/NAME folders (each with report.json)")
+    parser.add_argument("--results", type=Path, default=Path("results"), help="where tables and figures go")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        for path in report_folder(folder, args.results):
+            print(path)
+
+
+if __name__ == "__main__":
+    main()

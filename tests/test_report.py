@@ -1,0 +1,56 @@
+"""The report: synthetic run directories with known numbers in, the known table out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from autolora import report
+
+
+def _config(method: str, alpha_norm: str = "softmax", eta: float = 1e-4) -> dict:
+    return {"method": method, "lora": {"r": 8},
+            "search": {"alpha_norm": alpha_norm, "eta": eta, "ranks_file": None}}
+
+
+def _run(folder, name, *, task="glue/rte", method="autolora", seed=0, accuracy=0.5, ranks=None, **config):
+    path = folder / name
+    path.mkdir(parents=True)
+    ranks = ranks or {"m.layer.0.q": 2, "m.layer.0.v": 4}
+    metrics = {"task": task, "model": "minilm", "method": method, "seed": seed, "main_metric": "accuracy",
+               "retrain": {"dev": {"accuracy": accuracy}, "trainable_params": 1000 + seed, "wall_time_s": 10.0},
+               "ranks": ranks, "versions": {"torch": "x"}, "device": "cpu"}
+    if method == "autolora":
+        metrics["search"] = {"wall_time_s": 4.0}
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "config.yaml").write_text(yaml.safe_dump(_config(method, **config)))
+
+
+def test_mean_std_table_from_known_runs(tmp_path):
+    """Two AutoLoRA seeds (0.60, 0.70) and one LoRA seed (0.55) give '65.00 ± 7.07' and '55.00'."""
+    runs_dir = tmp_path / "runs" / "demo"
+    _run(runs_dir, "a0", seed=0, accuracy=0.60)
+    _run(runs_dir, "a1", seed=1, accuracy=0.70, ranks={"m.layer.0.q": 4, "m.layer.0.v": 6})
+    _run(runs_dir, "l0", method="lora", accuracy=0.55, ranks={"m.layer.0.q": 8, "m.layer.0.v": 8})
+    _run(runs_dir, "e0", accuracy=0.40, eta=0.0)
+    (runs_dir / "report.json").write_text(json.dumps({k: k.upper() for k in report.PROVENANCE_KEYS}))
+    report.report_folder(runs_dir, tmp_path / "results")
+    rows = {row["variant"]: row for row in report.table_rows(report.find_runs([runs_dir]))}
+    assert rows["AutoLoRA"]["dev_accuracy"] == "65.00 ± 7.07" and rows["AutoLoRA"]["seeds"] == 2
+    assert rows["AutoLoRA"]["mean_rank"] == "4.00" and rows["AutoLoRA"]["trainable_params"] == "1,000"
+    assert rows["LoRA r=8"]["dev_accuracy"] == "55.00" and rows["LoRA r=8"]["search_s"] == "-"
+    assert rows["AutoLoRA (eta=0)"]["dev_accuracy"] == "40.00"
+    page = (tmp_path / "results" / "demo.md").read_text()
+    assert page.startswith("# TITLE") and "- commit: COMMIT" in page and "| glue/rte | minilm | AutoLoRA | 2 |" in page
+    assert (tmp_path / "results" / "demo.csv").read_text().splitlines()[0].startswith("task,model,variant")
+    assert (tmp_path / "results" / "figures" / "demo_ranks.png").stat().st_size > 1000
+
+
+def test_missing_provenance_is_refused(tmp_path):
+    """A runs folder without complete provenance produces no table."""
+    _run(tmp_path, "a0")
+    (tmp_path / "report.json").write_text(json.dumps({"title": "t"}))
+    with pytest.raises(ValueError, match="missing"):
+        report.report_folder(tmp_path, tmp_path / "results")
