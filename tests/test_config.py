@@ -25,7 +25,8 @@ def options(group: str) -> list[str]:
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_and_validates(group, option):
     """Each option file composes with the rest and passes the dataclass checks and the model/task rule."""
-    cfg = compose(f"{group}={option}")
+    partner = {"model": "task=e2e", "task": "model=tiny-gpt2"} if option in ("e2e", "tiny-gpt2") else {}
+    cfg = compose(f"{group}={option}", *([partner[group]] if group in partner else []))
     settings = build_settings(cfg)
     task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
     check_compatible(settings.model, task)
@@ -77,6 +78,12 @@ def test_bad_values_raise_config_errors(override, message):
     """Out-of-range values become a ConfigError naming the key."""
     with pytest.raises(ConfigError, match=message):
         build_settings(compose(override))
+
+
+def test_generation_task_brings_the_offline_decoder():
+    """task=e2e selects SmolLM2 (offline); a model on the command line still wins."""
+    assert compose("task=e2e").model.name == "smollm2-135m"
+    assert compose("task=e2e", "model=gpt2").model.name == "gpt2"
 
 
 def test_model_task_rule():

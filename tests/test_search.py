@@ -23,7 +23,7 @@ def search_config(**overrides) -> SearchConfig:
     values = dict(k=K, alpha_norm="softmax", hypergrad="fd", eta=0.01, fd_eps=0.01, lr=1e-2, alpha_lr=5e-2,
                   weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=30, batch_size=16,
                   val_fraction=0.5, lora_alpha=K, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
-                  ranks_file=None)
+                  ranks_file=None, evaluate=False)
     return SearchConfig(**{**values, **overrides})
 
 

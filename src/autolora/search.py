@@ -49,6 +49,7 @@ class SearchConfig:
     min_rank: int
     max_grad_norm: float | None
     ranks_file: str | None  # retrain with these ranks and skip the search
+    evaluate: bool  # score the search model on dev after the search (costly for generation tasks)
 
     def __post_init__(self):
         checks = [

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from autolora.tasks.base import Task
+from autolora.tasks.e2e import GenerationTask
 from autolora.tasks.glue import GlueTask
+from autolora.tasks.ner import NerTask
 
-FAMILIES = {"glue": GlueTask}
+FAMILIES = {"glue": GlueTask, "generation": GenerationTask, "ner": NerTask}
 
 
 def build_task(cfg: Mapping[str, Any]) -> Task:

@@ -68,7 +68,9 @@ class Task(Protocol):
 
     def loss(self, outputs: Any, batch: Batch) -> Tensor: ...
 
-    def evaluate(self, model: nn.Module, loader, *, device: torch.device, autocast: Callable) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                 batch_size: int) -> tuple[dict[str, float | None], str | None]:
+        """Metrics on a raw evaluation split, plus the predictions as text (or None) for the run directory."""
 
 
 def resolve_source(data: DataConfig, has_sample: bool) -> str:

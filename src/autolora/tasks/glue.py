@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
 from autolora import metrics
@@ -178,8 +179,10 @@ class GlueTask:
         return F.cross_entropy(logits, batch["labels"])
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader, *, device: torch.device, autocast: Callable) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                 batch_size: int) -> tuple[dict[str, float], None]:
         """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
+        loader = DataLoader(self.encode(split, tokenizer), batch_size=batch_size, collate_fn=self.collate(tokenizer))
         was_training = model.training
         model.eval()
         outputs, labels = [], []
@@ -191,5 +194,5 @@ class GlueTask:
         model.train(was_training)
         logits, gold = torch.cat(outputs).numpy(), torch.cat(labels).numpy()
         if self.labels is None:
-            return metrics.regression_scores(gold, logits[:, 0])
-        return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics)
+            return metrics.regression_scores(gold, logits[:, 0]), None
+        return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics), None

@@ -1,0 +1,203 @@
+"""E2E NLG (and WebNLG-style data-to-text): meaning representation -> text with a decoder LM.
+
+Training text = MR + separator + reference + EOS, loss on the reference tokens only (label smoothing as
+in the LoRA recipe). Evaluation generates once per unique MR of the evaluation split (beam search with
+the adapters active, left-padded batches) and scores against all of that MR's references with the
+challenge's metrics (metrics.e2e_scores). Local files are the official CSVs (quote-aware parsing: refs
+hold commas, quotes and, twice in trainset.csv, a line break).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from autolora import metrics
+from autolora.batch import Batch
+from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, truncate
+
+IGNORE = -100  # label id the loss skips (prompt and padding)
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """The task's CSV files under data.data_dir/<dir>/ and their column names."""
+
+    dir: str
+    train: str
+    eval: str  # the split that is scored (E2E: testset_w_refs.csv, 630 unique MRs)
+    source: str  # column holding the meaning representation
+    target: str  # column holding one reference
+
+
+@dataclass(frozen=True)
+class HubCsv:
+    path: str
+    name: str | None
+    source: str
+    target: str
+    eval_split: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Decoding settings (LoRA paper's E2E recipe)."""
+
+    num_beams: int
+    length_penalty: float
+    no_repeat_ngram_size: int
+    max_new_tokens: int
+    batch_size: int
+
+
+def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
+    """Rows of (source, target); errors name the file and the line of the offending record."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    out: dict[str, list[str]] = {"source": [], "target": []}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: empty file")
+        missing = [c for c in (layout.source, layout.target) if c not in header]
+        if missing:
+            raise DataError(f"{path}:1: missing column(s) {missing}; the header has {header}")
+        src, tgt = header.index(layout.source), header.index(layout.target)
+        for record in reader:
+            if len(record) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(record)}")
+            if not record[src].strip() or not record[tgt].strip():
+                raise DataError(f"{path}:{reader.line_num}: empty {layout.source if not record[src].strip() else layout.target}")
+            out["source"].append(record[src].strip())
+            out["target"].append(" ".join(record[tgt].split()))  # embedded line breaks, double spaces
+    if not out["source"]:
+        raise DataError(f"{path}: no data rows")
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationTask:
+    """Data-to-text generation with a causal LM (E2E NLG)."""
+
+    name: str
+    local: CsvLayout
+    hub: HubCsv
+    separator: str
+    max_length: int
+    label_smoothing: float
+    generation: Generation
+    main_metric: str = "bleu"
+    head: str = "causal_lm"
+    num_labels: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> GenerationTask:
+        return cls(cfg["name"], CsvLayout(**cfg["local"]), HubCsv(**cfg["hub"]), cfg["separator"], cfg["max_length"],
+                   cfg["label_smoothing"], Generation(**cfg["generation"]))
+
+    def load(self, data: DataConfig) -> Splits:
+        """Train rows and evaluation rows (one per reference) from local CSVs or the hub."""
+        source = resolve_source(data, has_sample=False)
+        if source == "sample":
+            raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
+        if source == "hub":
+            from datasets import load_dataset
+
+            parts = load_dataset(self.hub.path, self.hub.name)
+            pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
+                                                    "target": list(split[self.hub.target])})
+            train, dev, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
+        else:
+            if data.data_dir is None:
+                raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
+            folder = Path(data.data_dir).expanduser() / self.local.dir
+            if not folder.is_dir():
+                raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
+            train = Dataset.from_dict(read_csv(folder / self.local.train, self.local))
+            dev = Dataset.from_dict(read_csv(folder / self.local.eval, self.local))
+            origin = f"local {folder}"
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+
+    def prompt_ids(self, tokenizer, source: str) -> list[int]:
+        return tokenizer(source + self.separator, add_special_tokens=False)["input_ids"]
+
+    def encode(self, split: Dataset, tokenizer) -> Dataset:
+        """input_ids = prompt + ' ' + reference + EOS; labels = -100 on the prompt (loss on the reference)."""
+
+        def tokenize(rows):
+            out = {"input_ids": [], "labels": []}
+            for source, target in zip(rows["source"], rows["target"], strict=True):
+                prompt = self.prompt_ids(tokenizer, source)
+                answer = tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                ids = (prompt + answer)[: self.max_length]
+                out["input_ids"].append(ids)
+                out["labels"].append(([IGNORE] * len(prompt) + answer)[: self.max_length])
+            return out
+
+        return split.map(tokenize, batched=True, remove_columns=split.column_names)
+
+    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
+        """Right padding (training): pad id, attention 0, label -100."""
+
+        def collate(rows: list[dict]) -> Batch:
+            width = max(len(r["input_ids"]) for r in rows)
+            pad = lambda seq, value: list(seq) + [value] * (width - len(seq))  # noqa: E731
+            return {
+                "input_ids": torch.tensor([pad(r["input_ids"], tokenizer.pad_token_id) for r in rows]),
+                "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
+                "labels": torch.tensor([pad(r["labels"], IGNORE) for r in rows]),
+            }
+
+        return collate
+
+    def loss(self, outputs: Any, batch: Batch) -> Tensor:
+        """Next-token cross-entropy on the reference tokens, label smoothing as configured, in float32."""
+        logits = outputs.logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+        return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE,
+                               label_smoothing=self.label_smoothing)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                 batch_size: int) -> tuple[dict[str, float], str]:
+        """Beam search once per unique source, scored against all its references; returns the metrics and
+        a TSV of (source, generated text)."""
+        references: dict[str, list[str]] = {}
+        for source, target in zip(split["source"], split["target"], strict=True):
+            references.setdefault(source, []).append(target)
+        sources = list(references)
+        hypotheses = self.generate(model, tokenizer, sources, device=device, autocast=autocast)
+        scores = metrics.e2e_scores(hypotheses, [references[s] for s in sources])
+        table = "source\tgenerated\n" + "".join(f"{s}\t{h}\n" for s, h in zip(sources, hypotheses, strict=True))
+        return scores, table
+
+    def generate(self, model: nn.Module, tokenizer, sources: list[str], *, device, autocast) -> list[str]:
+        """Left-padded batches through model.generate with the configured beam search."""
+        was_training = model.training
+        model.eval()
+        g = self.generation
+        outputs = []
+        for start in tqdm(range(0, len(sources), g.batch_size), desc="generate", unit="batch"):
+            prompts = [self.prompt_ids(tokenizer, s) for s in sources[start : start + g.batch_size]]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            with autocast():
+                generated = model.generate(
+                    input_ids=ids, attention_mask=mask, num_beams=g.num_beams, length_penalty=g.length_penalty,
+                    no_repeat_ngram_size=g.no_repeat_ngram_size, max_new_tokens=g.max_new_tokens, do_sample=False,
+                    early_stopping=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for row in generated[:, width:]:
+                text = tokenizer.decode(row, skip_special_tokens=True)
+                outputs.append(" ".join(text.split("\n")[0].split()))
+        model.train(was_training)
+        return outputs

@@ -1,0 +1,226 @@
+"""Sequence labelling (NER) from CoNLL-style column files: CoNLL-2003, BioNLP13CG, JNLPBA.
+
+One token per line, the tag in a configured column, blank lines between sentences, optional
+-DOCSTART- document lines (skipped). Labels come from the training file; a tag in the evaluation file
+that training never saw is an error. Each word is labelled on its first sub-token (the rest are
+ignored by the loss); sentences longer than max_length are split into windows of whole words, and
+predictions are stitched back per word. Entity scores are seqeval's, strict mode, in the data's scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForTokenClassification
+
+from autolora.batch import Batch, model_inputs
+from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, truncate
+
+IGNORE = -100
+SCHEMES = ("IOB2", "IOBES", "IOE2")
+
+
+@dataclass(frozen=True)
+class ColumnLayout:
+    """Where a CoNLL-style dataset keeps its files and its columns."""
+
+    dir: str
+    train: str
+    eval: str  # the split that is scored
+    delimiter: str  # " " (CoNLL-2003) or "\t" (BioNLP/JNLPBA)
+    columns: int  # fields per token line
+    token_column: int
+    tag_column: int
+    docstart: str | None  # first field of a document line to skip, e.g. "-DOCSTART-"
+
+
+def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], list[list[str]], list[int]]:
+    """(sentences of words, sentences of tags, the line where each sentence starts)."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    words, tags, starts = [], [], []
+    current_words, current_tags, start = [], [], 0
+
+    def flush():
+        if current_words:
+            words.append(list(current_words))
+            tags.append(list(current_tags))
+            starts.append(start)
+            current_words.clear()
+            current_tags.clear()
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                flush()
+                continue
+            fields = line.split(layout.delimiter)
+            if layout.docstart is not None and fields[0] == layout.docstart:
+                flush()
+                continue
+            if len(fields) != layout.columns:
+                raise DataError(f"{path}:{lineno}: expected {layout.columns} fields separated by "
+                                f"{layout.delimiter!r}, found {len(fields)}")
+            if not current_words:
+                start = lineno
+            current_words.append(fields[layout.token_column])
+            current_tags.append(fields[layout.tag_column])
+    flush()
+    if not words:
+        raise DataError(f"{path}: no sentences")
+    return words, tags, starts
+
+
+def label_list(tags: list[list[str]]) -> list[str]:
+    """'O' first, then entity tags sorted by type and prefix (a stable id mapping)."""
+    seen = {tag for sentence in tags for tag in sentence}
+    return ["O", *sorted(seen - {"O"}, key=lambda t: (t[2:], t[:2]))] if "O" in seen else sorted(seen)
+
+
+@dataclass
+class NerTask:
+    """Token classification with seqeval entity F1; `labels` is fixed by load() from the training file."""
+
+    name: str
+    local: ColumnLayout
+    hub: Mapping[str, Any] | None  # {path, name, tokens, tags, eval_split}; None: no hub copy configured
+    scheme: str
+    max_length: int
+    main_metric: str = "f1"
+    head: str = "token_classification"
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> NerTask:
+        if cfg["scheme"] not in SCHEMES:
+            raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
+        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), cfg["scheme"],
+                   cfg["max_length"])
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def load(self, data: DataConfig) -> Splits:
+        """Sentences from local column files (or the hub); labels from the training split."""
+        source = resolve_source(data, has_sample=False)
+        if source == "sample":
+            raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
+        if source == "hub":
+            train, dev, origin = self._load_hub()
+        else:
+            if data.data_dir is None:
+                raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
+            folder = Path(data.data_dir).expanduser() / self.local.dir
+            if not folder.is_dir():
+                raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
+            train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
+            self.labels = label_list(train_tags)
+            eval_path = folder / self.local.eval
+            eval_words, eval_tags, starts = read_columns(eval_path, self.local)
+            known = set(self.labels)
+            for sentence, first_line in zip(eval_tags, starts, strict=True):
+                for offset, tag in enumerate(sentence):
+                    if tag not in known:
+                        raise DataError(f"{eval_path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
+            train = Dataset.from_dict({"words": train_words, "tags": train_tags})
+            dev = Dataset.from_dict({"words": eval_words, "tags": eval_tags})
+            origin = f"local {folder}"
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+
+    def _load_hub(self):
+        from datasets import load_dataset
+
+        if self.hub is None:
+            raise DataError(f"{self.name} has no hub copy configured: set data.data_dir=<folder with {self.local.dir}/>")
+        parts = load_dataset(self.hub["path"], self.hub["name"])
+        names = parts["train"].features[self.hub["tags"]].feature.names
+        self.labels = list(names)
+
+        def standard(split):
+            return Dataset.from_dict({"words": list(split[self.hub["tokens"]]),
+                                      "tags": [[names[i] for i in row] for row in split[self.hub["tags"]]]})
+
+        return standard(parts["train"]), standard(parts[self.hub["eval_split"]]), f"hub {self.hub['path']}"
+
+    def windows(self, words: list[str], tokenizer) -> list[tuple[int, int]]:
+        """[start, stop) word ranges whose sub-tokens (plus specials) fit max_length; never splits a word."""
+        budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        counts = [max(1, len(tokenizer(w, add_special_tokens=False)["input_ids"])) for w in words]
+        spans, start, used = [], 0, 0
+        for i, count in enumerate(counts):
+            if used + count > budget and i > start:
+                spans.append((start, i))
+                start, used = i, 0
+            used += count
+        spans.append((start, len(words)))
+        return spans
+
+    def encode(self, split: Dataset, tokenizer) -> Dataset:
+        """One row per window: input_ids, labels on first sub-tokens (-100 elsewhere), sentence/word offsets."""
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+        rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "sentence": [], "first_word": []}
+        for index, (words, tags) in enumerate(zip(split["words"], split["tags"], strict=True)):
+            for start, stop in self.windows(words, tokenizer):
+                encoded = tokenizer(words[start:stop], is_split_into_words=True, truncation=True,
+                                    max_length=self.max_length)
+                labels, previous = [], None
+                for word in encoded.word_ids():
+                    labels.append(IGNORE if word is None or word == previous else label_ids[tags[start + word]])
+                    previous = word
+                rows["input_ids"].append(encoded["input_ids"])
+                rows["attention_mask"].append(encoded["attention_mask"])
+                rows["labels"].append(labels)
+                rows["sentence"].append(index)
+                rows["first_word"].append(start)
+        return Dataset.from_dict(rows)
+
+    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
+        """Pad inputs and labels (-100); bookkeeping columns are dropped."""
+        pad = DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE, return_tensors="pt")
+
+        def collate(rows: list[dict]) -> Batch:
+            return dict(pad([{k: r[k] for k in ("input_ids", "attention_mask", "labels")} for r in rows]))
+
+        return collate
+
+    def loss(self, outputs: Any, batch: Batch) -> Tensor:
+        """Token cross-entropy over first sub-tokens, in float32."""
+        return F.cross_entropy(outputs.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                 batch_size: int) -> tuple[dict[str, Any], str]:
+        """seqeval entity P/R/F1 (strict, the data's scheme), per-type table, token accuracy; CoNLL predictions."""
+        from autolora import metrics
+
+        encoded = self.encode(split, tokenizer)
+        loader = DataLoader(encoded, batch_size=batch_size, collate_fn=self.collate(tokenizer))
+        was_training = model.training
+        model.eval()
+        predicted: list[list[int]] = []
+        for batch in loader:
+            with autocast():
+                logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
+            best = logits.argmax(-1).cpu().numpy()
+            for row_best, row_labels in zip(best, batch["labels"].numpy(), strict=True):
+                predicted.append(row_best[row_labels != IGNORE].tolist())  # one per word of the window
+        model.train(was_training)
+        words, gold = list(split["words"]), list(split["tags"])
+        guesses: list[list[str]] = [["O"] * len(w) for w in words]
+        for sentence, first, labels in zip(encoded["sentence"], encoded["first_word"], predicted, strict=True):
+            guesses[sentence][first : first + len(labels)] = [self.labels[i] for i in labels]
+        scores = metrics.entity_scores(gold, guesses, self.scheme)
+        conll = "".join("".join(f"{w} {g} {p}\n" for w, g, p in zip(ws, gs, ps, strict=True)) + "\n"
+                        for ws, gs, ps in zip(words, gold, guesses, strict=True))
+        return scores, conll
+
