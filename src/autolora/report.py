@@ -66,9 +66,11 @@ def read_run(path: Path) -> Run:
     metrics = json.loads((path / "metrics.json").read_text())
     config = yaml.safe_load((path / "config.yaml").read_text())
     search = metrics.get("search")
+    rescored = path / "metrics_rescored.json"  # autolora.rescore: same predictions, scored where METEOR runs
+    dev = json.loads(rescored.read_text())["dev"] if rescored.is_file() else metrics["retrain"]["dev"]
     return Run(
         path=path, task=metrics["task"], model=metrics["model"], variant=variant_of(config), seed=metrics["seed"],
-        main_metric=metrics["main_metric"], dev=metrics["retrain"]["dev"], ranks=metrics["ranks"],
+        main_metric=metrics["main_metric"], dev=dev, ranks=metrics["ranks"],
         trainable_params=metrics["retrain"]["trainable_params"], search_s=search and search["wall_time_s"],
         retrain_s=metrics["retrain"]["wall_time_s"], versions=metrics["versions"], device=metrics["device"],
     )
