@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
-.PHONY: install test test-slow test-all lint run smoke report clean
+.PHONY: install test test-slow test-all lint run smoke report bench clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ smoke: install
 
 clean:
 	rm -rf outputs multirun .pytest_cache
+
+# On a CUDA machine (device tool): search-step cost vs a peft LoRA step -> results/bench.{json,md}, profile.
+bench: install
+	$(PY) -m autolora.bench --profile --out results/bench
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
 report: install

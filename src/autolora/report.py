@@ -169,11 +169,31 @@ def ranks_figure(runs: list[Run], title: str):
     return fig
 
 
+def sample_generations(runs: list[Run], count: int = 4) -> str:
+    """The first `count` sources of a generation task with each variant's output (seed 0), from predictions.txt."""
+    tables = {}
+    for run in sorted(runs, key=lambda r: (r.variant, r.seed)):
+        path = run.path / "predictions.txt"
+        if path.is_file() and run.variant not in tables:
+            rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
+            tables[run.variant] = dict(rows)
+    if not tables:
+        return ""
+    sources = list(next(iter(tables.values())))[:count]
+    lines = ["## Sample generations", ""]
+    for source in sources:
+        lines.append(f"- `{source}`")
+        lines += [f"  - {variant}: {generated.get(source, '')}" for variant, generated in tables.items()]
+    return "\n".join(lines) + "\n"
+
+
 def write_report(runs: list[Run], out: Path, title: str, provenance: Mapping[str, str], notes: str = "") -> list[Path]:
     """Write OUT.md, OUT.csv and OUT_ranks.png; returns the paths written."""
     rows = table_rows(runs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    written = [write_text(out.with_suffix(".md"), markdown(rows, provenance, title, notes)),
+    page = markdown(rows, provenance, title, notes)
+    samples = sample_generations(runs)
+    written = [write_text(out.with_suffix(".md"), page + ("\n" + samples if samples else "")),
                write_text(out.with_suffix(".csv"), csv_text(rows))]
     fig = ranks_figure(runs, f"ranks found by AutoLoRA ({out.name})")
     if fig is not None:
