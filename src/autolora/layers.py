@@ -108,11 +108,11 @@ class SelectableLoRA(nn.Module):
         super().__init__()
         in_features, out_features = projection_shape(base)
         ordered = sorted(parts, key=lambda p: p.start)
-        for prev, spec in zip([None, *ordered], ordered, strict=False):
+        for i, spec in enumerate(ordered):
             if not 0 <= spec.start < spec.stop <= out_features or spec.rank < 1:
                 raise ValueError(f"bad LoRA part {spec} for a projection with {out_features} outputs")
-            if prev is not None and spec.start < prev.stop:
-                raise ValueError(f"LoRA parts {prev.name!r} and {spec.name!r} overlap")
+            if i and spec.start < ordered[i - 1].stop:
+                raise ValueError(f"LoRA parts {ordered[i - 1].name!r} and {spec.name!r} overlap")
         self.base = base
         self.in_features, self.out_features = in_features, out_features
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

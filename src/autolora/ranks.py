@@ -99,7 +99,8 @@ def peft_config(
     from peft import LoraConfig
 
     rank_pattern, alpha_pattern = {}, {}
-    for module, parts in module_ranks(ranks).items():
+    grouped = module_ranks(ranks)
+    for module, parts in grouped.items():
         total = sum(parts.values())
         if total == 0:
             continue
@@ -112,7 +113,7 @@ def peft_config(
         r=max(rank_pattern.values()),
         lora_alpha=lora_alpha,
         lora_dropout=dropout,
-        target_modules=[m for m, p in module_ranks(ranks).items() if sum(p.values()) > 0],
+        target_modules=[m for m, p in grouped.items() if sum(p.values()) > 0],
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         modules_to_save=list(modules_to_save) or None,

@@ -157,9 +157,10 @@ def ranks_figure(runs: list[Run], title: str):
     fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 1.3 * len(chosen) + 0.8), squeeze=False)
     for ax, ((task, model), run) in zip(axes[:, 0], sorted(chosen.items()), strict=True):
         kinds, layers, grid = rank_grid(run.ranks)
-        ax.imshow(grid, cmap="viridis", vmin=0, vmax=8, aspect="auto")
+        top = max(8.0, float(np.nanmax(grid)))
+        ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
         for (row, col), value in np.ndenumerate(grid):
-            ax.text(col, row, f"{int(value)}", ha="center", va="center", color="w" if value < 4 else "k", fontsize=8)
+            ax.text(col, row, f"{int(value)}", ha="center", va="center", color="w" if value < top / 2 else "k", fontsize=8)
         ax.set_yticks(range(len(kinds)), kinds)
         ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
         ax.set_title(f"{task} · {model} (seed {run.seed})", fontsize=9)

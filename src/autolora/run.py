@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from autolora import export
 from autolora import ranks as ranks_io
 from autolora.files import write_atomic, write_json, write_text
-from autolora.inject import RankKeyError, TargetConfig, check_rank_keys, inject, target_names
+from autolora.inject import RankKeyError, TargetConfig, inject, target_names
 from autolora.models import ModelConfig, four_d_attention_mask, load_model, load_tokenizer, resolve_location
 from autolora.search import SearchConfig, search
 from autolora.tasks import build_task
@@ -230,11 +230,21 @@ class Job:
             "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank})
         return found, gates, record
 
-    def run_retrain(self, ranks: Mapping[str, int], tracker):
-        """Fresh backbone and head, plain LoRA at `ranks`, train on the whole training set, evaluate."""
+    def retrain_ranks(self, model, found: Mapping[str, int] | None) -> dict[str, int]:
+        """The ranks to retrain at: the search's, search.ranks_file's, or uniform lora.r for method=lora."""
+        s = self.settings
+        if s.method == "lora":
+            return {name: s.lora_r for name in target_names(model, s.model.targets)}
+        if found is not None:
+            return dict(found)
+        return ranks_io.load(s.search.ranks_file)["ranks"]  # inject() checks the keys against the model
+
+    def run_retrain(self, found: Mapping[str, int] | None, tracker):
+        """Fresh backbone and head, plain LoRA at the retrain ranks, train on the whole training set, evaluate."""
         r = self.settings.retrain
         start = time.perf_counter()
         model = self.fresh_model()
+        ranks = self.retrain_ranks(model, found)
         inject(model, self.settings.model.targets, ranks, lora_alpha=r.lora_alpha, dropout=r.dropout,
                alpha_norm=None, trainable_modules=self.heads)  # checks every module's actual rank
         steps = train(model, self.loader(self.train, r.batch_size, True, 3), r, compute_loss=self.task.loss,
@@ -245,7 +255,7 @@ class Job:
                   "trainable_params": trainable(model), "wall_time_s": elapsed(start, self.settings.device)}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
-        return model, record
+        return model, ranks, record
 
 
 def trainable(model) -> int:
@@ -256,19 +266,6 @@ def elapsed(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # phase boundary, not a hot loop
     return round(time.perf_counter() - start, 3)
-
-
-def initial_ranks(job: Job) -> dict[str, int] | None:
-    """Ranks known before training: from search.ranks_file, or uniform lora.r; None means search."""
-    s = job.settings
-    if s.method == "lora":
-        probe = job.fresh_model()
-        return {name: s.lora_r for name in target_names(probe, s.model.targets)}
-    if s.search.ranks_file is None:
-        return None
-    payload = ranks_io.load(s.search.ranks_file)
-    check_rank_keys(target_names(job.fresh_model(), s.model.targets), payload["ranks"])
-    return payload["ranks"]
 
 
 def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
@@ -304,6 +301,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
     check_compatible(settings.model, task)
+    if settings.search.ranks_file is not None:
+        ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
     claim_run_dir(run_dir)
     seed_everything(settings.seed)
     splits = task.load(settings.data)  # data errors surface here, before any model is loaded
@@ -321,12 +320,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "versions": versions(), "command": " ".join(sys.argv),
     }
     try:
-        ranks = initial_ranks(job)
-        if ranks is None:
-            ranks, _, record["search"] = job.run_search(tracker)
-        else:
+        found = None
+        if settings.method == "autolora" and settings.search.ranks_file is None:
+            found, _, record["search"] = job.run_search(tracker)
+        elif settings.method == "autolora":
             record["ranks_file"] = settings.search.ranks_file
-        model, record["retrain"] = job.run_retrain(ranks, tracker)
+        model, ranks, record["retrain"] = job.run_retrain(found, tracker)
         record["ranks"] = dict(ranks)
         record["adapter"] = str(save_adapter(job, model, ranks))
         figure_path = save_rank_figure(job, ranks)
