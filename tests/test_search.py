@@ -64,7 +64,7 @@ def test_a_layer_that_cannot_help_ends_with_a_lower_rank(alpha_norm, seed):
     cfg = search_config(alpha_norm=alpha_norm)
     gates = search(model, train, val, cfg, compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]),
                    autocast=contextlib.nullcontext, device=torch.device("cpu"), log=lambda record, step: None,
-                   log_every=100, progress=False)
+                   log_every=100, seed=0, progress=False)
     found = select_ranks(gates, cfg.selection_threshold)
     assert found["useless"] < found["useful"], (found, gates)
 
@@ -100,13 +100,13 @@ def test_search_needs_alpha_and_logs_entropies():
     records = []
     search(model, data, data, search_config(epochs=1), compute_loss=lambda out, b: F.mse_loss(out, b["labels"]),
            autocast=contextlib.nullcontext, device=torch.device("cpu"), log=lambda r, s: records.append((s, r)),
-           log_every=1, progress=False)
+           log_every=1, seed=0, progress=False)
     assert [step for step, _ in records] == [1, 2]
     assert {"train_loss", "val_loss", "alpha_entropy/useful", "alpha_entropy/useless"} <= set(records[0][1])
     plain = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no alpha"):
         search(plain, data, data, search_config(), compute_loss=None, autocast=contextlib.nullcontext,
-               device=torch.device("cpu"), log=None, log_every=1, progress=False)
+               device=torch.device("cpu"), log=None, log_every=1, seed=0, progress=False)
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import platform
 import random
+import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,19 +26,21 @@ import datasets
 import hydra
 import numpy as np
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from autolora import export
 from autolora import ranks as ranks_io
+from autolora.checkpoint import Checkpointer, Diverged, Interrupted
 from autolora.files import write_atomic, write_json, write_text
 from autolora.inject import RankKeyError, TargetConfig, inject, target_names
 from autolora.models import ModelConfig, four_d_attention_mask, load_model, load_tokenizer, resolve_location
 from autolora.search import SearchConfig, search
 from autolora.tasks import build_task
 from autolora.tasks.base import DataConfig, DataError, search_split
-from autolora.tracking import LoggerConfig, open_tracker
+from autolora.tracking import LoggerConfig, open_tracker, prune_events
 from autolora.train import RetrainConfig, train
 
 METHODS = ("autolora", "lora")
@@ -63,6 +69,8 @@ class Settings:
 
     method: str
     seed: int
+    resume: bool
+    checkpoint_every: int
     device: torch.device
     precision: str  # fp32 | bf16 (resolved from auto)
     log_every: int
@@ -82,12 +90,17 @@ def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
 def build_settings(cfg: DictConfig) -> Settings:
     """DictConfig -> frozen dataclasses; any invalid value becomes a ConfigError naming its key."""
     try:
+        for key in ("seed", "log_every", "checkpoint_every"):
+            if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
+                raise ConfigError(f"{key} must be an integer, got {cfg[key]!r}")
         if cfg.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}")
         if cfg.lora.r < 1:
             raise ConfigError(f"lora.r must be >= 1, got {cfg.lora.r}")
         if cfg.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {cfg.log_every}")
+        if cfg.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
         model = _node(cfg, "model")
         targets = model.pop("targets")
         model = ModelConfig(
@@ -96,7 +109,8 @@ def build_settings(cfg: DictConfig) -> Settings:
         )
         device = resolve_device(cfg.device)
         return Settings(
-            method=cfg.method, seed=cfg.seed, device=device, precision=resolve_precision(cfg.precision, device),
+            method=cfg.method, seed=cfg.seed, resume=bool(cfg.resume), checkpoint_every=cfg.checkpoint_every,
+            device=device, precision=resolve_precision(cfg.precision, device),
             log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
             retrain=RetrainConfig(**_node(cfg, "retrain")), logger=LoggerConfig(**_node(cfg, "logger")),
@@ -177,17 +191,19 @@ def check_compatible(model: ModelConfig, task) -> None:
 
 
 class Job:
-    """One run: the settings, the task and its data, the tracker and the run directory."""
+    """One run: the settings, the task and its data, the checkpointer and the run directory."""
 
-    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev):
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer):
         self.settings, self.task, self.run_dir = settings, task, run_dir
         self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
+        self.checkpoint = checkpoint
         self.autocast = autocast_for(settings)
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
+        self.seed = settings.seed * 1_000_003  # data-order seeds: search D_tr, D_val, retrain = seed, +1, +2
 
-    def loader(self, dataset, batch_size: int, shuffle: bool, seed_offset: int = 0) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.settings.seed + seed_offset)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    def loader(self, dataset, batch_size: int) -> DataLoader:
+        """Shuffled training batches; the loops reseed the generator per pass (checkpoint.batches_from)."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
                           collate_fn=self.collate, pin_memory=self.settings.device.type == "cuda")
 
     def collate(self, rows: list[dict]) -> dict:
@@ -207,28 +223,33 @@ class Job:
         return self.task.evaluate(model, self.dev, self.tokenizer, device=self.settings.device,
                                   autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
 
-    def run_search(self, tracker) -> tuple[dict[str, int], dict[str, list[float]], dict[str, Any]]:
-        """Search on D_tr/D_val, threshold, save ranks.json; returns (ranks, gates, phase record)."""
+    def run_search(self, tracker) -> tuple[dict[str, int], dict[str, Any]]:
+        """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
         s = self.settings.search
-        start = time.perf_counter()
+        self.checkpoint.start_phase("search")
         model = self.fresh_model()
         inject(model, self.settings.model.targets, {n: s.k for n in target_names(model, self.settings.model.targets)},
                lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm, trainable_modules=self.heads)
         tr_idx, val_idx = search_split(len(self.train), s.val_fraction, self.settings.seed)
-        gates = search(
-            model, self.loader(self.train.select(tr_idx), s.batch_size, True, 1),
-            self.loader(self.train.select(val_idx), s.batch_size, True, 2), s,
-            compute_loss=self.task.loss, autocast=self.autocast, device=self.settings.device,
-            log=tracker.log, log_every=self.settings.log_every, progress=self.settings.progress,
-        )
+        train_loader, val_loader = self.loader(self.train.select(tr_idx), s.batch_size), \
+            self.loader(self.train.select(val_idx), s.batch_size)
+        gates = search(model, train_loader, val_loader, s, compute_loss=self.task.loss, autocast=self.autocast,
+                       device=self.settings.device, log=tracker.log, log_every=self.settings.log_every,
+                       seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress)
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
-        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * -(-len(tr_idx) // s.batch_size),
+        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
-                  "wall_time_s": elapsed(start, self.settings.device), "threshold": s.selection_threshold}
+                  "wall_time_s": self.phase_time(), "threshold": s.selection_threshold}
         ranks_io.save(self.run_dir, found, gates, {
             "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
-            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank})
-        return found, gates, record
+            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
+            "search": record})
+        return found, record
+
+    def phase_time(self) -> float:
+        if self.settings.device.type == "cuda":
+            torch.cuda.synchronize(self.settings.device)  # phase boundary, not a hot loop
+        return round(self.checkpoint.elapsed(), 3)
 
     def retrain_ranks(self, model, found: Mapping[str, int] | None) -> dict[str, int]:
         """The ranks to retrain at: the search's, search.ranks_file's, or uniform lora.r for method=lora."""
@@ -242,17 +263,18 @@ class Job:
     def run_retrain(self, found: Mapping[str, int] | None, tracker):
         """Fresh backbone and head, plain LoRA at the retrain ranks, train on the whole training set, evaluate."""
         r = self.settings.retrain
-        start = time.perf_counter()
+        self.checkpoint.start_phase("retrain")
         model = self.fresh_model()
         ranks = self.retrain_ranks(model, found)
         inject(model, self.settings.model.targets, ranks, lora_alpha=r.lora_alpha, dropout=r.dropout,
                alpha_norm=None, trainable_modules=self.heads)  # checks every module's actual rank
-        steps = train(model, self.loader(self.train, r.batch_size, True, 3), r, compute_loss=self.task.loss,
+        steps = train(model, self.loader(self.train, r.batch_size), r, compute_loss=self.task.loss,
                       autocast=self.autocast, device=self.settings.device, log=tracker.log,
-                      log_every=self.settings.log_every, progress=self.settings.progress)
+                      log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
+                      progress=self.settings.progress)
         dev, predictions = self.evaluate(model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train),
-                  "trainable_params": trainable(model), "wall_time_s": elapsed(start, self.settings.device)}
+                  "trainable_params": trainable(model), "wall_time_s": self.phase_time()}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
         return model, ranks, record
@@ -262,10 +284,13 @@ def trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def elapsed(start: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)  # phase boundary, not a hot loop
-    return round(time.perf_counter() - start, 3)
+def save_dir(target: Path, write) -> Path:
+    """Fill a folder through a staging folder and a rename: it appears complete or not at all."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    write(staging)
+    staging.rename(target)
+    return target
 
 
 def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
@@ -276,18 +301,69 @@ def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
                                   fan_in_fan_out=job.settings.model.fan_in_fan_out)
     cfg = job.settings.model
     if cfg.is_random:
-        base_dir = job.run_dir / "base_model"
-        export.unwrap(model).save_pretrained(base_dir)
-        job.tokenizer.save_pretrained(base_dir)
+        plain = export.unwrap(model)
+        base_dir = save_dir(job.run_dir / "base_model",
+                            lambda d: (plain.save_pretrained(d), job.tokenizer.save_pretrained(d)))
         config.base_model_name_or_path = str(base_dir)
     else:
         config.base_model_name_or_path = resolve_location(cfg.path)
     peft_model = export.to_peft(model, config)
-    target = job.run_dir / "adapter"
-    staging = job.run_dir / ".adapter.tmp"
-    peft_model.save_pretrained(staging)
-    staging.rename(target)  # the folder appears complete or not at all
-    return target
+    return save_dir(job.run_dir / "adapter", peft_model.save_pretrained)
+
+
+IGNORED_ON_RESUME = ("resume", "progress")
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += config_differences(a, b, f"{name}.")
+        elif a != b and name not in IGNORED_ON_RESUME:
+            diffs.append(name)
+    return diffs
+
+
+def resume_dir(hydra_dir: Path, resolved: Mapping[str, Any]) -> Path:
+    """The run to continue: Hydra's run dir if it holds one (hydra.run.dir=<run>), else the newest
+    unfinished run with the same config beside it (the same command again, plus resume=true)."""
+    if (hydra_dir / "config.yaml").is_file():
+        candidates = [hydra_dir]
+    else:
+        beside = [p.parent for p in hydra_dir.parent.glob("*/config.yaml") if not (p.parent / "metrics.json").exists()]
+        candidates = sorted(beside, key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if (candidate / "metrics.json").exists():
+            raise ConfigError(f"{candidate} holds a finished run (metrics.json): nothing to resume")
+        diffs = config_differences(yaml.safe_load((candidate / "config.yaml").read_text()), resolved)
+        if not diffs:
+            return candidate
+        if candidate == hydra_dir:
+            raise ConfigError(f"resume=true: the config differs from the run in {candidate} at {diffs[:5]}")
+    raise ConfigError(f"resume=true: no unfinished run with this config in {hydra_dir.parent}; "
+                      "point at it with hydra.run.dir=<run dir> resume=true")
+
+
+def resume_position(job: Job) -> tuple[str, int]:
+    """(phase, steps done) a resumed run continues from, for pruning events logged after it."""
+    saved = job.checkpoint.load("retrain") or job.checkpoint.load("search")
+    if saved is not None:
+        return saved["phase"], saved["step"]
+    searched = job.settings.method == "lora" or (job.run_dir / "ranks.json").is_file()
+    return ("retrain" if searched else "search"), 0
+
+
+@contextlib.contextmanager
+def stop_at_step_boundaries(checkpoint: Checkpointer):
+    """SIGINT/SIGTERM save a checkpoint at the next step boundary instead of killing the run mid-step."""
+    previous = {sig: signal.signal(sig, checkpoint.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -303,16 +379,28 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_compatible(settings.model, task)
     if settings.search.ranks_file is not None:
         ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
-    claim_run_dir(run_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if settings.resume:
+        run_dir = resume_dir(run_dir, resolved)
+    else:
+        claim_run_dir(run_dir)
     seed_everything(settings.seed)
     splits = task.load(settings.data)  # data errors surface here, before any model is loaded
     tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
-    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if task.max_length < minimum:
+        raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
+                          f"(at least {minimum}: its special tokens plus two text tokens)")
+    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
+              Checkpointer(run_dir, settings.checkpoint_every))
+    if settings.resume:
+        prune_events(run_dir / "events.jsonl", *resume_position(job))
+    else:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if getattr(task, "labels", None):  # class id -> label, as the model's head numbers them
         write_json(run_dir / "labels.json", list(task.labels))
-    tracker = open_tracker(settings.logger, run_dir, resolved, run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
+    tracker = open_tracker(settings.logger, run_dir, resolved,
+                           run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
     record: dict[str, Any] = {
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
         "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
@@ -320,18 +408,22 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "versions": versions(), "command": " ".join(sys.argv),
     }
     try:
-        found = None
-        if settings.method == "autolora" and settings.search.ranks_file is None:
-            found, _, record["search"] = job.run_search(tracker)
-        elif settings.method == "autolora":
-            record["ranks_file"] = settings.search.ranks_file
-        model, ranks, record["retrain"] = job.run_retrain(found, tracker)
-        record["ranks"] = dict(ranks)
-        record["adapter"] = str(save_adapter(job, model, ranks))
-        figure_path = save_rank_figure(job, ranks)
-        record["figures"] = [str(figure_path)]
-        write_json(run_dir / "metrics.json", record)
-        tracker.summary(flat_summary(record), ranks)
+        with stop_at_step_boundaries(job.checkpoint):
+            found = None
+            if settings.method == "autolora" and settings.search.ranks_file is None:
+                if (run_dir / "ranks.json").is_file():  # resumed after a finished search
+                    saved = ranks_io.load(run_dir / "ranks.json")
+                    found, record["search"] = saved["ranks"], saved["search"]
+                else:
+                    found, record["search"] = job.run_search(tracker)
+            elif settings.method == "autolora":
+                record["ranks_file"] = settings.search.ranks_file
+            model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+            record["ranks"] = dict(ranks)
+            record["adapter"] = str(save_adapter(job, model, ranks))
+            record["figures"] = [str(save_rank_figure(job, ranks))]
+            write_json(run_dir / "metrics.json", record)
+            tracker.summary(flat_summary(record), ranks)
     finally:
         tracker.close()
     print(summary_text(record, run_dir), flush=True)
@@ -401,10 +493,75 @@ def _job(cfg: DictConfig) -> None:
     except USER_ERRORS as err:
         print(f"autolora-run: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"autolora-run: {stop}; state saved in {run_dir / 'checkpoint.pt'}; continue with the same command "
+              f"plus hydra.run.dir={run_dir} resume=true", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except Diverged as err:
+        print(f"autolora-run: stopped: {err}; the last checkpoint (if any) is {run_dir / 'checkpoint.pt'}",
+              file=sys.stderr)
+        sys.exit(3)
+
+
+GROUPS = ("model", "task", "search", "retrain", "logger", "debug", "experiment")
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun")
+
+
+def group_options(group: str) -> list[str]:
+    """The selectable options of a config group (files starting with _ are shared fragments)."""
+    root = config_dir() / group
+    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def check_overrides(args: list[str]) -> None:
+    """Unknown group options and keys, bad override syntax: one ConfigError line before Hydra starts."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a.startswith(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")) for a in args):
+        return  # a different config tree: Hydra checks it
+    words, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("-"):
+            skip = arg in FLAGS_WITH_VALUE
+            continue
+        words.append(arg)
+    try:
+        overrides = OverridesParser.create().parse_overrides(words)
+    except HydraException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    plain = []
+    for override in overrides:
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        group = override.key_or_group
+        if group in GROUPS and not override.is_delete():
+            known = group_options(group)
+            for value in values:
+                if value is not None and str(value) not in known:
+                    raise ConfigError(f"unknown {group} {str(value)!r}; choose one of: {', '.join(known)}")
+        plain.append(f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else override.input_line)
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="check"):
+            compose("config", overrides=plain, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        message = " ".join(str(err).split())
+        unknown = re.match(r"Could not override '([^']+)'", message)
+        if unknown:  # Hydra suggests '+key=...', which struct mode would then reject
+            message = f"unknown config key '{unknown.group(1)}' (`autolora-run --cfg job` lists the keys)"
+        raise ConfigError(message) from None
 
 
 def main() -> None:
     """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"autolora-run: error: {err}", file=sys.stderr)
+        sys.exit(2)
     hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(_job)()
 
 

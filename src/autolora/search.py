@@ -9,19 +9,23 @@ Losses stay on the device; the host reads them only every ``log_every`` steps.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from autolora.batch import Batch, model_inputs, to_device
+from autolora.checkpoint import Checkpointer, Diverged, batches_from, resume_loop
 from autolora.hypergrad import HYPERGRADS, LossFn, hypergradient
 from autolora.inject import gates, split_params
 from autolora.layers import ALPHA_NORMS
+from autolora.losses import LossWindow
 from autolora.ranks import default_threshold
+from autolora.typecheck import check_types
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
 
@@ -52,6 +56,7 @@ class SearchConfig:
     evaluate: bool  # score the search model on dev after the search (costly for generation tasks)
 
     def __post_init__(self):
+        check_types(self, "search")
         checks = [
             (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
             (self.alpha_norm in ALPHA_NORMS, f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
@@ -93,11 +98,6 @@ def batch_loss(model: nn.Module, compute_loss: ComputeLoss, batch: Batch, autoca
             return compute_loss(outputs, batch)
 
     return loss
-
-
-def _cycle(loader: Iterable) -> Iterator:
-    while True:
-        yield from loader
 
 
 def apply_grads(optimizer: torch.optim.Optimizer, params: Iterable[Tensor], grads: Iterable[Tensor], max_norm) -> None:
@@ -161,8 +161,8 @@ def search_step(
 
 def search(
     model: nn.Module,
-    train_loader: Iterable[Batch],
-    val_loader: Iterable[Batch],
+    train_loader: DataLoader,
+    val_loader: DataLoader,
     cfg: SearchConfig,
     *,
     compute_loss: ComputeLoss,
@@ -170,31 +170,40 @@ def search(
     device: torch.device,
     log: Callable[[dict, int], None],
     log_every: int,
+    seed: int,
+    checkpoint: Checkpointer | None = None,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Run the alternating search and return the final gates, normalise(alpha), per matrix."""
+    """Run the alternating search (resuming from `checkpoint` if it holds a search state); return the
+    final gates normalise(alpha) per matrix. Pass p over D_tr (D_val) is shuffled with seed + p."""
     total = cfg.epochs * len(train_loader)
     state = start_search(model, cfg, total)
-    val_batches = _cycle(val_loader)
-    running = torch.zeros(2, device=device)  # (train, val) loss sums since the last log: stay on device
+    optimizers = {"w": state.opt_w, "alpha": state.opt_alpha}
+    done, saved = resume_loop(checkpoint, "search", model, optimizers, state.schedule)
+    window = LossWindow(["train_loss", "val_loss"], device, log_every)
+    window.restore(saved.get("window"))
+    train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
     model.train()
-    step = 0
-    with tqdm(total=total, desc="search", unit="step", disable=not progress) as bar:
-        for epoch in range(cfg.epochs):
-            for batch in train_loader:
-                batch, val_batch = to_device(batch, device), to_device(next(val_batches), device)
-                running += search_step(model, state, batch, val_batch, cfg, compute_loss, autocast)
-                step += 1
-                bar.update()
-                if step % log_every == 0 or step == total:
-                    losses = (running / (log_every if step % log_every == 0 else step % log_every)).tolist()
-                    running.zero_()
-                    bar.set_postfix(train=f"{losses[0]:.4f}", val=f"{losses[1]:.4f}")
-                    record = {"phase": "search", "epoch": epoch, "train_loss": losses[0], "val_loss": losses[1],
-                              "lr": state.schedule.get_last_lr()[0]}
-                    with torch.no_grad():
-                        for name, gate in gates(model).items():
-                            record[f"alpha_entropy/{name}"] = float(alpha_entropy(gate))
-                    log(record, step)
+    with tqdm(total=total, initial=done, desc="search", unit="step", disable=not progress) as bar:
+        for step in range(done + 1, total + 1):
+            batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
+            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast))
+            bar.update()
+            if window.due(step, total):
+                record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),
+                          "lr": state.schedule.get_last_lr()[0]}
+                bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
+                with torch.no_grad():
+                    for name, gate in gates(model).items():
+                        record[f"alpha_entropy/{name}"] = float(alpha_entropy(gate))
+                if not all(math.isfinite(v) for k, v in record.items() if k.startswith("alpha_entropy/")):
+                    raise Diverged(f"non-finite alpha at search step {step}; lower search.alpha_lr")
+                log(record, step)
+            if checkpoint is not None:
+                checkpoint.after_step("search", step, total, model, optimizers, state.schedule,
+                                      {"window": window.state()})
     with torch.no_grad():
-        return {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
+        found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
+    if not all(math.isfinite(g) for gate in found.values() for g in gate):
+        raise Diverged("non-finite alpha at the end of the search: no ranks written")
+    return found

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autolora.files import write_text
+from autolora.typecheck import check_types
+
 log = logging.getLogger(__name__)
 MODES = ("auto", "offline", "online")
 
@@ -28,6 +31,7 @@ class LoggerConfig:
     mode: str  # auto: online when WANDB_API_KEY is set, else offline
 
     def __post_init__(self):
+        check_types(self, "logger")
         if self.name not in ("none", "wandb"):
             raise ValueError(f"logger must be none or wandb, got {self.name!r}")
         if self.mode not in MODES:
@@ -38,14 +42,15 @@ class Tracker:
     """Appends one JSON line per logged step to events.jsonl and forwards it to W&B if a run is open."""
 
     def __init__(self, events_path: Path | None, wandb_run=None):
-        self._events = None if events_path is None else open(events_path, "a", buffering=1)  # line-buffered
+        # one os.write per line on an O_APPEND descriptor: a killed run never leaves half a line
+        self._events = None if events_path is None else os.open(events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._wandb = wandb_run
 
     def log(self, record: Mapping[str, Any], step: int) -> None:
         """One event: a phase ('search' or 'retrain'), its step and scalar values."""
         line = {"step": step, **record}
         if self._events is not None:
-            self._events.write(json.dumps(line) + "\n")
+            os.write(self._events, (json.dumps(line) + "\n").encode())
         if self._wandb is not None:
             phase = record.get("phase", "run")
             self._wandb.log({f"{phase}/{k}": v for k, v in record.items() if k != "phase"})
@@ -62,9 +67,25 @@ class Tracker:
 
     def close(self) -> None:
         if self._events is not None:
-            self._events.close()
+            os.close(self._events)
+            self._events = None
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def prune_events(path: Path, phase: str, step: int) -> None:
+    """Before a resume: drop the events of `phase` after `step` (they are logged again) and any torn line."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (event.get("phase") == phase and event.get("step", 0) > step):
+            keep.append(line)
+    write_text(path, "".join(f"{line}\n" for line in keep))
 
 
 def open_tracker(cfg: LoggerConfig, run_dir: Path, config: Mapping[str, Any], run_name: str) -> Tracker:

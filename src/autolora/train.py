@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from autolora.batch import Batch, model_inputs, to_device
+from autolora.checkpoint import Checkpointer, batches_from, resume_loop
+from autolora.losses import LossWindow
+from autolora.typecheck import check_types
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class RetrainConfig:
     max_grad_norm: float | None
 
     def __post_init__(self):
+        check_types(self, "retrain")
         if self.epochs < 1:
             raise ValueError(f"retrain.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -36,9 +41,23 @@ class RetrainConfig:
             raise ValueError(f"retrain.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
 
 
+def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, batch: Batch,
+               cfg: RetrainConfig, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable) -> Tensor:
+    """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync)."""
+    with autocast():
+        outputs = model(**model_inputs(batch))
+    loss = compute_loss(outputs, batch)
+    loss.backward()
+    if cfg.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def train(
     model: nn.Module,
-    loader: Iterable[Batch],
+    loader: DataLoader,
     cfg: RetrainConfig,
     *,
     compute_loss: Callable[[object, Batch], Tensor],
@@ -46,35 +65,33 @@ def train(
     device: torch.device,
     log: Callable[[dict, int], None],
     log_every: int,
+    seed: int,
+    checkpoint: Checkpointer | None = None,
     progress: bool = True,
 ) -> int:
-    """AdamW with linear warmup and decay over all trainable parameters; returns the number of steps."""
+    """AdamW with linear warmup and decay over all trainable parameters, resuming from `checkpoint` if it
+    holds a retrain state; pass p over the data is shuffled with seed + p. Returns the number of steps."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    running = torch.zeros((), device=device)
+    done, saved = resume_loop(checkpoint, "retrain", model, {"w": optimizer}, schedule)
+    window = LossWindow(["train_loss"], device, log_every)
+    window.restore(saved.get("window"))
+    batches = batches_from(loader, seed, done)
     model.train()
-    step = 0
-    with tqdm(total=total, desc="retrain", unit="step", disable=not progress) as bar:
-        for epoch in range(cfg.epochs):
-            for batch in loader:
-                batch = to_device(batch, device)
-                with autocast():
-                    outputs = model(**model_inputs(batch))
-                loss = compute_loss(outputs, batch)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                schedule.step()
-                running += loss.detach().float()
-                step += 1
-                bar.update()
-                if step % log_every == 0 or step == total:
-                    mean = float(running) / (log_every if step % log_every == 0 else step % log_every)
-                    running.zero_()
-                    bar.set_postfix(loss=f"{mean:.4f}")
-                    log({"phase": "retrain", "epoch": epoch, "train_loss": mean, "lr": schedule.get_last_lr()[0]}, step)
-    return step
+    with tqdm(total=total, initial=done, desc="retrain", unit="step", disable=not progress) as bar:
+        for step in range(done + 1, total + 1):
+            loss = train_step(model, params, optimizer, to_device(next(batches), device), cfg, compute_loss, autocast)
+            schedule.step()
+            window.add(loss)
+            bar.update()
+            if window.due(step, total):
+                record = {"phase": "retrain", "epoch": (step - 1) // len(loader), **window.read("retrain", step),
+                          "lr": schedule.get_last_lr()[0]}
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}")
+                log(record, step)
+            if checkpoint is not None:
+                checkpoint.after_step("retrain", step, total, model, {"w": optimizer}, schedule,
+                                      {"window": window.state()})
+    return total

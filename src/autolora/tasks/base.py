@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from autolora.batch import Batch
+from autolora.typecheck import check_types
 
 if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
     from datasets import Dataset
@@ -34,6 +35,7 @@ class DataConfig:
     max_eval_samples: int | None
 
     def __post_init__(self):
+        check_types(self, "data")
         if self.source not in DATA_SOURCES:
             raise ValueError(f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
         for key in ("max_train_samples", "max_eval_samples"):

@@ -144,7 +144,12 @@ class GenerationTask:
                 out["labels"].append(([IGNORE] * len(prompt) + answer)[: self.max_length])
             return out
 
-        return split.map(tokenize, batched=True, remove_columns=split.column_names)
+        encoded = split.map(tokenize, batched=True, remove_columns=split.column_names)
+        empty = [i for i, labels in enumerate(encoded["labels"]) if all(t == IGNORE for t in labels)]
+        if empty:
+            raise DataError(f"task.max_length={self.max_length} leaves no reference token in {len(empty)} training "
+                            f"rows (e.g. row {empty[0] + 1}: {split[empty[0]]['source']!r}); raise task.max_length")
+        return encoded
 
     def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
         """Right padding (training): pad id, attention 0, label -100."""

@@ -1,0 +1,155 @@
+"""Resumable training: the state of a loop at a step boundary, saved atomically, restored exactly.
+
+A checkpoint holds the phase (search or retrain), the number of steps done, the trainable parameters
+(LoRA factors, head, alpha), the optimiser and schedule states, the loss accumulator and every RNG
+state. Data order needs no saved state: pass p over a loader is shuffled with seed + p, so the
+position is a function of the step count (`batches_from`). Restored on CPU, a resumed run then takes
+the same steps as an uninterrupted one and ends with identical ranks and metrics.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from autolora.files import write_atomic
+
+FILENAME = "checkpoint.pt"
+
+
+class Interrupted(Exception):  # noqa: N818 - it is a stop, not an error
+    """SIGINT/SIGTERM arrived; the loop saved a checkpoint and stopped at a step boundary."""
+
+    def __init__(self, phase: str, step: int, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} during the {phase} at step {step}")
+        self.phase, self.step, self.signum = phase, step, signum
+
+
+class Diverged(Exception):  # noqa: N818
+    """A loss or alpha became NaN/inf; nothing from the bad steps is saved."""
+
+
+def batches_from(loader: DataLoader, seed: int, start: int) -> Iterator:
+    """The loader's batches forever, pass p shuffled with seed + p, skipping the first `start` batches."""
+    per_pass = len(loader)
+    pass_index, skip = divmod(start, per_pass)
+    generator = getattr(loader, "generator", None)  # plain lists of batches (tests) have none
+    while True:
+        if generator is not None:
+            generator.manual_seed(seed + pass_index)
+        batches = iter(loader)
+        for _ in range(skip):
+            next(batches)
+        skip = 0
+        yield from batches
+        pass_index += 1
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters a loop changes (LoRA, head, alpha), on the CPU."""
+    return {name: p.detach().cpu().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_trainable(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        raise ValueError("checkpoint does not match the model's trainable parameters "
+                         f"(missing {sorted(set(params) - set(state))[:3]}, extra {sorted(set(state) - set(params))[:3]})")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+class Checkpointer:
+    """Saves a loop's state every `every` steps and when SIGINT/SIGTERM asked it to stop; keeps the
+    phase's wall time across resumes."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.path = Path(run_dir) / FILENAME
+        self.every = every
+        self.stop_signal: int | None = None
+        self.in_loop = False  # signals are deferred to the next step boundary only inside a loop
+        self.prior_s, self.started = 0.0, time.perf_counter()
+
+    def handle_signal(self, signum: int, frame=None) -> None:
+        """Inside a loop: stop at the next step boundary (after saving). Elsewhere: stop now."""
+        if self.in_loop:
+            self.stop_signal = signum
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def start_phase(self, phase: str) -> None:
+        """Start the phase clock, continuing from a saved state of this phase."""
+        saved = self.load(phase)
+        self.prior_s, self.started = (saved["elapsed_s"] if saved else 0.0), time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Seconds spent in the current phase, resumed segments included."""
+        return self.prior_s + time.perf_counter() - self.started
+
+    def load(self, phase: str) -> dict[str, Any] | None:
+        """The saved state of `phase`, or None when there is none (or it belongs to another phase)."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        return state if state["phase"] == phase else None
+
+    def save(self, phase: str, step: int, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
+             schedule, extra: Mapping[str, Any]) -> None:
+        state = {"phase": phase, "step": step, "params": trainable_state(model),
+                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                 "schedule": schedule.state_dict(), "rng": rng_state(), "elapsed_s": self.elapsed(), **extra}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(self.path, lambda f: f.write(buffer.getvalue()), binary=True)
+
+    def after_step(self, phase: str, step: int, total: int, model, optimizers, schedule, extra) -> None:
+        """Save when due or asked to stop; raise Interrupted after saving for a stop request."""
+        if self.stop_signal is not None or (step % self.every == 0 and step < total):
+            self.save(phase, step, model, optimizers, schedule, extra)
+        if self.stop_signal is not None:
+            raise Interrupted(phase, step, self.stop_signal)
+        self.in_loop = step < total
+
+
+def resume_loop(checkpoint: Checkpointer | None, phase: str, model: nn.Module,
+                optimizers: Mapping[str, torch.optim.Optimizer], schedule) -> tuple[int, dict[str, Any]]:
+    """Restore a loop from its checkpoint: returns (steps already done, the saved extras) or (0, {})."""
+    if checkpoint is not None:
+        checkpoint.in_loop = True
+    saved = checkpoint.load(phase) if checkpoint is not None else None
+    if saved is None:
+        return 0, {}
+    restore_trainable(model, saved["params"])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][key])
+    schedule.load_state_dict(saved["schedule"])
+    restore_rng(saved["rng"])
+    return saved["step"], saved

@@ -1,0 +1,38 @@
+"""Type checks for the config dataclasses: a wrong type names its key instead of failing later."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is not None:  # tuple[...], Mapping[...]: the container type is enough here
+        return isinstance(value, origin)
+    return isinstance(value, hint)
+
+
+def _name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def check_types(instance: Any, prefix: str) -> None:
+    """Raise ValueError naming `prefix.field` for the first field whose value has the wrong type."""
+    hints = typing.get_type_hints(type(instance))
+    for field in dataclasses.fields(instance):
+        value = getattr(instance, field.name)
+        if not _accepts(hints[field.name], value):
+            raise ValueError(f"{prefix}.{field.name} must be {_name(hints[field.name])}, got {value!r}")
