@@ -67,7 +67,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from autolora.run import config_dir
+    from autolora.settings import config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="test"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)

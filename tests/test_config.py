@@ -9,7 +9,7 @@ from conftest import compose
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from autolora.run import ConfigError, build_settings, check_compatible, config_dir
+from autolora.settings import ConfigError, build_settings, check_compatible, config_dir
 from autolora.tasks import build_task
 
 CONF = config_dir()

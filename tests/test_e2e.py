@@ -121,7 +121,7 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path):
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
-    from autolora.run import run
+    from autolora.pipeline import run
 
     cfg = compose("debug=tiny", "model=tiny-gpt2", "task=e2e", f"data.data_dir={FIXTURES}", "search.epochs=6",
                   "search.batch_size=2", "search.alpha_lr=0.05", "search.lr=0.01", "task.generation.num_beams=2",

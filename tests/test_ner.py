@@ -104,7 +104,7 @@ def test_entity_f1_by_hand():
 
 def test_tiny_roberta_end_to_end(tmp_path):
     """search -> retrain -> evaluate on a handful of sentences; CoNLL-format predictions are written."""
-    from autolora.run import run
+    from autolora.pipeline import run
 
     record = run(compose("debug=tiny", "task=ner/conll2003", f"data.data_dir={FIXTURES}"), tmp_path / "run")
     assert {"f1", "precision", "recall", "token_accuracy", "per_type"} <= set(record["retrain"]["dev"])

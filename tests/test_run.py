@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import REPO, compose
 
-from autolora.run import ConfigError, run
+from autolora.pipeline import run
+from autolora.settings import ConfigError
 
 TINY = ("debug=tiny",)
 

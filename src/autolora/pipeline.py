@@ -1,0 +1,345 @@
+"""One run from a composed config: search -> threshold -> retrain -> evaluate -> the run directory.
+
+`run(cfg, run_dir)` connects the steps; `Job` holds what the phases share. Checkpoints make every phase
+resumable; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from autolora import export
+from autolora import ranks as ranks_io
+from autolora.checkpoint import Checkpointer
+from autolora.files import write_atomic, write_json, write_text
+from autolora.inject import inject, target_names
+from autolora.models import four_d_attention_mask, load_model, load_tokenizer, resolve_location
+from autolora.search import search
+from autolora.settings import ConfigError, Settings, _node, build_settings, check_compatible
+from autolora.summary import flat_summary, summary_text
+from autolora.tasks import build_task
+from autolora.tasks.base import search_split
+from autolora.tracking import open_tracker, prune_events
+from autolora.train import train
+
+PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+def autocast_for(settings: Settings):
+    """A factory of autocast contexts for the forward passes (bf16) or of no-op contexts (fp32)."""
+    if settings.precision == "fp32":
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=settings.device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (the search split takes it explicitly)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str:
+    """The checkout's commit (with -dirty for local changes), or 'unknown' outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "datasets": datasets.__version__}
+
+
+def claim_run_dir(run_dir: Path) -> None:
+    """Mark the directory as this run's; a directory that already holds a run is never reused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(run_dir / ".autolora-run", "x") as marker:
+            marker.write(f"{time.time()}\n")
+    except FileExistsError:
+        raise ConfigError(f"{run_dir} already holds a run; choose another hydra.run.dir") from None
+
+
+class Job:
+    """One run: the settings, the task and its data, the checkpointer and the run directory."""
+
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer):
+        self.settings, self.task, self.run_dir = settings, task, run_dir
+        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
+        self.checkpoint = checkpoint
+        self.autocast = autocast_for(settings)
+        self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
+        self.seed = settings.seed * 1_000_003  # data-order seeds: search D_tr, D_val, retrain = seed, +1, +2
+
+    def loader(self, dataset, batch_size: int) -> DataLoader:
+        """Shuffled training batches; the loops reseed the generator per pass (checkpoint.batches_from)."""
+        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                          collate_fn=self.collate, pin_memory=self.settings.device.type == "cuda")
+
+    def collate(self, rows: list[dict]) -> dict:
+        """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""
+        batch = dict(self.task.collate(self.tokenizer)(rows))
+        model = self.settings.model
+        batch["attention_mask"] = four_d_attention_mask(
+            batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
+        return batch
+
+    def fresh_model(self):
+        return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                          self.settings.seed).to(self.settings.device)
+
+    def evaluate(self, model) -> tuple[dict[str, float | None], str | None]:
+        """The task's metrics on the raw dev split, and its predictions as text (or None)."""
+        return self.task.evaluate(model, self.dev, self.tokenizer, device=self.settings.device,
+                                  autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+
+    def run_search(self, tracker) -> tuple[dict[str, int], dict[str, Any]]:
+        """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
+        s = self.settings.search
+        self.checkpoint.start_phase("search")
+        model = self.fresh_model()
+        inject(model, self.settings.model.targets, {n: s.k for n in target_names(model, self.settings.model.targets)},
+               lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm, trainable_modules=self.heads)
+        tr_idx, val_idx = search_split(len(self.train), s.val_fraction, self.settings.seed)
+        train_loader, val_loader = self.loader(self.train.select(tr_idx), s.batch_size), \
+            self.loader(self.train.select(val_idx), s.batch_size)
+        gates = search(model, train_loader, val_loader, s, compute_loss=self.task.loss, autocast=self.autocast,
+                       device=self.settings.device, log=tracker.log, log_every=self.settings.log_every,
+                       seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress)
+        found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
+        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
+                  "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
+                  "wall_time_s": self.phase_time(), "threshold": s.selection_threshold}
+        ranks_io.save(self.run_dir, found, gates, {
+            "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
+            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
+            "search": record})
+        return found, record
+
+    def phase_time(self) -> float:
+        if self.settings.device.type == "cuda":
+            torch.cuda.synchronize(self.settings.device)  # phase boundary, not a hot loop
+        return round(self.checkpoint.elapsed(), 3)
+
+    def retrain_ranks(self, model, found: Mapping[str, int] | None) -> dict[str, int]:
+        """The ranks to retrain at: the search's, search.ranks_file's, or uniform lora.r for method=lora."""
+        s = self.settings
+        if s.method == "lora":
+            return {name: s.lora_r for name in target_names(model, s.model.targets)}
+        if found is not None:
+            return dict(found)
+        return ranks_io.load(s.search.ranks_file)["ranks"]  # inject() checks the keys against the model
+
+    def run_retrain(self, found: Mapping[str, int] | None, tracker):
+        """Fresh backbone and head, plain LoRA at the retrain ranks, train on the whole training set, evaluate."""
+        r = self.settings.retrain
+        self.checkpoint.start_phase("retrain")
+        model = self.fresh_model()
+        ranks = self.retrain_ranks(model, found)
+        inject(model, self.settings.model.targets, ranks, lora_alpha=r.lora_alpha, dropout=r.dropout,
+               alpha_norm=None, trainable_modules=self.heads)  # checks every module's actual rank
+        steps = train(model, self.loader(self.train, r.batch_size), r, compute_loss=self.task.loss,
+                      autocast=self.autocast, device=self.settings.device, log=tracker.log,
+                      log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
+                      progress=self.settings.progress)
+        dev, predictions = self.evaluate(model)
+        record = {"dev": dev, "steps": steps, "n_train": len(self.train),
+                  "trainable_params": trainable(model), "wall_time_s": self.phase_time()}
+        if predictions is not None:
+            write_text(self.run_dir / "predictions.txt", predictions)
+        return model, ranks, record
+
+
+def trainable(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_dir(target: Path, write) -> Path:
+    """Fill a folder through a staging folder and a rename: it appears complete or not at all."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    write(staging)
+    staging.rename(target)
+    return target
+
+
+def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
+    """The retrained adapter in peft format (plus the base weights when they are random-init)."""
+    r = job.settings.retrain
+    config = ranks_io.peft_config(ranks, lora_alpha=r.lora_alpha, dropout=r.dropout, modules_to_save=job.heads,
+                                  task_type=PEFT_TASK_TYPES[job.task.head],
+                                  fan_in_fan_out=job.settings.model.fan_in_fan_out)
+    cfg = job.settings.model
+    if cfg.is_random:
+        plain = export.unwrap(model)
+        base_dir = save_dir(job.run_dir / "base_model",
+                            lambda d: (plain.save_pretrained(d), job.tokenizer.save_pretrained(d)))
+        config.base_model_name_or_path = str(base_dir)
+    else:
+        config.base_model_name_or_path = resolve_location(cfg.path)
+    peft_model = export.to_peft(model, config)
+    return save_dir(job.run_dir / "adapter", peft_model.save_pretrained)
+
+
+IGNORED_ON_RESUME = ("resume", "progress")
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += config_differences(a, b, f"{name}.")
+        elif a != b and name not in IGNORED_ON_RESUME:
+            diffs.append(name)
+    return diffs
+
+
+def resume_dir(hydra_dir: Path, resolved: Mapping[str, Any]) -> Path:
+    """The run to continue: Hydra's run dir if it holds one (hydra.run.dir=<run>), else the newest
+    unfinished run with the same config beside it (the same command again, plus resume=true)."""
+    if (hydra_dir / "config.yaml").is_file():
+        candidates = [hydra_dir]
+    else:
+        beside = [p.parent for p in hydra_dir.parent.glob("*/config.yaml") if not (p.parent / "metrics.json").exists()]
+        candidates = sorted(beside, key=lambda p: p.stat().st_mtime, reverse=True)
+    for candidate in candidates:
+        if (candidate / "metrics.json").exists():
+            raise ConfigError(f"{candidate} holds a finished run (metrics.json): nothing to resume")
+        diffs = config_differences(yaml.safe_load((candidate / "config.yaml").read_text()), resolved)
+        if not diffs:
+            return candidate
+        if candidate == hydra_dir:
+            raise ConfigError(f"resume=true: the config differs from the run in {candidate} at {diffs[:5]}")
+    raise ConfigError(f"resume=true: no unfinished run with this config in {hydra_dir.parent}; "
+                      "point at it with hydra.run.dir=<run dir> resume=true")
+
+
+def resume_position(job: Job) -> tuple[str, int]:
+    """(phase, steps done) a resumed run continues from, for pruning events logged after it."""
+    saved = job.checkpoint.load("retrain") or job.checkpoint.load("search")
+    if saved is not None:
+        return saved["phase"], saved["step"]
+    searched = job.settings.method == "lora" or (job.run_dir / "ranks.json").is_file()
+    return ("retrain" if searched else "search"), 0
+
+
+@contextlib.contextmanager
+def stop_at_step_boundaries(checkpoint: Checkpointer):
+    """SIGINT/SIGTERM save a checkpoint at the next step boundary instead of killing the run mid-step."""
+    previous = {sig: signal.signal(sig, checkpoint.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The whole pipeline for one composed config; returns the metrics written to metrics.json."""
+    datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
+    if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
+        cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    settings = build_settings(cfg)
+    try:
+        task = build_task(_node(cfg, "task"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
+    check_compatible(settings.model, task)
+    if settings.search.ranks_file is not None:
+        ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if settings.resume:
+        run_dir = resume_dir(run_dir, resolved)
+    else:
+        claim_run_dir(run_dir)
+    seed_everything(settings.seed)
+    splits = task.load(settings.data)  # data errors surface here, before any model is loaded
+    tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if task.max_length < minimum:
+        raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
+                          f"(at least {minimum}: its special tokens plus two text tokens)")
+    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
+              Checkpointer(run_dir, settings.checkpoint_every))
+    if settings.resume:
+        prune_events(run_dir / "events.jsonl", *resume_position(job))
+    else:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if getattr(task, "labels", None):  # class id -> label, as the model's head numbers them
+        write_json(run_dir / "labels.json", list(task.labels))
+    tracker = open_tracker(settings.logger, run_dir, resolved,
+                           run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
+    record: dict[str, Any] = {
+        "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
+        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
+        "device": device_name(settings.device), "precision": settings.precision, "git_commit": git_commit(),
+        "versions": versions(), "command": " ".join(sys.argv),
+    }
+    try:
+        with stop_at_step_boundaries(job.checkpoint):
+            found = None
+            if settings.method == "autolora" and settings.search.ranks_file is None:
+                if (run_dir / "ranks.json").is_file():  # resumed after a finished search
+                    saved = ranks_io.load(run_dir / "ranks.json")
+                    found, record["search"] = saved["ranks"], saved["search"]
+                else:
+                    found, record["search"] = job.run_search(tracker)
+            elif settings.method == "autolora":
+                record["ranks_file"] = settings.search.ranks_file
+            model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+            record["ranks"] = dict(ranks)
+            record["adapter"] = str(save_adapter(job, model, ranks))
+            record["figures"] = [str(save_rank_figure(job, ranks))]
+            write_json(run_dir / "metrics.json", record)
+            tracker.summary(flat_summary(record), ranks)
+    finally:
+        tracker.close()
+    print(summary_text(record, run_dir), flush=True)
+    return record
+
+
+def save_rank_figure(job: Job, ranks: Mapping[str, int]) -> Path:
+    from autolora.figures import plt, rank_heatmap
+
+    k = job.settings.search.k if job.settings.method == "autolora" else job.settings.lora_r
+    fig = rank_heatmap(ranks, k, f"{job.task.name} · {job.settings.model.name} · {job.settings.method}")
+    path = job.run_dir / "ranks.png"
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    plt.close(fig)
+    return path
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+

@@ -1,0 +1,50 @@
+"""The one-screen summary printed at the end of a run, and the flat metrics sent to the tracker."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def flat_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for phase in ("search", "retrain"):
+        for key, value in record.get(phase, {}).get("dev", {}).items():
+            out[f"{phase}/dev_{key}"] = value
+        if phase in record:
+            out[f"{phase}/wall_time_s"] = record[phase]["wall_time_s"]
+    return out
+
+
+def score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
+    """The one-screen summary printed at the end of a run."""
+    from autolora.figures import rank_grid
+
+    main = record["main_metric"]
+    lines = [f"autolora-run  {record['task']} · {record['model']} · {record['method']} · seed {record['seed']}"
+             f"  ({record['device']}, {record['precision']})",
+             f"data     {record['data']}: {record['n_train']} train / {record['n_dev']} dev"]
+    if "search" in record:
+        s = record["search"]
+        lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; dev {main} {score(s['dev'].get(main))};"
+                     f" threshold {s['threshold']:.4g}")
+    kinds, layers, grid = rank_grid(record["ranks"])
+    lines.append("ranks    layer " + " ".join(f"{layer:>3}" for layer in layers))
+    for kind, row in zip(kinds, grid, strict=True):
+        lines.append(f"         {kind:<5} " + " ".join("  -" if np.isnan(v) else f"{int(v):>3}" for v in row))
+    values = list(record["ranks"].values())
+    lines.append(f"         mean rank {np.mean(values):.2f}, {sum(v == 0 for v in values)} of {len(values)} matrices without LoRA")
+    r = record["retrain"]
+    scores = ", ".join(f"{k} {score(v)}" for k, v in r["dev"].items() if not isinstance(v, dict))
+    lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; dev {scores}; {r['trainable_params']:,} trainable params")
+    lines.append(f"run dir  {run_dir}")
+    return "\n".join(lines)
+
+
