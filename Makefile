@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
-.PHONY: install test test-slow test-all lint run smoke report bench clean
+.PHONY: install test test-slow test-all lint run smoke report bench reproduce reproduce-smoke clean
 
 install: $(STAMP)
 
@@ -51,6 +51,17 @@ clean:
 # On a CUDA machine (device tool): search-step cost vs a peft LoRA step -> results/bench.{json,md}, profile.
 bench: install
 	$(PY) -m autolora.bench --profile --out results/bench
+
+# The paper's comparison matrix (conf/matrix/$(MATRIX).yaml) on a GPU machine, then its tables in results/.
+# DATA_DIR holds glue/, e2e/, conll2003/, bionlp13cg/ (GLUE experiments read DATA_DIR/glue).
+MATRIX ?= paper
+reproduce: install
+	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }
+	$(PY) -m autolora.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR)
+
+# The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
+reproduce-smoke: install
+	HF_HUB_OFFLINE=1 $(PY) -m autolora.reproduce --matrix smoke
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
 report: install

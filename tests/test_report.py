@@ -54,3 +54,47 @@ def test_missing_provenance_is_refused(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({"title": "t"}))
     with pytest.raises(ValueError, match="missing"):
         report.report_folder(tmp_path, tmp_path / "results")
+
+
+def test_grid_cost_and_figures(tmp_path):
+    """With a uniform-rank grid present, AutoLoRA's row gets its cost over the grid's total, and the
+    score-vs-parameters and cost figures are drawn."""
+    runs_dir = tmp_path / "runs" / "grid"
+    _run(runs_dir, "a0", accuracy=0.6)  # AutoLoRA: search 4 s + retrain 10 s = 14 s
+    for r in (2, 8):
+        path = runs_dir / f"lora{r}"
+        _run(runs_dir, f"lora{r}", method="lora", accuracy=0.5)  # 10 s each: grid total 20 s
+        config = yaml.safe_load((path / "config.yaml").read_text())
+        config["lora"]["r"] = r
+        (path / "config.yaml").write_text(yaml.safe_dump(config))
+    (runs_dir / "report.json").write_text(json.dumps({k: k for k in report.PROVENANCE_KEYS}))
+    report.report_folder(runs_dir, tmp_path / "results")
+    page = (tmp_path / "results" / "grid.md").read_text()
+    assert "| 14.0 | 0.70 (grid of 2) |" in page
+    for kind in ("ranks", "score_params", "cost"):
+        assert (tmp_path / "results" / "figures" / f"grid_{kind}.png").stat().st_size > 1000
+
+
+def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
+    """The smoke matrix: 2 experiments x 3 methods + 2 x 3 ablations = 12 multiruns; GLUE data under DATA/glue."""
+    from autolora import reproduce
+
+    matrix = reproduce.load_matrix("smoke")
+    planned = reproduce.jobs(matrix, None, tmp_path)
+    assert len(planned) == 12 and all(args[0] == "-m" for _, _, args in planned)
+    assert {spec for _, spec, _ in planned} == {"autolora", "lora_grid", "adalora", "first_order", "sigmoid", "no_sum"}
+    minilm = reproduce.jobs(reproduce.load_matrix("minilm"), "/data", tmp_path)
+    data = {experiment: next(a for a in args if a.startswith("data.data_dir=")) for experiment, _, args in minilm}
+    assert data["minilm_glue_rte"] == "data.data_dir=/data/glue" and data["minilm_ner_conll2003"] == "data.data_dir=/data"
+
+
+def test_every_matrix_names_existing_experiments():
+    """Each experiment a matrix lists is a file in conf/experiment/."""
+    from autolora import reproduce
+    from autolora.settings import config_dir
+
+    for path in (config_dir() / "matrix").glob("*.yaml"):
+        matrix = reproduce.load_matrix(path.stem)
+        for key in ("experiments", "grid_experiments", "ablation_experiments"):
+            for experiment in matrix.get(key, []):
+                assert (config_dir() / "experiment" / f"{experiment}.yaml").is_file(), (path.name, experiment)

@@ -26,7 +26,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from autolora import export
+from autolora import adalora, export
 from autolora import ranks as ranks_io
 from autolora.checkpoint import Checkpointer
 from autolora.files import write_atomic, write_json, write_text
@@ -135,7 +135,8 @@ class Job:
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
-                  "wall_time_s": self.phase_time(), "threshold": s.selection_threshold}
+                  "wall_time_s": self.phase_time(), "threshold": s.selection_threshold,
+                  "peak_memory_mib": peak_memory(self.settings.device)}
         ranks_io.save(self.run_dir, found, gates, {
             "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
             "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
@@ -146,6 +147,30 @@ class Job:
         if self.settings.device.type == "cuda":
             torch.cuda.synchronize(self.settings.device)  # phase boundary, not a hot loop
         return round(self.checkpoint.elapsed(), 3)
+
+    def run_adalora(self, tracker):
+        """The AdaLoRA baseline with the retrain settings: prune to adalora.target_r on average while training.
+        Not resumable step by step (peft's allocator state is not checkpointed): a resume restarts it."""
+        r, a = self.settings.retrain, self.settings.adalora
+        self.checkpoint.start_phase("retrain")
+        loader = self.loader(self.train, r.batch_size)
+        peft_model = adalora.wrap(self.fresh_model(), self.settings.model.targets.modules, a,
+                                  total_steps=r.epochs * len(loader), lora_alpha=r.lora_alpha, dropout=r.dropout,
+                                  task_type=PEFT_TASK_TYPES[self.task.head], heads=self.heads,
+                                  fan_in_fan_out=self.settings.model.fan_in_fan_out)
+
+        def loss(outputs, batch):
+            return self.task.loss(outputs, batch) + a.orth_reg_weight * adalora.orthogonality_penalty(peft_model)
+
+        steps = train(peft_model, loader, r, compute_loss=loss, autocast=self.autocast, device=self.settings.device,
+                      log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=None,
+                      progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate)
+        dev, predictions = self.evaluate(peft_model)
+        record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
+                  "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
+        if predictions is not None:
+            write_text(self.run_dir / "predictions.txt", predictions)
+        return peft_model, adalora.final_ranks(peft_model), record
 
     def retrain_ranks(self, model, found: Mapping[str, int] | None) -> dict[str, int]:
         """The ranks to retrain at: the search's, search.ranks_file's, or uniform lora.r for method=lora."""
@@ -169,11 +194,20 @@ class Job:
                       log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
                       progress=self.settings.progress)
         dev, predictions = self.evaluate(model)
-        record = {"dev": dev, "steps": steps, "n_train": len(self.train),
-                  "trainable_params": trainable(model), "wall_time_s": self.phase_time()}
+        record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(model),
+                  "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
         return model, ranks, record
+
+
+def peak_memory(device: torch.device) -> float | None:
+    """Peak GPU memory of the phase so far in MiB (and reset for the next phase); None on CPU."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 1)
 
 
 def trainable(model) -> int:
@@ -314,9 +348,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     found, record["search"] = job.run_search(tracker)
             elif settings.method == "autolora":
                 record["ranks_file"] = settings.search.ranks_file
-            model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+            if settings.method == "adalora":
+                model, ranks, record["retrain"] = job.run_adalora(tracker)
+                record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+            else:
+                model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+                record["adapter"] = str(save_adapter(job, model, ranks))
             record["ranks"] = dict(ranks)
-            record["adapter"] = str(save_adapter(job, model, ranks))
             record["figures"] = [str(save_rank_figure(job, ranks))]
             write_json(run_dir / "metrics.json", record)
             tracker.summary(flat_summary(record), ranks)

@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -50,6 +51,8 @@ def variant_of(config: Mapping[str, Any]) -> str:
     """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)'."""
     if config["method"] == "lora":
         return f"LoRA r={config['lora']['r']}"
+    if config["method"] == "adalora":
+        return f"AdaLoRA r={config['adalora']['target_r']}"
     search = config["search"]
     notes = []
     if search["ranks_file"]:
@@ -99,7 +102,10 @@ def mean_std(values: list[float | None], scale: float = 100.0) -> str:
 def group(runs: Iterable[Run]) -> dict[tuple[str, str, str], list[Run]]:
     """(task, model, variant) -> runs, in a stable order."""
     groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
-    for run in sorted(runs, key=lambda r: (r.task, r.model, r.variant, r.seed)):
+    def natural(text: str) -> list:  # "LoRA r=2" before "LoRA r=16"
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+    for run in sorted(runs, key=lambda r: (r.task, r.model, natural(r.variant), r.seed)):
         groups[(run.task, run.model, run.variant)].append(run)
     return dict(groups)
 
@@ -116,16 +122,30 @@ def table_rows(runs: Iterable[Run]) -> list[dict[str, Any]]:
             **{f"dev_{m}": mean_std([r.dev[m] for r in members], scale=scale_of(m)) for m in metric_names},
             "mean_rank": f"{statistics.mean(ranks):.2f}",
             "trainable_params": f"{round(statistics.mean(r.trainable_params for r in members)):,}",
-            "search_s": "-" if members[0].search_s is None else f"{statistics.mean(r.search_s for r in members):.0f}",
-            "retrain_s": f"{statistics.mean(r.retrain_s for r in members):.0f}",
+            "search_s": "-" if members[0].search_s is None else f"{statistics.mean(r.search_s for r in members):.1f}",
+            "retrain_s": f"{statistics.mean(r.retrain_s for r in members):.1f}",
         })
     return rows
+
+
+def add_costs(rows: list[dict[str, Any]]) -> None:
+    """Per row the cost of a method (search + retrain seconds); for AutoLoRA rows, that cost over the total of
+    the uniform-rank grid (every 'LoRA r=' row of the same task and model) when a grid of 2+ ranks exists."""
+    for row in rows:
+        search = 0.0 if row["search_s"] == "-" else float(row["search_s"])
+        row["cost_s"] = f"{search + float(row['retrain_s']):.1f}"
+    for row in rows:
+        grid = [r for r in rows if (r["task"], r["model"]) == (row["task"], row["model"]) and r["variant"].startswith("LoRA r=")]
+        if row["variant"].startswith("AutoLoRA") and len(grid) >= 2:
+            total = sum(float(r["cost_s"]) for r in grid)
+            row["cost_vs_grid"] = f"{float(row['cost_s']) / total:.2f} (grid of {len(grid)})" if total else "n/a"
 
 
 def markdown(rows: list[dict[str, Any]], provenance: Mapping[str, str], title: str, notes: str) -> str:
     """A markdown page: provenance first, then the table (dev metrics x100)."""
     metric_columns = sorted({k for row in rows for k in row if k.startswith("dev_")})
-    header = ["task", "model", "variant", "seeds", *metric_columns, "mean_rank", "trainable_params", "search_s", "retrain_s"]
+    header = ["task", "model", "variant", "seeds", *metric_columns, "mean_rank", "trainable_params", "search_s", "retrain_s",
+              "cost_s", *(["cost_vs_grid"] if any("cost_vs_grid" in row for row in rows) else [])]
     lines = [f"# {title}", "", *[f"- {k}: {v}" for k, v in provenance.items()], ""]
     if notes:
         lines += [notes, ""]
@@ -191,19 +211,72 @@ def sample_generations(runs: list[Run], count: int = 4) -> str:
 def write_report(runs: list[Run], out: Path, title: str, provenance: Mapping[str, str], notes: str = "") -> list[Path]:
     """Write OUT.md, OUT.csv and OUT_ranks.png; returns the paths written."""
     rows = table_rows(runs)
+    add_costs(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     page = markdown(rows, provenance, title, notes)
     samples = sample_generations(runs)
     written = [write_text(out.with_suffix(".md"), page + ("\n" + samples if samples else "")),
                write_text(out.with_suffix(".csv"), csv_text(rows))]
-    fig = ranks_figure(runs, f"ranks found by AutoLoRA ({out.name})")
-    if fig is not None:
-        from autolora.figures import plt
+    from autolora.figures import plt
 
-        figure = out.parent / "figures" / f"{out.name}_ranks.png"
-        written.append(write_atomic(figure, lambda f: fig.savefig(f, format="png", dpi=120), binary=True))
-        plt.close(fig)
+    figures = {"ranks": ranks_figure(runs, f"ranks found by AutoLoRA ({out.name})"),
+               "score_params": score_params_figure(runs, rows), "cost": cost_figure(rows)}
+    for kind, fig in figures.items():
+        if fig is not None:
+            path = out.parent / "figures" / f"{out.name}_{kind}.png"
+            written.append(write_atomic(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120), binary=True))
+            plt.close(fig)
     return written
+
+
+def _panels(count: int, width: float = 4.0):
+    from autolora.figures import plt
+
+    fig, axes = plt.subplots(1, count, figsize=(width * count, 3.4), squeeze=False)
+    return fig, axes[0]
+
+
+def score_params_figure(runs: list[Run], rows: list[dict[str, Any]]):
+    """Main metric (mean ± std over seeds) against trainable parameters, one panel per task, one point per variant."""
+    tasks = sorted({(r["task"], r["model"]) for r in rows})
+    if len(rows) < 2:
+        return None
+    fig, axes = _panels(len(tasks))
+    for ax, (task, model) in zip(axes, tasks, strict=True):
+        for (t, m, variant), members in group(runs).items():
+            if (t, m) != (task, model) or members[0].dev.get(members[0].main_metric) is None:
+                continue
+            scores = [100 * r.dev[r.main_metric] for r in members]
+            params = statistics.mean(r.trainable_params for r in members)
+            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
+            ax.errorbar(params, statistics.mean(scores), yerr=spread, fmt="o", capsize=3, label=variant)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(members[0].main_metric if members else "score")
+        ax.set_title(f"{task} · {model}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def cost_figure(rows: list[dict[str, Any]]):
+    """Wall time per method: AutoLoRA (search + retrain) and AdaLoRA beside the whole uniform-rank grid."""
+    tasks = sorted({(r["task"], r["model"]) for r in rows})
+    grids = {t: [r for r in rows if (r["task"], r["model"]) == t and r["variant"].startswith("LoRA r=")] for t in tasks}
+    tasks = [t for t in tasks if len(grids[t]) >= 2]
+    if not tasks:
+        return None
+    fig, axes = _panels(len(tasks), 3.2)
+    for ax, key in zip(axes, tasks, strict=True):
+        bars = {r["variant"]: float(r["cost_s"]) for r in rows
+                if (r["task"], r["model"]) == key and not r["variant"].startswith("LoRA r=")}
+        bars[f"LoRA grid ({len(grids[key])} ranks)"] = sum(float(r["cost_s"]) for r in grids[key])
+        ax.barh(list(bars), list(bars.values()))
+        ax.set_xlabel("wall time, s (search + retrain)")
+        ax.set_title(f"{key[0]} · {key[1]}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    return fig
 
 
 PROVENANCE_KEYS = ("title", "command", "commit", "device", "date", "notes")

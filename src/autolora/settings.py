@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from autolora.adalora import AdaLoraSettings
 from autolora.inject import TargetConfig
 from autolora.models import ModelConfig
 from autolora.search import SearchConfig
@@ -20,7 +21,7 @@ from autolora.tasks.base import DataConfig
 from autolora.tracking import LoggerConfig
 from autolora.train import RetrainConfig
 
-METHODS = ("autolora", "lora")
+METHODS = ("autolora", "lora", "adalora")
 
 
 class ConfigError(ValueError):
@@ -53,6 +54,7 @@ class Settings:
     data: DataConfig
     search: SearchConfig
     retrain: RetrainConfig
+    adalora: AdaLoraSettings
     logger: LoggerConfig
 
 
@@ -86,7 +88,8 @@ def build_settings(cfg: DictConfig) -> Settings:
             device=device, precision=resolve_precision(cfg.precision, device),
             log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
-            retrain=RetrainConfig(**_node(cfg, "retrain")), logger=LoggerConfig(**_node(cfg, "logger")),
+            retrain=RetrainConfig(**_node(cfg, "retrain")), adalora=AdaLoraSettings(**_node(cfg, "adalora")),
+            logger=LoggerConfig(**_node(cfg, "logger")),
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None

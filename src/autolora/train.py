@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,8 +43,11 @@ class RetrainConfig:
 
 
 def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, batch: Batch,
-               cfg: RetrainConfig, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable) -> Tensor:
-    """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync)."""
+               cfg: RetrainConfig, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable,
+               on_update: Callable[[], None] | None = None) -> Tensor:
+    """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync).
+
+    on_update runs after the optimiser step and before the gradients are cleared (AdaLoRA's allocator)."""
     with autocast():
         outputs = model(**model_inputs(batch))
     loss = compute_loss(outputs, batch)
@@ -51,6 +55,8 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
     if cfg.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
     optimizer.step()
+    if on_update is not None:
+        on_update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -68,6 +74,7 @@ def train(
     seed: int,
     checkpoint: Checkpointer | None = None,
     progress: bool = True,
+    on_update: Callable[[int], None] | None = None,
 ) -> int:
     """AdamW with linear warmup and decay over all trainable parameters, resuming from `checkpoint` if it
     holds a retrain state; pass p over the data is shuffled with seed + p. Returns the number of steps."""
@@ -82,7 +89,9 @@ def train(
     model.train()
     with tqdm(total=total, initial=done, desc="retrain", unit="step", disable=not progress) as bar:
         for step in range(done + 1, total + 1):
-            loss = train_step(model, params, optimizer, to_device(next(batches), device), cfg, compute_loss, autocast)
+            hook = None if on_update is None else functools.partial(on_update, step)
+            loss = train_step(model, params, optimizer, to_device(next(batches), device), cfg, compute_loss, autocast,
+                              hook)
             schedule.step()
             window.add(loss)
             bar.update()
