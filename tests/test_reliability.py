@@ -40,7 +40,7 @@ def bad_inputs(tmp_path):
     return [
         ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, glue/cola"),
         ("unknown model", ["model=bert-tiny"], r"unknown model 'bert-tiny'; choose one of: gpt2"),
-        ("unknown method", [*TINY, "method=grid"], r"method must be one of \('autolora', 'lora'\), got 'grid'"),
+        ("unknown method", [*TINY, "method=grid"], r"method must be one of \('autolora', 'lora', 'adalora'\), got 'grid'"),
         ("unknown key", ["search.kk=3"], r"unknown config key 'search.kk'"),
         ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/RTE: no such folder"),
         ("missing file", [*TINY, "task=glue/rte", f"data.data_dir={glue_files(tmp_path / 'nofile', GOOD_ROWS, None)}"],
