@@ -12,13 +12,10 @@ tokens/s and model FLOP utilisation. Writes results/bench.json and results/bench
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import functools
 import json
-import platform
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForS
 
 from autolora.inject import TargetConfig, inject, target_names
 from autolora.models import four_d_attention_mask
+from autolora.pipeline import git_commit, versions
 from autolora.search import SearchConfig, search_step, start_search
 
 SHAPES = {
@@ -197,14 +195,6 @@ def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256,
     return "\n\n".join(parts) + "\n"
 
 
-def versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__}
-
-
 def markdown(report: dict, commit: str, command: str) -> str:
     """results/bench.md: provenance, the targets, one table per shape."""
     lines = ["# Search-step cost (make bench)", "",
@@ -246,11 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text())
     report = run_bench(args.steps, args.warmup, args.models, SIZES)
     report.update(date=dt.date.today().isoformat(), versions=versions())
-    commit = args.commit
-    if commit is None:
-        with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    report["commit"] = commit or "unknown"
+    report["commit"] = args.commit or git_commit()
     command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

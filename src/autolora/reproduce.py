@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from autolora.pipeline import git_commit
 from autolora.report import report_folder
 from autolora.settings import config_dir
 
@@ -66,15 +67,6 @@ def jobs(matrix: dict, data_dir: str | None, root: Path) -> list[tuple[str, str,
                         *data_override(experiment, data_dir), f"hydra.sweep.dir={root / experiment / spec}"]
                 planned.append((experiment, spec, args))
     return planned
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip()
 
 
 def collect(root: Path, target: Path) -> int:

@@ -84,6 +84,24 @@ def resolve_source(data: DataConfig, has_sample: bool) -> str:
     return "sample" if has_sample else "hub"
 
 
+def local_folder(data: DataConfig, task_name: str, subdir: str, sample: str | None) -> tuple[Path, str] | None:
+    """(folder holding the task's files, a description for the summary), or None for the hub."""
+    source = resolve_source(data, sample is not None)
+    if source == "hub":
+        return None
+    if source == "sample":
+        if sample is None:
+            raise DataError(f"{task_name} ships no packaged sample: set data.data_dir=... or data.source=hub")
+        folder = sample_dir() / sample
+        return folder, f"packaged sample {folder}"
+    if data.data_dir is None:
+        raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
+    folder = Path(data.data_dir).expanduser() / subdir
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {subdir})")
+    return folder, f"local {folder}"
+
+
 def sample_dir() -> Path:
     """The data shipped inside the package (a small slice of SST-2, see data/README.md)."""
     return Path(__file__).resolve().parent.parent / "data"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from autolora import metrics
 from autolora.batch import Batch
-from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, truncate
+from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
 
 IGNORE = -100  # label id the loss skips (prompt and padding)
 
@@ -107,10 +107,8 @@ class GenerationTask:
 
     def load(self, data: DataConfig) -> Splits:
         """Train rows and evaluation rows (one per reference) from local CSVs or the hub."""
-        source = resolve_source(data, has_sample=False)
-        if source == "sample":
-            raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
-        if source == "hub":
+        located = local_folder(data, self.name, self.local.dir, sample=None)
+        if located is None:
             from datasets import load_dataset
 
             parts = load_dataset(self.hub.path, self.hub.name)
@@ -118,14 +116,9 @@ class GenerationTask:
                                                     "target": list(split[self.hub.target])})
             train, dev, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
         else:
-            if data.data_dir is None:
-                raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
-            folder = Path(data.data_dir).expanduser() / self.local.dir
-            if not folder.is_dir():
-                raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
+            folder, origin = located
             train = Dataset.from_dict(read_csv(folder / self.local.train, self.local))
             dev = Dataset.from_dict(read_csv(folder / self.local.eval, self.local))
-            origin = f"local {folder}"
         return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
 
     def prompt_ids(self, tokenizer, source: str) -> list[int]:

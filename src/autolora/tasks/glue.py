@@ -1,6 +1,6 @@
 """GLUE: local TSV files in the layout of download_glue_data.py, the packaged SST-2 sample, or the hub.
 
-Quirks handled (../shared/data/MANIFEST.md): CoLA has no header; MRPC starts with a UTF-8 BOM; texts
+Quirks handled (see the data manifest of the staged benchmark files): CoLA has no header; MRPC starts with a UTF-8 BOM; texts
 contain bare double quotes, so rows are split on tabs only (no CSV quoting); RTE/QNLI/MNLI labels are
 strings. Every row is checked; a bad one stops the run with its file and line.
 """
@@ -22,7 +22,7 @@ from transformers import DataCollatorWithPadding
 
 from autolora import metrics
 from autolora.batch import Batch, model_inputs
-from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, sample_dir, truncate
+from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
 
 
 @dataclass(frozen=True)
@@ -121,23 +121,12 @@ class GlueTask:
 
     def load(self, data: DataConfig) -> Splits:
         """Train and dev splits from local TSVs, the packaged sample or the hub."""
-        source = resolve_source(data, self.sample is not None)
-        if source == "hub":
+        located = local_folder(data, self.name, self.local.dir, self.sample)
+        if located is None:
             train, dev = self._load_hub()
             origin = f"hub {self.hub.path}/{self.hub.name}"
         else:
-            if source == "sample":
-                if self.sample is None:
-                    raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
-                folder = sample_dir() / self.sample
-                origin = f"packaged sample {folder}"
-            else:
-                if data.data_dir is None:
-                    raise DataError("data.source=local needs data.data_dir=<folder holding the GLUE task folders>")
-                folder = Path(data.data_dir).expanduser() / self.local.dir
-                if not folder.is_dir():
-                    raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
-                origin = f"local {folder}"
+            folder, origin = located
             train = Dataset.from_dict(read_tsv(folder / self.local.train, self.local, self.labels))
             dev = Dataset.from_dict(read_tsv(folder / self.local.dev, self.local, self.labels))
         return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForTokenClassification
 
 from autolora.batch import Batch, model_inputs
-from autolora.tasks.base import DataConfig, DataError, Splits, resolve_source, truncate
+from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
 
 IGNORE = -100
 SCHEMES = ("IOB2", "IOBES", "IOE2")
@@ -112,17 +112,11 @@ class NerTask:
 
     def load(self, data: DataConfig) -> Splits:
         """Sentences from local column files (or the hub); labels from the training split."""
-        source = resolve_source(data, has_sample=False)
-        if source == "sample":
-            raise DataError(f"{self.name} ships no packaged sample: set data.data_dir=... or data.source=hub")
-        if source == "hub":
+        located = local_folder(data, self.name, self.local.dir, sample=None)
+        if located is None:
             train, dev, origin = self._load_hub()
         else:
-            if data.data_dir is None:
-                raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
-            folder = Path(data.data_dir).expanduser() / self.local.dir
-            if not folder.is_dir():
-                raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {self.local.dir})")
+            folder, origin = located
             train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
             self.labels = label_list(train_tags)
             eval_path = folder / self.local.eval
@@ -134,7 +128,6 @@ class NerTask:
                         raise DataError(f"{eval_path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
             train = Dataset.from_dict({"words": train_words, "tags": train_tags})
             dev = Dataset.from_dict({"words": eval_words, "tags": eval_tags})
-            origin = f"local {folder}"
         return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
 
     def _load_hub(self):
