@@ -96,6 +96,7 @@ class Job:
         self.autocast = autocast_for(settings)
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
         self.seed = settings.seed * 1_000_003  # data-order seeds: search D_tr, D_val, retrain = seed, +1, +2
+        self.pad = task.collate(tokenizer)  # built once, not per batch
 
     def loader(self, dataset, batch_size: int) -> DataLoader:
         """Shuffled training batches; the loops reseed the generator per pass (checkpoint.batches_from)."""
@@ -104,7 +105,7 @@ class Job:
 
     def collate(self, rows: list[dict]) -> dict:
         """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""
-        batch = dict(self.task.collate(self.tokenizer)(rows))
+        batch = dict(self.pad(rows))
         model = self.settings.model
         batch["attention_mask"] = four_d_attention_mask(
             batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
