@@ -192,3 +192,15 @@ def test_no_output_is_half_written_after_sigkill(tmp_path, at):
             json.loads(line)
     for folder, needed in (("adapter", "adapter_config.json"), ("base_model", "config.json")):
         assert not (run_dir / folder).exists() or (run_dir / folder / needed).is_file()
+
+
+def test_save_dir_replaces_a_folder_left_by_a_killed_resumed_run(tmp_path):
+    """A run killed after its adapter folder appeared but before metrics.json rewrites it on resume."""
+    from autolora.pipeline import save_dir
+
+    target = tmp_path / "adapter"
+    save_dir(target, lambda d: (d.mkdir(), (d / "old.txt").write_text("old")))
+    (tmp_path / ".adapter.tmp").mkdir()  # a staging folder left by a kill
+    save_dir(target, lambda d: (d.mkdir(), (d / "new.txt").write_text("new")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert [p.name for p in target.iterdir()] == ["new.txt"]

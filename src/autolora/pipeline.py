@@ -217,10 +217,14 @@ def trainable(model) -> int:
 
 def save_dir(target: Path, write) -> Path:
     """Fill a folder through a staging folder and a rename: it appears complete or not at all."""
-    staging = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging, stale = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    for leftover in (staging, stale):  # left by a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     write(staging)
+    if target.exists():  # a resumed run killed after this rename but before metrics.json: replace it
+        target.rename(stale)
     staging.rename(target)
+    shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
