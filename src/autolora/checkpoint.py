@@ -22,9 +22,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from autolora.distributed import SINGLE, World
 from autolora.files import write_atomic
 
 FILENAME = "checkpoint.pt"
+STOP_POLL = 20  # data-parallel processes agree on a stop request every this many steps (one host sync)
 
 
 class Interrupted(Exception):  # noqa: N818 - it is a stop, not an error
@@ -44,8 +46,11 @@ def batches_from(loader: DataLoader, seed: int, start: int) -> Iterator:
     per_pass = len(loader)
     pass_index, skip = divmod(start, per_pass)
     generator = getattr(loader, "generator", None)  # plain lists of batches (tests) have none
+    sampler = getattr(loader, "sampler", None)
     while True:
-        if generator is not None:
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler (seed 0): its shuffle seed is 0 + epoch
+            sampler.set_epoch(seed + pass_index)
+        elif generator is not None:
             generator.manual_seed(seed + pass_index)
         batches = iter(loader)
         for _ in range(skip):
@@ -87,11 +92,13 @@ def restore_trainable(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
 
 class Checkpointer:
     """Saves a loop's state every `every` steps and when SIGINT/SIGTERM asked it to stop; keeps the
-    phase's wall time across resumes."""
+    phase's wall time across resumes. Data parallel: every process reads it, the main process writes it,
+    and all stop at the same step (they agree on a stop request every STOP_POLL steps)."""
 
-    def __init__(self, run_dir: Path, every: int):
+    def __init__(self, run_dir: Path, every: int, world: World = SINGLE, device: torch.device | None = None):
         self.path = Path(run_dir) / FILENAME
         self.every = every
+        self.world, self.device = world, device or torch.device("cpu")
         self.stop_signal: int | None = None
         self.in_loop = False  # signals are deferred to the next step boundary only inside a loop
         self.prior_s, self.started = 0.0, time.perf_counter()
@@ -123,6 +130,8 @@ class Checkpointer:
 
     def save(self, phase: str, step: int, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
              schedule, extra: Mapping[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         state = {"phase": phase, "step": step, "params": trainable_state(model),
                  "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
                  "schedule": schedule.state_dict(), "rng": rng_state(), "elapsed_s": self.elapsed(), **extra}
@@ -132,10 +141,13 @@ class Checkpointer:
 
     def after_step(self, phase: str, step: int, total: int, model, optimizers, schedule, extra) -> None:
         """Save when due or asked to stop; raise Interrupted after saving for a stop request."""
-        if self.stop_signal is not None or (step % self.every == 0 and step < total):
+        stop = self.stop_signal
+        if self.world.distributed:
+            stop = self.world.agree_on_stop(stop, self.device) if step % STOP_POLL == 0 or step == total else None
+        if stop is not None or (step % self.every == 0 and step < total):
             self.save(phase, step, model, optimizers, schedule, extra)
-        if self.stop_signal is not None:
-            raise Interrupted(phase, step, self.stop_signal)
+        if stop is not None:
+            raise Interrupted(phase, step, stop)
         self.in_loop = step < total
 
 

@@ -8,6 +8,11 @@ look-ahead W' = W - eta · ∇_W L_tr(W, alpha) (plain SGD, whatever optimiser r
 A loss is a function of a parameter dict (names as in ``model.named_parameters()``), so that
 ``torch.func.functional_call`` can substitute W' or W ± eps·v without touching the model's own tensors.
 Nothing here calls ``.item()`` or branches on a tensor value: a step never waits for the device.
+
+Data parallel (distributed.py): each process holds one shard of the D_tr and D_val batches; `mean`
+averages a list of gradients over processes. It is applied where a later quantity depends on a
+gradient (∇_W L_tr before the look-ahead, v before W ± eps·v) and once at the end, so that every
+process computes the hypergradient of the combined batch and alpha stays identical everywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from torch import Tensor
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Params], Tensor]
+Mean = Callable[[list[Tensor]], list[Tensor]]  # the mean over data-parallel processes
 HYPERGRADS = ("fd", "exact")
+
+
+def single_process(tensors: list[Tensor]) -> list[Tensor]:
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -38,12 +48,14 @@ def _train_grad(train_loss: LossFn, inner: Params, outer: Params, create_graph: 
     return loss, torch.autograd.grad(loss, list(inner.values()), create_graph=create_graph)
 
 
-def first_order(train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params) -> HyperStep:
+def first_order(train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params,
+                mean: Mean = single_process) -> HyperStep:
     """eta = 0: the validation gradient of alpha at the current W (the cheap ablation)."""
     loss_tr, g_w = _train_grad(train_loss, inner, outer)
     loss_val = val_loss({**inner, **outer})
     g_alpha = torch.autograd.grad(loss_val, list(outer.values()))
-    return HyperStep(list(g_alpha), list(g_w), loss_tr.detach(), loss_val.detach())
+    grads = mean([*g_w, *g_alpha])
+    return HyperStep(grads[len(g_w) :], grads[: len(g_w)], loss_tr.detach(), loss_val.detach())
 
 
 def _global_norm(tensors: list[Tensor]) -> Tensor:
@@ -51,7 +63,8 @@ def _global_norm(tensors: list[Tensor]) -> Tensor:
 
 
 def finite_difference(
-    train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, eta: float, fd_eps: float
+    train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, eta: float, fd_eps: float,
+    mean: Mean = single_process,
 ) -> HyperStep:
     """The DARTS central difference for the mixed term, eps = fd_eps / ‖v‖ (PAPER §2).
 
@@ -61,18 +74,19 @@ def finite_difference(
     names = list(inner)
     weights = [w.detach() for w in inner.values()]
     loss_tr, g_w = _train_grad(train_loss, inner, outer)
-    ahead = [w.requires_grad_() for w in torch._foreach_sub(weights, list(g_w), alpha=eta)]  # W'
+    g_w = mean(list(g_w))
+    ahead = [w.requires_grad_() for w in torch._foreach_sub(weights, g_w, alpha=eta)]  # W'
     loss_val = val_loss({**dict(zip(names, ahead, strict=True)), **outer})
-    grads = torch.autograd.grad(loss_val, ahead + list(outer.values()))
+    grads = mean(list(torch.autograd.grad(loss_val, ahead + list(outer.values()))))
     v, g_val_alpha = list(grads[: len(ahead)]), list(grads[len(ahead) :])  # v = ∇_W' L_val
 
     eps = fd_eps / _global_norm(v).clamp_min(1e-12)  # a device scalar: no host sync
     step = torch._foreach_mul(v, eps)
     g_plus = _alpha_grad(train_loss, names, torch._foreach_add(weights, step), outer)
     g_minus = _alpha_grad(train_loss, names, torch._foreach_sub(weights, step), outer)
-    mixed = torch._foreach_div(torch._foreach_sub(g_plus, g_minus), 2 * eps)  # ∇²_{alpha,W} L_tr · v
+    mixed = torch._foreach_div(mean(torch._foreach_sub(g_plus, g_minus)), 2 * eps)  # ∇²_{alpha,W} L_tr · v
     g_alpha = torch._foreach_sub(g_val_alpha, torch._foreach_mul(mixed, eta))
-    return HyperStep(g_alpha, list(g_w), loss_tr.detach(), loss_val.detach())
+    return HyperStep(g_alpha, g_w, loss_tr.detach(), loss_val.detach())
 
 
 def _alpha_grad(train_loss: LossFn, names: list[str], weights: list[Tensor], outer: Params) -> list[Tensor]:
@@ -93,13 +107,16 @@ def exact(train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, et
 
 
 def hypergradient(
-    train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, *, method: str, eta: float, fd_eps: float
+    train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, *, method: str, eta: float, fd_eps: float,
+    mean: Mean = single_process,
 ) -> HyperStep:
     """Dispatch on the configured method; eta = 0 always takes the first-order path (no wasted passes)."""
     if method not in HYPERGRADS:
         raise ValueError(f"search.hypergrad must be one of {HYPERGRADS}, got {method!r}")
     if eta == 0:
-        return first_order(train_loss, val_loss, inner, outer)
+        return first_order(train_loss, val_loss, inner, outer, mean)
     if method == "exact":
+        if mean is not single_process:
+            raise ValueError("search.hypergrad=exact runs in one process only (it is the reference for fd)")
         return exact(train_loss, val_loss, inner, outer, eta)
-    return finite_difference(train_loss, val_loss, inner, outer, eta, fd_eps)
+    return finite_difference(train_loss, val_loss, inner, outer, eta, fd_eps, mean)

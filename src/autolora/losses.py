@@ -7,7 +7,7 @@ NaN/inf in any step since the last read stops the run (checkpoint.Diverged) befo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -18,8 +18,9 @@ from autolora.checkpoint import Diverged
 class LossWindow:
     """Running sums of one or more losses since the last read."""
 
-    def __init__(self, names: Sequence[str], device: torch.device, every: int):
-        self.names, self.every = list(names), every
+    def __init__(self, names: Sequence[str], device: torch.device, every: int,
+                 mean: Callable[[list[Tensor]], list[Tensor]] = lambda tensors: tensors):
+        self.names, self.every, self.mean = list(names), every, mean  # mean: over data-parallel processes
         self.sums = torch.zeros(len(names), device=device)
         self.count = 0
 
@@ -33,7 +34,7 @@ class LossWindow:
 
     def read(self, phase: str, step: int) -> dict[str, float]:
         """Means since the last read; raises Diverged on NaN/inf."""
-        means = (self.sums / max(1, self.count)).tolist()
+        means = (self.mean([self.sums])[0] / max(1, self.count)).tolist()
         self.sums.zero_()
         self.count = 0
         if not all(math.isfinite(v) for v in means):

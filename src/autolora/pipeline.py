@@ -7,6 +7,7 @@ resumable; outputs are written atomically.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import platform
 import random
@@ -24,11 +25,12 @@ import numpy as np
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from autolora import adalora, export
 from autolora import ranks as ranks_io
 from autolora.checkpoint import Checkpointer
+from autolora.distributed import SINGLE, World
 from autolora.files import write_atomic, write_json, write_text
 from autolora.inject import inject, target_names
 from autolora.models import four_d_attention_mask, load_model, load_tokenizer, resolve_location
@@ -37,7 +39,7 @@ from autolora.settings import ConfigError, Settings, _node, build_settings, chec
 from autolora.summary import flat_summary, summary_text
 from autolora.tasks import build_task
 from autolora.tasks.base import search_split
-from autolora.tracking import open_tracker, prune_events
+from autolora.tracking import Tracker, open_tracker, prune_events
 from autolora.train import train
 
 PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
@@ -76,7 +78,7 @@ def versions() -> dict[str, str]:
             "peft": peft.__version__, "datasets": datasets.__version__}
 
 
-def claim_run_dir(run_dir: Path) -> None:
+def claim_run_dir(run_dir: Path) -> Path:
     """Mark the directory as this run's; a directory that already holds a run is never reused."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,13 +86,15 @@ def claim_run_dir(run_dir: Path) -> None:
             marker.write(f"{time.time()}\n")
     except FileExistsError:
         raise ConfigError(f"{run_dir} already holds a run; choose another hydra.run.dir") from None
+    return run_dir
 
 
 class Job:
     """One run: the settings, the task and its data, the checkpointer and the run directory."""
 
-    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer):
-        self.settings, self.task, self.run_dir = settings, task, run_dir
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer,
+                 world: World = SINGLE):
+        self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
         self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
         self.checkpoint = checkpoint
         self.autocast = autocast_for(settings)
@@ -99,9 +103,15 @@ class Job:
         self.pad = task.collate(tokenizer)  # built once, not per batch
 
     def loader(self, dataset, batch_size: int) -> DataLoader:
-        """Shuffled training batches; the loops reseed the generator per pass (checkpoint.batches_from)."""
-        return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
-                          collate_fn=self.collate, pin_memory=self.settings.device.type == "cuda")
+        """Shuffled training batches; the loops reseed the shuffle per pass (checkpoint.batches_from).
+        Data parallel: each process takes its shard of every pass, batch_size / N rows per step."""
+        pin = self.settings.device.type == "cuda"
+        if not self.world.distributed:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                              collate_fn=self.collate, pin_memory=pin)
+        sampler = DistributedSampler(dataset, num_replicas=self.world.size, rank=self.world.rank, shuffle=True, seed=0)
+        return DataLoader(dataset, batch_size=batch_size // self.world.size, sampler=sampler, collate_fn=self.collate,
+                          pin_memory=pin)
 
     def collate(self, rows: list[dict]) -> dict:
         """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""
@@ -116,9 +126,13 @@ class Job:
                           self.settings.seed).to(self.settings.device)
 
     def evaluate(self, model) -> tuple[dict[str, float | None], str | None]:
-        """The task's metrics on the raw dev split, and its predictions as text (or None)."""
-        return self.task.evaluate(model, self.dev, self.tokenizer, device=self.settings.device,
-                                  autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+        """The task's metrics on the raw dev split, and its predictions as text (or None). Data parallel:
+        each process predicts every N-th item, the main process scores them all (others return {})."""
+        items = self.task.eval_items(self.dev, self.tokenizer)
+        mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
+                                 autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+        predictions = self.world.gather_interleaved(mine)
+        return self.task.score(self.dev, items, predictions) if self.world.is_main else ({}, None)
 
     def run_search(self, tracker) -> tuple[dict[str, int], dict[str, Any]]:
         """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
@@ -132,16 +146,17 @@ class Job:
             self.loader(self.train.select(val_idx), s.batch_size)
         gates = search(model, train_loader, val_loader, s, compute_loss=self.task.loss, autocast=self.autocast,
                        device=self.settings.device, log=tracker.log, log_every=self.settings.log_every,
-                       seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress)
+                       seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress, world=self.world)
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
                   "wall_time_s": self.phase_time(), "threshold": s.selection_threshold,
                   "peak_memory_mib": peak_memory(self.settings.device)}
-        ranks_io.save(self.run_dir, found, gates, {
-            "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
-            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
-            "search": record})
+        if self.world.is_main:
+            ranks_io.save(self.run_dir, found, gates, {
+                "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
+                "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
+                "search": record})
         return found, record
 
     def phase_time(self) -> float:
@@ -165,7 +180,8 @@ class Job:
 
         steps = train(peft_model, loader, r, compute_loss=loss, autocast=self.autocast, device=self.settings.device,
                       log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=None,
-                      progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate)
+                      progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate,
+                      world=self.world)
         dev, predictions = self.evaluate(peft_model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
                   "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
@@ -193,7 +209,7 @@ class Job:
         steps = train(model, self.loader(self.train, r.batch_size), r, compute_loss=self.task.loss,
                       autocast=self.autocast, device=self.settings.device, log=tracker.log,
                       log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
-                      progress=self.settings.progress)
+                      progress=self.settings.progress, world=self.world)
         dev, predictions = self.evaluate(model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(model),
                   "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
@@ -301,12 +317,17 @@ def stop_at_step_boundaries(checkpoint: Checkpointer):
             signal.signal(sig, handler)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """The whole pipeline for one composed config; returns the metrics written to metrics.json."""
+def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]:
+    """The whole pipeline for one composed config; returns the metrics written to metrics.json.
+
+    Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's run_dir
+    is the run's, and only rank 0 writes files, logs and progress bars."""
     datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
     if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     settings = build_settings(cfg)
+    if world.distributed:
+        settings = distributed_settings(settings, world)
     try:
         task = build_task(_node(cfg, "task"))
     except (ValueError, KeyError, TypeError) as err:
@@ -315,10 +336,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if settings.search.ranks_file is not None:
         ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if settings.resume:
-        run_dir = resume_dir(run_dir, resolved)
-    else:
-        claim_run_dir(run_dir)
+    run_dir = world.share_outcome(lambda: resume_dir(run_dir, resolved) if settings.resume else claim_run_dir(run_dir),
+                                  ConfigError)
     seed_everything(settings.seed)
     splits = task.load(settings.data)  # data errors surface here, before any model is loaded
     tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
@@ -327,7 +346,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
                           f"(at least {minimum}: its special tokens plus two text tokens)")
     job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
-              Checkpointer(run_dir, settings.checkpoint_every))
+              Checkpointer(run_dir, settings.checkpoint_every, world, settings.device), world)
+    if not world.is_main:
+        return run_phases(job, Tracker(None), {})
     if settings.resume:
         prune_events(run_dir / "events.jsonl", *resume_position(job))
     else:
@@ -340,33 +361,63 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
         "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
         "device": device_name(settings.device), "precision": settings.precision, "git_commit": git_commit(),
-        "versions": versions(), "command": " ".join(sys.argv),
+        "versions": versions(), "command": " ".join(sys.argv), "processes": world.size,
     }
     try:
-        with stop_at_step_boundaries(job.checkpoint):
-            found = None
-            if settings.method == "autolora" and settings.search.ranks_file is None:
-                if (run_dir / "ranks.json").is_file():  # resumed after a finished search
-                    saved = ranks_io.load(run_dir / "ranks.json")
-                    found, record["search"] = saved["ranks"], saved["search"]
-                else:
-                    found, record["search"] = job.run_search(tracker)
-            elif settings.method == "autolora":
-                record["ranks_file"] = settings.search.ranks_file
-            if settings.method == "adalora":
-                model, ranks, record["retrain"] = job.run_adalora(tracker)
-                record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
-            else:
-                model, ranks, record["retrain"] = job.run_retrain(found, tracker)
-                record["adapter"] = str(save_adapter(job, model, ranks))
-            record["ranks"] = dict(ranks)
-            record["figures"] = [str(save_rank_figure(job, ranks))]
-            write_json(run_dir / "metrics.json", record)
-            tracker.summary(flat_summary(record), ranks)
+        record = run_phases(job, tracker, record)
     finally:
         tracker.close()
     print(summary_text(record, run_dir), flush=True)
     return record
+
+
+def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, Any]:
+    """Search (or the saved ranks), retrain or AdaLoRA, evaluate; the main process writes the outputs."""
+    settings, run_dir, main = job.settings, job.run_dir, job.world.is_main
+    with stop_at_step_boundaries(job.checkpoint):
+        found = None
+        if settings.method == "autolora" and settings.search.ranks_file is None:
+            if (run_dir / "ranks.json").is_file():  # resumed after a finished search
+                saved = ranks_io.load(run_dir / "ranks.json")
+                found, record["search"] = saved["ranks"], saved["search"]
+            else:
+                found, record["search"] = job.run_search(tracker)
+        elif settings.method == "autolora":
+            record["ranks_file"] = settings.search.ranks_file
+        if settings.method == "adalora":
+            model, ranks, record["retrain"] = job.run_adalora(tracker)
+            if main:
+                record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+        else:
+            model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+            if main:
+                record["adapter"] = str(save_adapter(job, model, ranks))
+        record["ranks"] = dict(ranks)
+        if main:
+            record["figures"] = [str(save_rank_figure(job, ranks))]
+            write_json(run_dir / "metrics.json", record)
+            tracker.summary(flat_summary(record), ranks)
+    return record
+
+
+def distributed_settings(settings: Settings, world: World) -> Settings:
+    """This process's device (cuda:LOCAL_RANK or cpu); bars on the main process only; batch sizes that split."""
+    import os
+
+    from autolora import distributed
+
+    if settings.search.hypergrad == "exact" and settings.method == "autolora":
+        raise ConfigError("search.hypergrad=exact runs in one process only (it is the reference for fd)")
+    for key, size in (("search.batch_size", settings.search.batch_size), ("retrain.batch_size",
+                                                                           settings.retrain.batch_size)):
+        try:
+            world.per_process(size, key)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if not world.is_main:
+        os.environ["TQDM_DISABLE"] = "1"  # generation's bar too
+    return dataclasses.replace(settings, device=distributed.init(world, settings.device.type),
+                               progress=settings.progress and world.is_main)
 
 
 def save_rank_figure(job: Job, ranks: Mapping[str, int]) -> Path:

@@ -20,7 +20,8 @@ from transformers import get_linear_schedule_with_warmup
 
 from autolora.batch import Batch, model_inputs, to_device
 from autolora.checkpoint import Checkpointer, Diverged, batches_from, resume_loop
-from autolora.hypergrad import HYPERGRADS, LossFn, hypergradient
+from autolora.distributed import SINGLE, World
+from autolora.hypergrad import HYPERGRADS, LossFn, Mean, hypergradient, single_process
 from autolora.inject import gates, split_params
 from autolora.layers import ALPHA_NORMS
 from autolora.losses import LossWindow
@@ -142,16 +143,17 @@ def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int) -> Searc
 
 def search_step(
     model: nn.Module, state: SearchState, batch: Batch, val_batch: Batch, cfg: SearchConfig,
-    compute_loss: ComputeLoss, autocast: Callable,
+    compute_loss: ComputeLoss, autocast: Callable, mean: Mean = single_process,
 ) -> Tensor:
     """One alternating step on device-resident batches; returns (train, val) losses as a device tensor.
 
     Nothing in here waits for the device (checked on a GPU under torch.cuda.set_sync_debug_mode("error")).
+    Data parallel: the batches are this process's shards and `mean` averages over processes.
     """
     hyper = hypergradient(
         batch_loss(model, compute_loss, batch, autocast),
         batch_loss(model, compute_loss, val_batch, autocast),
-        state.inner, state.outer, method=cfg.hypergrad, eta=cfg.eta, fd_eps=cfg.fd_eps,
+        state.inner, state.outer, method=cfg.hypergrad, eta=cfg.eta, fd_eps=cfg.fd_eps, mean=mean,
     )
     apply_grads(state.opt_alpha, state.outer.values(), hyper.alpha_grad, None)
     apply_grads(state.opt_w, state.inner.values(), hyper.inner_grad, cfg.max_grad_norm)
@@ -173,21 +175,24 @@ def search(
     seed: int,
     checkpoint: Checkpointer | None = None,
     progress: bool = True,
+    world: World = SINGLE,
 ) -> dict[str, list[float]]:
     """Run the alternating search (resuming from `checkpoint` if it holds a search state); return the
-    final gates normalise(alpha) per matrix. Pass p over D_tr (D_val) is shuffled with seed + p."""
+    final gates normalise(alpha) per matrix. Pass p over D_tr (D_val) is shuffled with seed + p.
+    Data parallel: the loaders yield this process's shards; every process ends with the same alpha."""
     total = cfg.epochs * len(train_loader)
     state = start_search(model, cfg, total)
     optimizers = {"w": state.opt_w, "alpha": state.opt_alpha}
     done, saved = resume_loop(checkpoint, "search", model, optimizers, state.schedule)
-    window = LossWindow(["train_loss", "val_loss"], device, log_every)
+    world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
+    window = LossWindow(["train_loss", "val_loss"], device, log_every, mean=world.mean)
     window.restore(saved.get("window"))
     train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
     model.train()
     with tqdm(total=total, initial=done, desc="search", unit="step", disable=not progress) as bar:
         for step in range(done + 1, total + 1):
             batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
-            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast))
+            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast, world.mean))
             bar.update()
             if window.due(step, total):
                 record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),

@@ -15,6 +15,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from autolora.batch import Batch, model_inputs, to_device
 from autolora.checkpoint import Checkpointer, batches_from, resume_loop
+from autolora.distributed import SINGLE, World
 from autolora.losses import LossWindow
 from autolora.typecheck import check_types
 
@@ -44,14 +45,16 @@ class RetrainConfig:
 
 def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, batch: Batch,
                cfg: RetrainConfig, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable,
-               on_update: Callable[[], None] | None = None) -> Tensor:
+               on_update: Callable[[], None] | None = None, world: World = SINGLE) -> Tensor:
     """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync).
 
-    on_update runs after the optimiser step and before the gradients are cleared (AdaLoRA's allocator)."""
+    on_update runs after the optimiser step and before the gradients are cleared (AdaLoRA's allocator).
+    Data parallel: the batch is this process's shard; gradients are averaged over processes."""
     with autocast():
         outputs = model(**model_inputs(batch))
     loss = compute_loss(outputs, batch)
     loss.backward()
+    world.average_grads(params)
     if cfg.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
     optimizer.step()
@@ -75,6 +78,7 @@ def train(
     checkpoint: Checkpointer | None = None,
     progress: bool = True,
     on_update: Callable[[int], None] | None = None,
+    world: World = SINGLE,
 ) -> int:
     """AdamW with linear warmup and decay over all trainable parameters, resuming from `checkpoint` if it
     holds a retrain state; pass p over the data is shuffled with seed + p. Returns the number of steps."""
@@ -83,7 +87,8 @@ def train(
     total = cfg.epochs * len(loader)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     done, saved = resume_loop(checkpoint, "retrain", model, {"w": optimizer}, schedule)
-    window = LossWindow(["train_loss"], device, log_every)
+    world.broadcast(params)  # one starting point everywhere
+    window = LossWindow(["train_loss"], device, log_every, mean=world.mean)
     window.restore(saved.get("window"))
     batches = batches_from(loader, seed, done)
     model.train()
@@ -91,7 +96,7 @@ def train(
         for step in range(done + 1, total + 1):
             hook = None if on_update is None else functools.partial(on_update, step)
             loss = train_step(model, params, optimizer, to_device(next(batches), device), cfg, compute_loss, autocast,
-                              hook)
+                              hook, world)
             schedule.step()
             window.add(loss)
             bar.update()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -70,9 +70,15 @@ class Task(Protocol):
 
     def loss(self, outputs: Any, batch: Batch) -> Tensor: ...
 
-    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
-                 batch_size: int) -> tuple[dict[str, float | None], str | None]:
-        """Metrics on a raw evaluation split, plus the predictions as text (or None) for the run directory."""
+    def eval_items(self, split: Dataset, tokenizer) -> Sequence:
+        """What predictions are made for (encoded rows, windows, unique sources), in a fixed order."""
+
+    def predict(self, model: nn.Module, items: Sequence, tokenizer, *, device: torch.device, autocast: Callable,
+                batch_size: int) -> list:
+        """One prediction per item; data-parallel runs call it on a shard (every N-th item) per process."""
+
+    def score(self, split: Dataset, items: Sequence, predictions: list) -> tuple[dict[str, float | None], str | None]:
+        """Metrics on a raw evaluation split from all its predictions, plus the predictions as text (or None)."""
 
 
 def resolve_source(data: DataConfig, has_sample: bool) -> str:

@@ -164,18 +164,24 @@ class GenerationTask:
         return F.cross_entropy(logits.flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE,
                                label_smoothing=self.label_smoothing)
 
+    def eval_items(self, split: Dataset, tokenizer) -> list[str]:
+        """The units predictions are made for: each unique source (meaning representation) once."""
+        return list(dict.fromkeys(split["source"]))
+
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
-                 batch_size: int) -> tuple[dict[str, float], str]:
-        """Beam search once per unique source, scored against all its references; returns the metrics and
-        a TSV of (source, generated text)."""
+    def predict(self, model: nn.Module, items: list[str], tokenizer, *, device: torch.device, autocast: Callable,
+                batch_size: int) -> list[str]:
+        """The generated text for each source (beam search as configured)."""
+        return self.generate(model, tokenizer, items, device=device, autocast=autocast)
+
+    def score(self, split: Dataset, items: list[str], predictions: list[str]) -> tuple[dict[str, float], str]:
+        """Each source's generation scored against all its references; the metrics and a TSV of
+        (source, generated text)."""
         references: dict[str, list[str]] = {}
         for source, target in zip(split["source"], split["target"], strict=True):
             references.setdefault(source, []).append(target)
-        sources = list(references)
-        hypotheses = self.generate(model, tokenizer, sources, device=device, autocast=autocast)
-        scores = metrics.e2e_scores(hypotheses, [references[s] for s in sources])
-        table = "source\tgenerated\n" + "".join(f"{s}\t{h}\n" for s, h in zip(sources, hypotheses, strict=True))
+        scores = metrics.e2e_scores(predictions, [references[s] for s in items])
+        table = "source\tgenerated\n" + "".join(f"{s}\t{h}\n" for s, h in zip(items, predictions, strict=True))
         return scores, table
 
     def generate(self, model: nn.Module, tokenizer, sources: list[str], *, device, autocast) -> list[str]:

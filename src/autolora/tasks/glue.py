@@ -168,20 +168,28 @@ class GlueTask:
         return F.cross_entropy(logits, batch["labels"])
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
-                 batch_size: int) -> tuple[dict[str, float], None]:
-        """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
-        loader = DataLoader(self.encode(split, tokenizer), batch_size=batch_size, collate_fn=self.collate(tokenizer))
+    def eval_items(self, split: Dataset, tokenizer) -> Dataset:
+        """The units predictions are made for: the encoded dev rows."""
+        return self.encode(split, tokenizer)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, items: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                batch_size: int) -> list[np.ndarray]:
+        """The logits of each item (float32, on the host)."""
+        loader = DataLoader(items, batch_size=batch_size, collate_fn=self.collate(tokenizer))
         was_training = model.training
         model.eval()
-        outputs, labels = [], []
+        outputs = []
         for batch in loader:
             with autocast():
                 logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
-            outputs.append(logits.float().cpu())
-            labels.append(batch["labels"])
+            outputs.extend(logits.float().cpu().numpy())
         model.train(was_training)
-        logits, gold = torch.cat(outputs).numpy(), torch.cat(labels).numpy()
+        return outputs
+
+    def score(self, split: Dataset, items: Dataset, predictions: list[np.ndarray]) -> tuple[dict[str, float], None]:
+        """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
+        logits, gold = np.stack(predictions), np.asarray(items["labels"])
         if self.labels is None:
             return metrics.regression_scores(gold, logits[:, 0]), None
         return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics), None

@@ -190,14 +190,15 @@ class NerTask:
         """Token cross-entropy over first sub-tokens, in float32."""
         return F.cross_entropy(outputs.logits.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE)
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
-                 batch_size: int) -> tuple[dict[str, Any], str]:
-        """seqeval entity P/R/F1 (strict, the data's scheme), per-type table, token accuracy; CoNLL predictions."""
-        from autolora import metrics
+    def eval_items(self, split: Dataset, tokenizer) -> Dataset:
+        """The units predictions are made for: the encoded windows of the dev sentences."""
+        return self.encode(split, tokenizer)
 
-        encoded = self.encode(split, tokenizer)
-        loader = DataLoader(encoded, batch_size=batch_size, collate_fn=self.collate(tokenizer))
+    @torch.no_grad()
+    def predict(self, model: nn.Module, items: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                batch_size: int) -> list[list[int]]:
+        """Per window, the predicted label id of each word it labels (its first sub-token's argmax)."""
+        loader = DataLoader(items, batch_size=batch_size, collate_fn=self.collate(tokenizer))
         was_training = model.training
         model.eval()
         predicted: list[list[int]] = []
@@ -208,9 +209,15 @@ class NerTask:
             for row_best, row_labels in zip(best, batch["labels"].numpy(), strict=True):
                 predicted.append(row_best[row_labels != IGNORE].tolist())  # one per word of the window
         model.train(was_training)
+        return predicted
+
+    def score(self, split: Dataset, items: Dataset, predictions: list[list[int]]) -> tuple[dict[str, Any], str]:
+        """seqeval entity P/R/F1 (strict, the data's scheme), per-type table, token accuracy; CoNLL predictions."""
+        from autolora import metrics
+
         words, gold = list(split["words"]), list(split["tags"])
         guesses: list[list[str]] = [["O"] * len(w) for w in words]
-        for sentence, first, labels in zip(encoded["sentence"], encoded["first_word"], predicted, strict=True):
+        for sentence, first, labels in zip(items["sentence"], items["first_word"], predictions, strict=True):
             guesses[sentence][first : first + len(labels)] = [self.labels[i] for i in labels]
         scores = metrics.entity_scores(gold, guesses, self.scheme)
         conll = "".join("".join(f"{w} {g} {p}\n" for w, g, p in zip(ws, gs, ps, strict=True)) + "\n"
