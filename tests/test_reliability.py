@@ -204,3 +204,18 @@ def test_save_dir_replaces_a_folder_left_by_a_killed_resumed_run(tmp_path):
     save_dir(target, lambda d: (d.mkdir(), (d / "new.txt").write_text("new")))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+@pytest.mark.slow
+def test_a_requeued_slurm_job_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """submitit reruns a requeued job with the same command in the same directory (no resume=true):
+    it continues from the checkpoint and finishes; outside submitit the directory is refused."""
+    run_dir = tmp_path / "run"
+    assert launch("search", 5, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path).returncode == -9
+    refused = launch("none", 0, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    again = launch("none", 0, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    steps = [e[1] for e in events(run_dir) if e[0] == "search"]
+    assert steps == sorted(set(steps)) and (run_dir / "metrics.json").is_file()  # each step logged once

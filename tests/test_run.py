@@ -101,3 +101,18 @@ def test_multirun_gives_each_job_its_own_directory(tmp_path, glue_dir):
     assert [p.parent.name for p in found] == ["0", "1", "2", "3"]
     combos = {(json.loads(p.read_text())["task"], json.loads(p.read_text())["seed"]) for p in found}
     assert combos == {("glue/rte", 0), ("glue/rte", 1), ("glue/mrpc", 0), ("glue/mrpc", 1)}
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_sweeps_two_jobs_in_parallel(tmp_path):
+    """hydra/launcher=local (Hydra's submitit plugin): two sweep points as two local jobs, both finished."""
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    done = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "hydra/launcher=local",
+                           "experiment=smoke_sst2_tiny", "seed=0,1", "logger=none", "progress=false",
+                           f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seeds = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/metrics.json"))
+    assert seeds == [0, 1]
+    assert any((sweep / ".submitit").iterdir())  # the jobs really went through submitit

@@ -134,7 +134,14 @@ SINGLE = World()
 
 
 def from_environment() -> World:
-    """The World torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a single process without them)."""
+    """The World torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a single process without them).
+    A SLURM job of several tasks started by submitit (hydra/launcher=slurm, tasks_per_node > 1) gets
+    these variables from submitit's helper first."""
+    if "RANK" not in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm" \
+            and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)  # we pick cuda:LOCAL_RANK ourselves
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return SINGLE

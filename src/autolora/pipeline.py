@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import platform
 import random
 import shutil
@@ -336,6 +337,8 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     if settings.search.ranks_file is not None:
         ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if requeued(run_dir):
+        settings = dataclasses.replace(settings, resume=True)
     run_dir = world.share_outcome(lambda: resume_dir(run_dir, resolved) if settings.resume else claim_run_dir(run_dir),
                                   ConfigError)
     seed_everything(settings.seed)
@@ -371,6 +374,13 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     return record
 
 
+def requeued(run_dir: Path) -> bool:
+    """A SLURM job that submitit requeued (timeout, preemption) runs the same job in the same directory
+    again: it continues from the checkpoint instead of refusing the directory."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and (run_dir / "config.yaml").is_file() \
+        and not (run_dir / "metrics.json").is_file()
+
+
 def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, Any]:
     """Search (or the saved ranks), retrain or AdaLoRA, evaluate; the main process writes the outputs."""
     settings, run_dir, main = job.settings, job.run_dir, job.world.is_main
@@ -402,8 +412,6 @@ def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, 
 
 def distributed_settings(settings: Settings, world: World) -> Settings:
     """This process's device (cuda:LOCAL_RANK or cpu); bars on the main process only; batch sizes that split."""
-    import os
-
     from autolora import distributed
 
     if settings.search.hypergrad == "exact" and settings.method == "autolora":
