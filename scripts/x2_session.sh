@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/out}; RUNS=${RUNS:-/tmp/runs_x2}; DEADLINE=${DEADLINE:-540}
 . scripts/device_env.sh || exit 1
 mkdir -p "$RUNS" "$OUT"
 nvidia-smi -L
-torchrun --standalone --nproc_per_node 2 -m autolora.bench_ddp --out "$OUT/distributed" > "$OUT/bench_ddp.log" 2>&1
+timeout 200 torchrun --standalone --nproc_per_node 2 -m autolora.bench_ddp --out "$OUT/distributed" > "$OUT/bench_ddp.log" 2>&1
 tail -n 25 "$OUT/bench_ddp.log"
 bash scripts/make_glue_specs.sh "sst2" "0" "" > /tmp/specs_sst2.txt
 sequence() {  # GPU, then run names from the spec file, one after the other
