@@ -241,18 +241,26 @@ def score_params_figure(runs: list[Run], rows: list[dict[str, Any]]):
     tasks = sorted({(r["task"], r["model"]) for r in rows})
     if len(rows) < 2:
         return None
+    from autolora.figures import plt
+
     fig, axes = _panels(len(tasks))
+    groups = group(runs)
+    variants = sorted({v for (_, _, v) in groups}, key=lambda v: list(groups).index(next(k for k in groups if k[2] == v)))
+    colour = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}  # one colour per variant everywhere
     for ax, (task, model) in zip(axes, tasks, strict=True):
-        for (t, m, variant), members in group(runs).items():
+        metric = "score"
+        for (t, m, variant), members in groups.items():
             if (t, m) != (task, model) or members[0].dev.get(members[0].main_metric) is None:
                 continue
-            scores = [100 * r.dev[r.main_metric] for r in members]
+            metric = members[0].main_metric
+            scores = [scale_of(metric) * r.dev[metric] for r in members]
             params = statistics.mean(r.trainable_params for r in members)
             spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            ax.errorbar(params, statistics.mean(scores), yerr=spread, fmt="o", capsize=3, label=variant)
+            ax.errorbar(params, statistics.mean(scores), yerr=spread, fmt="o", capsize=3, label=variant,
+                        color=colour[variant])
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(members[0].main_metric if members else "score")
+        ax.set_ylabel(metric)
         ax.set_title(f"{task} · {model}", fontsize=9)
         ax.legend(fontsize=6)
     fig.tight_layout()
