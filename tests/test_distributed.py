@@ -84,3 +84,41 @@ def test_torchrun_two_processes_one_run_directory(tmp_path):
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("torchelastic_"))  # torchrun's own
     assert left == ["run"]  # no second run dir, no rank-1 scratch left
     assert done.stdout.count("autolora-run  glue/sst2") == 1  # one summary (rank 0)
+
+
+def _stop_worker(rank: int, size: int, port: int, out: str) -> None:
+    """A loop of 50 steps where only rank 1 receives SIGTERM (at step 7)."""
+    import signal
+    from pathlib import Path
+
+    from autolora.checkpoint import Checkpointer, Interrupted
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
+                      LOCAL_RANK=str(rank))
+    world = distributed.from_environment()
+    distributed.init(world, "cpu")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoint = Checkpointer(Path(out), every=1000, world=world)
+    stopped = None
+    try:
+        for step in range(1, 51):
+            if rank == 1 and step == 7:
+                checkpoint.stop_signal = signal.SIGTERM  # what the signal handler records
+            checkpoint.after_step("search", step, 50, model, {"w": optimizer}, schedule, {})
+    except Interrupted as stop:
+        stopped = stop.step
+    finally:
+        distributed.shutdown()
+    Path(out, f"stopped{rank}").write_text(str(stopped))
+
+
+def test_a_signal_on_one_process_stops_all_at_the_same_step_and_rank_0_saves(tmp_path):
+    mp.spawn(_stop_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    from autolora.checkpoint import STOP_POLL
+
+    assert STOP_POLL > 7  # the stop arrives between two agreement points
+    assert [(tmp_path / f"stopped{r}").read_text() for r in range(2)] == [str(STOP_POLL)] * 2
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == STOP_POLL and saved["phase"] == "search"
