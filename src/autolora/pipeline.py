@@ -151,8 +151,7 @@ class Job:
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
-                  "wall_time_s": self.phase_time(), "threshold": s.selection_threshold,
-                  "peak_memory_mib": peak_memory(self.settings.device)}
+                  "threshold": s.selection_threshold, **self.phase_cost()}
         if self.world.is_main:
             ranks_io.save(self.run_dir, found, gates, {
                 "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
@@ -160,10 +159,15 @@ class Job:
                 "search": record})
         return found, record
 
-    def phase_time(self) -> float:
-        if self.settings.device.type == "cuda":
+    def phase_cost(self) -> dict[str, float | None]:
+        """The phase's wall time (resumed segments included), GPU-seconds (wall time x GPUs, as in "GPU hours";
+        None on CPU) and this process's peak GPU memory."""
+        cuda = self.settings.device.type == "cuda"
+        if cuda:
             torch.cuda.synchronize(self.settings.device)  # phase boundary, not a hot loop
-        return round(self.checkpoint.elapsed(), 3)
+        wall = round(self.checkpoint.elapsed(), 3)
+        return {"wall_time_s": wall, "gpu_seconds": round(wall * self.world.size, 3) if cuda else None,
+                "peak_memory_mib": peak_memory(self.settings.device)}
 
     def run_adalora(self, tracker):
         """The AdaLoRA baseline with the retrain settings: prune to adalora.target_r on average while training.
@@ -185,7 +189,7 @@ class Job:
                       world=self.world)
         dev, predictions = self.evaluate(peft_model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
-                  "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
+                  **self.phase_cost()}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
         return peft_model, adalora.final_ranks(peft_model), record
@@ -213,7 +217,7 @@ class Job:
                       progress=self.settings.progress, world=self.world)
         dev, predictions = self.evaluate(model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(model),
-                  "wall_time_s": self.phase_time(), "peak_memory_mib": peak_memory(self.settings.device)}
+                  **self.phase_cost()}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
         return model, ranks, record
