@@ -49,7 +49,7 @@ class World:
         flat = _flatten_dense_tensors([t.detach() for t in tensors])
         dist.all_reduce(flat)  # SUM: AVG is NCCL-only, and gloo must give the same numbers in the CPU test
         flat.div_(self.size)
-        return list(_unflatten_dense_tensors(flat, tensors))
+        return [m.to(t.dtype) for m, t in zip(_unflatten_dense_tensors(flat, tensors), tensors, strict=True)]
 
     def average_grads(self, params: list[Tensor]) -> None:
         """Replace every parameter's .grad by its mean over processes (missing grads count as zero)."""
