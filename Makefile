@@ -57,7 +57,7 @@ bench: install
 MATRIX ?= paper
 reproduce: install
 	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }
-	$(PY) -m autolora.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR)
+	$(PY) -m autolora.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 # The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
 reproduce-smoke: install

@@ -86,6 +86,9 @@ def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
     minilm = reproduce.jobs(reproduce.load_matrix("minilm"), "/data", tmp_path)
     data = {experiment: next(a for a in args if a.startswith("data.data_dir=")) for experiment, _, args in minilm}
     assert data["minilm_glue_rte"] == "data.data_dir=/data/glue" and data["minilm_ner_conll2003"] == "data.data_dir=/data"
+    assert not any(a.startswith("hydra/launcher=") for _, _, args in planned for a in args)
+    parallel = reproduce.jobs(matrix, None, tmp_path, launcher="local")
+    assert all(args[-1] == "hydra/launcher=local" for _, _, args in parallel)
 
 
 def test_every_matrix_names_existing_experiments():

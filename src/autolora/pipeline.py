@@ -381,7 +381,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
 def requeued(run_dir: Path) -> bool:
     """A SLURM job that submitit requeued (timeout, preemption) runs the same job in the same directory
     again: it continues from the checkpoint instead of refusing the directory."""
-    return bool(os.environ.get("SUBMITIT_EXECUTOR")) and (run_dir / "config.yaml").is_file() \
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and (run_dir / "config.yaml").is_file() \
         and not (run_dir / "metrics.json").is_file()
 
 

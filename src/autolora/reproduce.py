@@ -55,8 +55,9 @@ def data_override(experiment: str, data_dir: str | None) -> list[str]:
     return [f"data.data_dir={Path(data_dir) / 'glue' if glue else Path(data_dir)}"]
 
 
-def jobs(matrix: dict, data_dir: str | None, root: Path) -> list[tuple[str, str, list[str]]]:
-    """(experiment, spec name, autolora-run arguments) for every multirun of the matrix."""
+def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
+    """(experiment, spec name, autolora-run arguments) for every multirun of the matrix; `launcher` (local,
+    slurm: conf/hydra/launcher/) runs the points of each multirun as parallel jobs instead of one by one."""
     planned = []
     groups = [("methods", matrix["experiments"]), ("grid", matrix.get("grid_experiments", [])),
               ("ablations", matrix.get("ablation_experiments", []))]
@@ -64,7 +65,8 @@ def jobs(matrix: dict, data_dir: str | None, root: Path) -> list[tuple[str, str,
         for experiment in experiments:
             for spec, overrides in matrix.get(group, {}).items():
                 args = ["-m", f"experiment={experiment}", *overrides, *matrix.get("overrides", []),
-                        *data_override(experiment, data_dir), f"hydra.sweep.dir={root / experiment / spec}"]
+                        *data_override(experiment, data_dir), f"hydra.sweep.dir={root / experiment / spec}",
+                        *([f"hydra/launcher={launcher}"] if launcher else [])]
                 planned.append((experiment, spec, args))
     return planned
 
@@ -89,11 +91,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding glue/, e2e/, conll2003/, bionlp13cg/ ...")
     parser.add_argument("--root", type=Path, default=Path("multirun/reproduce"), help="where the runs go")
     parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                        help="Hydra launcher for each multirun (default: Hydra's basic launcher, one job at a time)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = parser.parse_args(argv)
     matrix = load_matrix(args.matrix)
     root = args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")  # never reuse run dirs
-    planned = jobs(matrix, args.data_dir, root)
+    planned = jobs(matrix, args.data_dir, root, args.launcher)
     failed = []
     for index, (experiment, spec, run_args) in enumerate(planned, start=1):
         command = [sys.executable, "-m", "autolora.run", *run_args]
