@@ -109,6 +109,18 @@ def test_search_needs_alpha_and_logs_entropies():
                device=torch.device("cpu"), log=None, log_every=1, seed=0, progress=False)
 
 
+@pytest.mark.parametrize("overrides", [dict(hypergrad="fd"), dict(hypergrad="exact"), dict(eta=0.0)],
+                         ids=["fd", "exact", "first_order"])
+def test_the_loop_runs_every_hypergradient_method(overrides):
+    """search() in one process takes each method (exact refuses only a data-parallel mean) and moves alpha."""
+    model = TwoBranches("softmax")
+    data = _split(32, torch.Generator().manual_seed(0), torch.eye(D))
+    gates = search(model, data, data, search_config(epochs=2, **overrides),
+                   compute_loss=lambda out, b: F.mse_loss(out, b["labels"]), autocast=contextlib.nullcontext,
+                   device=torch.device("cpu"), log=lambda r, s: None, log_every=10, seed=0, progress=False)
+    assert all(max(g) - min(g) > 1e-4 for g in gates.values())
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("k", 0, "search.k must be >= 1"), ("val_fraction", 1.0, "search.val_fraction"),
     ("threshold", 1.5, "search.threshold"), ("alpha_norm", "relu", "search.alpha_norm"),

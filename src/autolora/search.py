@@ -185,14 +185,15 @@ def search(
     optimizers = {"w": state.opt_w, "alpha": state.opt_alpha}
     done, saved = resume_loop(checkpoint, "search", model, optimizers, state.schedule)
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
-    window = LossWindow(["train_loss", "val_loss"], device, log_every, mean=world.mean)
+    mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
+    window = LossWindow(["train_loss", "val_loss"], device, log_every, mean=mean)
     window.restore(saved.get("window"))
     train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
     model.train()
     with tqdm(total=total, initial=done, desc="search", unit="step", disable=not progress) as bar:
         for step in range(done + 1, total + 1):
             batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
-            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast, world.mean))
+            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast, mean))
             bar.update()
             if window.due(step, total):
                 record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),
