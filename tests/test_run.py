@@ -116,3 +116,16 @@ def test_submitit_local_launcher_sweeps_two_jobs_in_parallel(tmp_path):
     seeds = sorted(json.loads(p.read_text())["seed"] for p in sweep.glob("*/metrics.json"))
     assert seeds == [0, 1]
     assert any((sweep / ".submitit").iterdir())  # the jobs really went through submitit
+
+
+def test_adalora_prunes_to_its_budget_at_its_own_learning_rate(tmp_path):
+    """method=adalora: peft's allocator leaves at most init_r per matrix and target_r on average, the
+    adapter is saved in peft format, and it trains at retrain.lr x adalora.lr_scale."""
+    record, run_dir = run_in(tmp_path, "method=adalora", "adalora.init_r=6", "adalora.target_r=2",
+                             "adalora.lr_scale=3.0", "retrain.lr=1e-3", "retrain.warmup_ratio=0.0", "log_every=1")
+    ranks = record["ranks"]
+    assert len(ranks) == 4 and max(ranks.values()) <= 6 and sum(ranks.values()) <= 2 * len(ranks)
+    assert (run_dir / "adapter" / "adapter_config.json").is_file() and "search" not in record
+    first = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+    steps = record["retrain"]["steps"]
+    assert first["lr"] == pytest.approx(3e-3 * (steps - 1) / steps)  # linear decay from 1e-3 x 3, no warmup

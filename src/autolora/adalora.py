@@ -30,9 +30,12 @@ class AdaLoraSettings:
     beta1: float  # EMA of the sensitivity
     beta2: float  # EMA of its uncertainty
     orth_reg_weight: float
+    lr_scale: float  # AdaLoRA trains at retrain.lr x lr_scale: E starts at zero and needs a larger step
 
     def __post_init__(self):
         check_types(self, "adalora")
+        if self.lr_scale <= 0:
+            raise ValueError(f"adalora.lr_scale must be > 0, got {self.lr_scale}")
         if not 1 <= self.target_r <= self.init_r:
             raise ValueError(f"adalora.target_r must lie in [1, init_r={self.init_r}], got {self.target_r}")
         if self.tinit_ratio < 0 or self.tfinal_ratio < 0 or self.tinit_ratio + self.tfinal_ratio >= 1:

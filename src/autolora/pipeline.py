@@ -172,7 +172,8 @@ class Job:
     def run_adalora(self, tracker):
         """The AdaLoRA baseline with the retrain settings: prune to adalora.target_r on average while training.
         Not resumable step by step (peft's allocator state is not checkpointed): a resume restarts it."""
-        r, a = self.settings.retrain, self.settings.adalora
+        a = self.settings.adalora
+        r = dataclasses.replace(self.settings.retrain, lr=self.settings.retrain.lr * a.lr_scale)
         self.checkpoint.start_phase("retrain")
         loader = self.loader(self.train, r.batch_size)
         peft_model = adalora.wrap(self.fresh_model(), self.settings.model.targets.modules, a,
