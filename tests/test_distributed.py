@@ -27,12 +27,18 @@ def search_then_retrain(world: World, eta: float) -> dict[str, torch.Tensor]:
                                          length=LENGTH, device=torch.device("cpu"), dtype=torch.float64)
 
 
-def _worker(rank: int, size: int, port: int, eta: float, out: str) -> None:
+def _join(rank: int, size: int, port: int) -> World:
+    """What torchrun does for a worker: the environment, then the process group (gloo)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     world = distributed.from_environment()
     distributed.init(world, "cpu")
+    return world
+
+
+def _worker(rank: int, size: int, port: int, eta: float, out: str) -> None:
+    world = _join(rank, size, port)
     try:
         result = search_then_retrain(world, eta)
         items = list(range(7))  # an uneven evaluation list: shard, then gather back in order
@@ -93,10 +99,7 @@ def _stop_worker(rank: int, size: int, port: int, out: str) -> None:
 
     from autolora.checkpoint import Checkpointer, Interrupted
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size),
-                      LOCAL_RANK=str(rank))
-    world = distributed.from_environment()
-    distributed.init(world, "cpu")
+    world = _join(rank, size, port)
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

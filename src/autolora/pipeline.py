@@ -111,8 +111,8 @@ class Job:
             return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
                               collate_fn=self.collate, pin_memory=pin)
         sampler = DistributedSampler(dataset, num_replicas=self.world.size, rank=self.world.rank, shuffle=True, seed=0)
-        return DataLoader(dataset, batch_size=batch_size // self.world.size, sampler=sampler, collate_fn=self.collate,
-                          pin_memory=pin)
+        return DataLoader(dataset, batch_size=self.world.per_process(batch_size, "batch_size"), sampler=sampler,
+                          collate_fn=self.collate, pin_memory=pin)
 
     def collate(self, rows: list[dict]) -> dict:
         """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""

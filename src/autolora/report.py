@@ -245,7 +245,7 @@ def score_params_figure(runs: list[Run], rows: list[dict[str, Any]]):
 
     fig, axes = _panels(len(tasks))
     groups = group(runs)
-    variants = sorted({v for (_, _, v) in groups}, key=lambda v: list(groups).index(next(k for k in groups if k[2] == v)))
+    variants = list(dict.fromkeys(v for (_, _, v) in groups))  # in table order
     colour = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}  # one colour per variant everywhere
     for ax, (task, model) in zip(axes, tasks, strict=True):
         metric = "score"
