@@ -10,8 +10,8 @@ import yaml
 from autolora import report
 
 
-def _config(method: str, alpha_norm: str = "softmax", eta: float = 1e-4) -> dict:
-    return {"method": method, "lora": {"r": 8},
+def _config(method: str, alpha_norm: str = "softmax", eta: float = 1e-4, adalora: dict | None = None) -> dict:
+    return {"method": method, "lora": {"r": 8}, "adalora": adalora or {"target_r": 4},
             "search": {"alpha_norm": alpha_norm, "eta": eta, "ranks_file": None}}
 
 
@@ -35,6 +35,8 @@ def test_mean_std_table_from_known_runs(tmp_path):
     _run(runs_dir, "a1", seed=1, accuracy=0.70, ranks={"m.layer.0.q": 4, "m.layer.0.v": 6})
     _run(runs_dir, "l0", method="lora", accuracy=0.55, ranks={"m.layer.0.q": 8, "m.layer.0.v": 8})
     _run(runs_dir, "e0", accuracy=0.40, eta=0.0)
+    _run(runs_dir, "d0", method="adalora", accuracy=0.30)  # a config from before adalora.lr_scale: x1
+    _run(runs_dir, "d1", method="adalora", accuracy=0.80, adalora={"target_r": 4, "lr_scale": 10.0})
     (runs_dir / "report.json").write_text(json.dumps({k: k.upper() for k in report.PROVENANCE_KEYS}))
     report.report_folder(runs_dir, tmp_path / "results")
     rows = {row["variant"]: row for row in report.table_rows(report.find_runs([runs_dir]))}
@@ -42,6 +44,8 @@ def test_mean_std_table_from_known_runs(tmp_path):
     assert rows["AutoLoRA"]["mean_rank"] == "4.00" and rows["AutoLoRA"]["trainable_params"] == "1,000"
     assert rows["LoRA r=8"]["dev_accuracy"] == "55.00" and rows["LoRA r=8"]["search_s"] == "-"
     assert rows["AutoLoRA (eta=0)"]["dev_accuracy"] == "40.00"
+    assert rows["AdaLoRA r=4 (lr x1)"]["dev_accuracy"] == "30.00"
+    assert rows["AdaLoRA r=4 (lr x10)"]["dev_accuracy"] == "80.00"
     page = (tmp_path / "results" / "demo.md").read_text()
     assert page.startswith("# TITLE") and "- commit: COMMIT" in page and "| glue/rte | minilm | AutoLoRA | 2 |" in page
     assert (tmp_path / "results" / "demo.csv").read_text().splitlines()[0].startswith("task,model,variant")

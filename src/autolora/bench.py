@@ -1,12 +1,13 @@
 """`make bench` (on a CUDA machine): the cost of a search step next to a plain LoRA step.
 
 For roberta-base and gpt2-medium shapes (random init: weights do not change speed) at batch x length
-16x128 and 32x256 under bf16 autocast, times four training steps with CUDA events (median over many
+16x128 and 32x256 under bf16 autocast (or other --models / --sizes: minilm@16x32 is the SST-2 run's shape), times four training steps with CUDA events (median over many
 steps after warm-up): (a) peft LoRA r=8 on q,v, (b) this project's fixed-rank LoRA at the same ranks,
 (c) a first-order search step, (d) a second-order (finite-difference) search step. Also peak memory,
 tokens/s and model FLOP utilisation. Writes results/bench.json and results/bench.md.
 
     python -m autolora.bench [--steps 30] [--warmup 5] [--out results/bench]
+    python -m autolora.bench --models minilm --sizes 16x32 --profile --out results/bench_minilm
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForSequenceClassification
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from autolora.inject import TargetConfig, inject, target_names
 from autolora.models import four_d_attention_mask
@@ -30,6 +38,7 @@ from autolora.pipeline import git_commit, versions
 from autolora.search import SearchConfig, search_step, start_search
 
 SHAPES = {
+    "minilm": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
     "roberta-base": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
     "gpt2-medium": dict(kind="decoder", targets=TargetConfig(("c_attn",), ("q", "k", "v"), ("q", "v")), peft_targets=["c_attn"]),
 }
@@ -40,6 +49,9 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 d
 def build(name: str) -> torch.nn.Module:
     """Random-init model with the named architecture's shapes, eval-free dropout defaults kept."""
     torch.manual_seed(0)
+    if name == "minilm":  # all-MiniLM-L6-v2's shapes: the model of the GLUE runs in results/glue_minilm.md
+        return BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                        intermediate_size=1536, num_labels=2, attn_implementation="sdpa"))
     if name == "roberta-base":
         return RobertaForSequenceClassification(RobertaConfig(num_labels=2, attn_implementation="sdpa"))
     return GPT2LMHeadModel(GPT2Config(n_embd=1024, n_layer=24, n_head=16, attn_implementation="sdpa"))
@@ -51,12 +63,12 @@ def batch_for(name: str, batch: int, length: int, seed: int, device) -> dict:
     mask = torch.ones_like(ids)
     out = {"input_ids": ids, "attention_mask": four_d_attention_mask(
         mask, causal=SHAPES[name]["kind"] == "decoder", attn_implementation="sdpa")}
-    out["labels"] = torch.randint(0, 2, (batch,), generator=gen) if name == "roberta-base" else ids
+    out["labels"] = torch.randint(0, 2, (batch,), generator=gen) if SHAPES[name]["kind"] == "encoder" else ids
     return {k: v.to(device) for k, v in out.items()}
 
 
 def task_loss(name: str) -> Callable:
-    if name == "roberta-base":
+    if SHAPES[name]["kind"] == "encoder":
         return lambda out, b: F.cross_entropy(out.logits.float(), b["labels"])
     return lambda out, b: F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), b["labels"][:, 1:].flatten())
 
@@ -86,13 +98,14 @@ def variant(name: str, which: str, batch, val_batch, autocast, device) -> Callab
     """The step function of one variant, with its model and optimiser built on the device."""
     model = build(name)
     loss_fn = task_loss(name)
-    targets, heads = SHAPES[name]["targets"], (["classifier"] if name == "roberta-base" else [])
+    encoder = SHAPES[name]["kind"] == "encoder"
+    targets, heads = SHAPES[name]["targets"], (["classifier"] if encoder else [])
     if which == "peft_lora":
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, modules_to_save=heads or None,
                                                  target_modules=SHAPES[name]["peft_targets"],
-                                                 fan_in_fan_out=name != "roberta-base"))
+                                                 fan_in_fan_out=not encoder))
         model.to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         return plain_step(model, batch, loss_fn, autocast, optimizer)
@@ -130,7 +143,7 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int) -> tuple[float
 def flops_per_pass(model_name: str, batch: int, length: int) -> float:
     """Forward + activation-gradient backward FLOPs of one pass over the frozen backbone (LoRA adds <1%):
     4 * non-embedding params * tokens (2 forward + 2 backward) + attention scores and values, same factor."""
-    hidden, layers = (768, 12) if model_name == "roberta-base" else (1024, 24)
+    hidden, layers = {"minilm": (384, 6), "roberta-base": (768, 12), "gpt2-medium": (1024, 24)}[model_name]
     params = 12 * hidden * hidden * layers  # qkv + out (4h^2) + MLP (8h^2) per layer
     attention = 4 * batch * length * length * hidden * layers  # QK^T and AV, forward
     return 2 * (2 * params * batch * length + attention)
@@ -219,22 +232,34 @@ def markdown(report: dict, commit: str, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def size(text: str) -> tuple[int, int]:
+    """'16x128' -> (16, 128), for --sizes."""
+    try:
+        batch, length = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxLENGTH such as 16x128, got {text!r}") from None
+    return batch, length
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--models", nargs="+", default=list(SHAPES))
+    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=["roberta-base", "gpt2-medium"])
+    parser.add_argument("--sizes", nargs="+", type=size, default=SIZES, metavar="BxL",
+                        help="batch x length shapes (default: 16x128 32x256)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", action="store_true", help="also write OUT_profile.txt: top CUDA kernels of a "
-                        "second-order step (roberta-base 32x256) and of a peft LoRA step")
+                        "second-order step and of a peft LoRA step (the first model, at the largest size)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("make bench needs a CUDA device (run it through the device tool)")
     if args.profile:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text())
-    report = run_bench(args.steps, args.warmup, args.models, SIZES)
+        batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
+        args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(args.models[0], batch, length))
+    report = run_bench(args.steps, args.warmup, args.models, args.sizes)
     report.update(date=dt.date.today().isoformat(), versions=versions())
     report["commit"] = args.commit or git_commit()
     command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)

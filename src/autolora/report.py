@@ -48,11 +48,14 @@ class Run:
 
 
 def variant_of(config: Mapping[str, Any]) -> str:
-    """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)'."""
+    """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)',
+    'AdaLoRA r=4 (lr x10)'."""
     if config["method"] == "lora":
         return f"LoRA r={config['lora']['r']}"
     if config["method"] == "adalora":
-        return f"AdaLoRA r={config['adalora']['target_r']}"
+        # Runs from before adalora.lr_scale existed trained at retrain.lr itself: label them x1.
+        lr_scale = float(config["adalora"].get("lr_scale", 1.0))
+        return f"AdaLoRA r={config['adalora']['target_r']} (lr x{lr_scale:g})"
     search = config["search"]
     notes = []
     if search["ranks_file"]:
