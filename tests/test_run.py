@@ -129,3 +129,18 @@ def test_adalora_prunes_to_its_budget_at_its_own_learning_rate(tmp_path):
     first = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
     steps = record["retrain"]["steps"]
     assert first["lr"] == pytest.approx(3e-3 * (steps - 1) / steps)  # linear decay from 1e-3 x 3, no warmup
+
+
+@pytest.mark.parametrize("method", ["autolora", "adalora"])
+def test_bf16_run_trains_on_bf16_frozen_weights_and_exports_fp32(tmp_path, method):
+    """precision=bf16 keeps frozen matmul weights in bf16 while training (Job.ready_to_train); what is saved
+    is fp32: the adapter and, for this random-init model, the base weights beside it."""
+    from safetensors.torch import load_file
+
+    record, run_dir = run_in(tmp_path, "precision=bf16", f"method={method}")
+    assert 0 <= record["retrain"]["dev"]["accuracy"] <= 1
+    tensors = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    assert tensors and {t.dtype for t in tensors.values()} == {torch.float32}
+    if method == "autolora":  # AdaLoRA saves its adapter only
+        base = load_file(run_dir / "base_model" / "model.safetensors")
+        assert {t.dtype for t in base.values()} == {torch.float32}

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from autolora.inject import TargetConfig, inject, target_names
-from autolora.models import four_d_attention_mask
+from autolora.models import four_d_attention_mask, store_frozen_linears_in
 from autolora.pipeline import git_commit, versions
 from autolora.search import SearchConfig, search_step, start_search
 
@@ -94,8 +94,9 @@ def plain_step(model, batch, loss_fn, autocast, optimizer) -> Callable[[], None]
     return step
 
 
-def variant(name: str, which: str, batch, val_batch, autocast, device) -> Callable[[], None]:
-    """The step function of one variant, with its model and optimiser built on the device."""
+def variant(name: str, which: str, batch, val_batch, autocast, device, bf16_frozen: bool = True) -> Callable[[], None]:
+    """The step function of one variant, with its model and optimiser built on the device. bf16_frozen: the
+    project's variants keep frozen weights in bf16 as the pipeline does (False: fp32, cast on every pass)."""
     model = build(name)
     loss_fn = task_loss(name)
     encoder = SHAPES[name]["kind"] == "encoder"
@@ -114,6 +115,8 @@ def variant(name: str, which: str, batch, val_batch, autocast, device) -> Callab
     inject(model, targets, {n: 8 for n in names}, lora_alpha=16, dropout=0.1,
            alpha_norm="softmax" if searching else None, trainable_modules=heads)
     model.to(device).train()
+    if bf16_frozen:
+        store_frozen_linears_in(model, torch.bfloat16)  # as the pipeline does under bf16 autocast (Job.ready_to_train)
     if not searching:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
         return plain_step(model, batch, loss_fn, autocast, optimizer)
@@ -152,7 +155,7 @@ def flops_per_pass(model_name: str, batch: int, length: int) -> float:
 PASSES = {"peft_lora": 1, "fixed_rank": 1, "first_order": 2, "second_order": 4}  # forward/backward passes per step
 
 
-def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int, int]]) -> dict:
+def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int, int]], bf16_frozen: bool = True) -> dict:
     device = torch.device("cuda")
     autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     gpu = torch.cuda.get_device_name(device)
@@ -164,7 +167,7 @@ def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int,
             train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
             entry = {}
             for which in ("peft_lora", "fixed_rank", "first_order", "second_order"):
-                step = variant(name, which, train, val, autocast, device)
+                step = variant(name, which, train, val, autocast, device, bf16_frozen)
                 median, spread, memory = time_steps(step, steps, warmup)
                 useful = flops_per_pass(name, batch, length) * PASSES[which]
                 entry[which] = {"ms": round(median, 3), "spread_ms": round(spread, 3), "peak_mib": round(memory / 2**20, 1),
@@ -181,10 +184,12 @@ def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int,
                 "memory_ratio": round(entry["second_order"]["peak_mib"] / base["peak_mib"], 3),
             })
             results[key] = entry
-    return {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup, "shapes": results}
+    return {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup, "bf16_frozen": bf16_frozen,
+            "shapes": results}
 
 
-def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256, steps: int = 5) -> str:
+def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256, steps: int = 5,
+                 bf16_frozen: bool = True) -> str:
     """torch.profiler tables (top CUDA kernels) of the second-order step and of the peft LoRA step."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -193,7 +198,7 @@ def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256,
     train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
     parts = []
     for which in ("second_order", "peft_lora"):
-        step = variant(name, which, train, val, autocast, device)
+        step = variant(name, which, train, val, autocast, device, bf16_frozen)
         for _ in range(3):
             step()
         torch.cuda.synchronize()
@@ -216,7 +221,11 @@ def markdown(report: dict, commit: str, command: str) -> str:
              f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps, CUDA events; "
              "bf16 autocast; random-init weights; the same batch every step; 4D boolean attention masks for every variant",
              "- MFU: analytic FLOPs (4 x non-embedding params x tokens + attention, per forward/backward pass; passes per "
-             "step: LoRA 1, first order 2, second order 4) over the datasheet dense bf16 peak", "",
+             "step: LoRA 1, first order 2, second order 4) over the datasheet dense bf16 peak",
+             "- frozen weights of the project's steps (fixed_rank, first_order, second_order): "
+             + ("bf16, stored once (models.store_frozen_linears_in, as the pipeline does); peft's step keeps "
+                "its fp32 weights, cast by autocast on every pass" if report.get("bf16_frozen", False)
+                else "fp32, cast by autocast on every pass (like peft's)"), "",
              "| shape | step | ms | spread ms | peak MiB | tokens/s | MFU | ratio vs peft |", "|---|---|---|---|---|---|---|---|"]
     for key, entry in report["shapes"].items():
         base = entry["peft_lora"]["ms"]
@@ -248,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=["roberta-base", "gpt2-medium"])
     parser.add_argument("--sizes", nargs="+", type=size, default=SIZES, metavar="BxL",
                         help="batch x length shapes (default: 16x128 32x256)")
+    parser.add_argument("--fp32-frozen", action="store_true", help="keep the project's frozen weights in fp32, cast "
+                        "by autocast on every pass (as before models.store_frozen_linears_in): for before/after")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", action="store_true", help="also write OUT_profile.txt: top CUDA kernels of a "
@@ -258,8 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
-        args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(args.models[0], batch, length))
-    report = run_bench(args.steps, args.warmup, args.models, args.sizes)
+        args.out.with_name(args.out.name + "_profile.txt").write_text(
+            profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen))
+    report = run_bench(args.steps, args.warmup, args.models, args.sizes, bf16_frozen=not args.fp32_frozen)
     report.update(date=dt.date.today().isoformat(), versions=versions())
     report["commit"] = args.commit or git_commit()
     command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)

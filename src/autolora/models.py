@@ -25,6 +25,7 @@ from transformers import (
     AutoTokenizer,
     GPT2TokenizerFast,
 )
+from transformers.pytorch_utils import Conv1D
 
 from autolora.inject import TargetConfig
 
@@ -134,6 +135,29 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def store_frozen_linears_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Keep the frozen weights and biases of every nn.Linear / GPT-2 Conv1D in `dtype`; returns how many changed.
+
+    Under bf16 autocast every matmul casts its fp32 weight to bf16 on every forward pass: on MiniLM that is a
+    fifth of a search step's GPU kernels and of its host time (results/bench_minilm_profile.txt, aten::to /
+    copy_). Casting the frozen weights once gives the matmuls the same bf16 values, so results do not change
+    (tests/test_models.py checks bit equality). Trainable tensors (LoRA factors, alpha, heads) stay fp32 for the
+    optimiser; a weight shared with an embedding (a tied LM head) is skipped, since lookups are not autocast.
+    Call it with torch.float32 before saving weights, so that files hold the dtype the model was loaded in.
+    """
+    tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    changed = 0
+    for module in model.modules():
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            continue
+        for tensor in (module.weight, module.bias):
+            if tensor is None or tensor.requires_grad or id(tensor) in tied or tensor.dtype == dtype:
+                continue
+            tensor.data = tensor.data.to(dtype)
+            changed += 1
+    return changed
 
 
 def four_d_attention_mask(mask: torch.Tensor, *, causal: bool, attn_implementation: str) -> torch.Tensor:
