@@ -188,6 +188,33 @@ def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int,
             "shapes": results}
 
 
+def frozen_dtype_ab(models: list[str], sizes: list[tuple[int, int]], steps: int, warmup: int, rounds: int) -> dict:
+    """A/B of models.store_frozen_linears_in: per shape, the project's fixed-rank and second-order steps with
+    frozen weights stored in bf16 and in fp32, next to peft's step. All are built first, then timed in
+    `rounds` interleaved rounds, so that the drift of a host-bound machine hits every variant alike; each
+    entry is the median over rounds of the per-round median (ms)."""
+    device = torch.device("cuda")
+    autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    results = {}
+    for name in models:
+        for batch, length in sizes:
+            train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
+            step_of = {"peft_lora": variant(name, "peft_lora", train, val, autocast, device)}
+            for which in ("fixed_rank", "second_order"):
+                for frozen in ("bf16", "fp32"):
+                    step_of[f"{which}/{frozen}"] = variant(name, which, train, val, autocast, device, frozen == "bf16")
+            times: dict[str, list[float]] = {key: [] for key in step_of}
+            for _ in range(rounds):
+                for key, step in step_of.items():
+                    times[key].append(time_steps(step, steps, warmup)[0])
+            key = f"{name}@{batch}x{length}"
+            results[key] = {k: round(statistics.median(v), 3) for k, v in times.items()}
+            print(key, "  ".join(f"{k} {v:.2f}" for k, v in results[key].items()), flush=True)
+            del step_of
+            torch.cuda.empty_cache()
+    return results
+
+
 def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256, steps: int = 5,
                  bf16_frozen: bool = True) -> str:
     """torch.profiler tables (top CUDA kernels) of the second-order step and of the peft LoRA step."""
@@ -259,6 +286,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="batch x length shapes (default: 16x128 32x256)")
     parser.add_argument("--fp32-frozen", action="store_true", help="keep the project's frozen weights in fp32, cast "
                         "by autocast on every pass (as before models.store_frozen_linears_in): for before/after")
+    parser.add_argument("--frozen-ab", type=int, default=0, metavar="ROUNDS",
+                        help="instead: time frozen weights in bf16 against fp32 in ROUNDS interleaved rounds -> "
+                        "OUT_frozen_ab.json")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", action="store_true", help="also write OUT_profile.txt: top CUDA kernels of a "
@@ -266,16 +296,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("make bench needs a CUDA device (run it through the device tool)")
-    if args.profile:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
-        args.out.with_name(args.out.name + "_profile.txt").write_text(
-            profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen))
+    command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.frozen_ab:
+        report = {"command": command, "commit": args.commit or git_commit(), "device": torch.cuda.get_device_name(),
+                  "date": dt.date.today().isoformat(), "versions": versions(), "steps": args.steps,
+                  "warmup": args.warmup, "rounds": args.frozen_ab,
+                  "ms": frozen_dtype_ab(args.models, args.sizes, args.steps, args.warmup, args.frozen_ab)}
+        args.out.with_name(args.out.name + "_frozen_ab.json").write_text(json.dumps(report, indent=2) + "\n")
+        return
     report = run_bench(args.steps, args.warmup, args.models, args.sizes, bf16_frozen=not args.fp32_frozen)
     report.update(date=dt.date.today().isoformat(), versions=versions())
     report["commit"] = args.commit or git_commit()
-    command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.profile:  # after the timing, so that profiling cannot disturb it
+        batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
+        args.out.with_name(args.out.name + "_profile.txt").write_text(
+            profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen))
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report, report["commit"], command))
     print(markdown(report, report["commit"], command))
