@@ -216,15 +216,15 @@ def frozen_dtype_ab(models: list[str], sizes: list[tuple[int, int]], steps: int,
 
 
 def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256, steps: int = 5,
-                 bf16_frozen: bool = True) -> str:
-    """torch.profiler tables (top CUDA kernels) of the second-order step and of the peft LoRA step."""
+                 bf16_frozen: bool = True, variants: tuple[str, ...] = ("second_order", "peft_lora")) -> str:
+    """torch.profiler tables (top CUDA kernels) of each variant's step (default: second order and peft LoRA)."""
     from torch.profiler import ProfilerActivity, profile
 
     device = torch.device("cuda")
     autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
     train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
     parts = []
-    for which in ("second_order", "peft_lora"):
+    for which in variants:
         step = variant(name, which, train, val, autocast, device, bf16_frozen)
         for _ in range(3):
             step()
@@ -277,6 +277,14 @@ def size(text: str) -> tuple[int, int]:
     return batch, length
 
 
+def write_profile(args: argparse.Namespace) -> None:
+    """OUT_profile.txt: the profile of the first model at the largest size."""
+    batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
+    args.out.with_name(args.out.name + "_profile.txt").write_text(
+        profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen,
+                     variants=tuple(args.profile_variants)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -293,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", action="store_true", help="also write OUT_profile.txt: top CUDA kernels of a "
                         "second-order step and of a peft LoRA step (the first model, at the largest size)")
+    parser.add_argument("--profile-variants", nargs="+", choices=list(PASSES), default=["second_order", "peft_lora"],
+                        help="the steps to profile")
+    parser.add_argument("--profile-only", action="store_true", help="write OUT_profile.txt and time nothing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("make bench needs a CUDA device (run it through the device tool)")
@@ -305,13 +316,14 @@ def main(argv: list[str] | None = None) -> None:
                   "ms": frozen_dtype_ab(args.models, args.sizes, args.steps, args.warmup, args.frozen_ab)}
         args.out.with_name(args.out.name + "_frozen_ab.json").write_text(json.dumps(report, indent=2) + "\n")
         return
+    if args.profile_only:
+        write_profile(args)
+        return
     report = run_bench(args.steps, args.warmup, args.models, args.sizes, bf16_frozen=not args.fp32_frozen)
     report.update(date=dt.date.today().isoformat(), versions=versions())
     report["commit"] = args.commit or git_commit()
     if args.profile:  # after the timing, so that profiling cannot disturb it
-        batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
-        args.out.with_name(args.out.name + "_profile.txt").write_text(
-            profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen))
+        write_profile(args)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(report, report["commit"], command))
     print(markdown(report, report["commit"], command))
