@@ -1,10 +1,12 @@
 """`make bench` (on a CUDA machine): the cost of a search step next to a plain LoRA step.
 
 For roberta-base and gpt2-medium shapes (random init: weights do not change speed) at batch x length
-16x128 and 32x256 under bf16 autocast (or other --models / --sizes: minilm@16x32 is the SST-2 run's shape), times four training steps with CUDA events (median over many
-steps after warm-up): (a) peft LoRA r=8 on q,v, (b) this project's fixed-rank LoRA at the same ranks,
-(c) a first-order search step, (d) a second-order (finite-difference) search step. Also peak memory,
-tokens/s and model FLOP utilisation. Writes results/bench.json and results/bench.md.
+16x128 and 32x256 (or other --models / --sizes; minilm@16x32 is the shape of the SST-2 runs) under bf16
+autocast, times four training steps with CUDA events (median over many steps after warm-up): (a) peft
+LoRA r=8 on q,v, (b) this project's fixed-rank LoRA at the same ranks, (c) a first-order search step, (d) a
+second-order (finite-difference) search step. Also peak memory, tokens/s and model FLOP utilisation. Writes
+results/bench.json and results/bench.md; --profile adds the top CUDA kernels, --frozen-ab the bf16/fp32
+frozen-weight comparison.
 
     python -m autolora.bench [--steps 30] [--warmup 5] [--out results/bench]
     python -m autolora.bench --models minilm --sizes 16x32 --profile --out results/bench_minilm

@@ -134,8 +134,8 @@ class Job:
                           self.settings.seed).to(self.settings.device)
 
     def ready_to_train(self, model: nn.Module) -> nn.Module:
-        """After the adapters exist (they take the base layer's dtype): under bf16 autocast, store the frozen
-        matmul weights in bf16 once instead of casting them on every forward pass (same values, less work)."""
+        """Under bf16 autocast, store the frozen matmul weights in bf16 once instead of casting them on every
+        forward pass (the same values, less memory: models.store_frozen_linears_in)."""
         if self.settings.precision == "bf16":
             store_frozen_linears_in(model, torch.bfloat16)
         return model
