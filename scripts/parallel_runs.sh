@@ -3,11 +3,12 @@
 # SPECS: a file with one run per line: NAME then its overrides (e.g. "rte-lora-s1 task=glue/rte method=lora seed=1").
 # At most $JOBS runs at a time (default: all at once), in file order; a run whose directory already holds
 # metrics.json is skipped, and an unfinished one resumes from its checkpoint (resume=true).
-# Run dirs go to $RUNS/NAME; after all finish or $DEADLINE seconds, the small files are packed into $OUT/$PACK.
+# Run dirs go to $RUNS/NAME; after all finish or $DEADLINE seconds, the small files are packed into $OUT/$PACK
+# (PACK= empty: no pack, for a caller that packs itself).
 # Usage (repo root, device tool): RUNS=/tmp/runs PACK=runs.tgz JOBS=8 bash scripts/parallel_runs.sh specs.txt [overrides]
 set -uo pipefail
 SPECS=$1; shift
-RUNS=${RUNS:-/tmp/runs}; OUT=${OUT:-/tmp/out}; DEADLINE=${DEADLINE:-540}; PACK=${PACK:-runs.tgz}; JOBS=${JOBS:-1000}
+RUNS=${RUNS:-/tmp/runs}; OUT=${OUT:-/tmp/out}; DEADLINE=${DEADLINE:-540}; PACK=${PACK-runs.tgz}; JOBS=${JOBS:-1000}
 mkdir -p "$RUNS" "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$SECONDS
@@ -26,4 +27,4 @@ for dir in "$RUNS"/*/; do
   name=$(basename "$dir")
   [ -f "$dir/metrics.json" ] && echo "done  $name" || { echo "OPEN  $name"; tail -3 "$RUNS/$name.log"; }
 done
-tar -czf "$OUT/$PACK" -C "$RUNS" --exclude='adapter' --exclude='base_model' --exclude='.hydra' --exclude='wandb' .
+[ -z "$PACK" ] || tar -czf "$OUT/$PACK" -C "$RUNS" --exclude='adapter' --exclude='base_model' --exclude='.hydra' --exclude='wandb' .
