@@ -45,6 +45,7 @@ SHAPES = {
     "gpt2-medium": dict(kind="decoder", targets=TargetConfig(("c_attn",), ("q", "k", "v"), ("q", "v")), peft_targets=["c_attn"]),
 }
 SIZES = [(16, 128), (32, 256)]
+CUDA_BF16 = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)  # every timed step
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 datasheet peaks
 
 
@@ -67,6 +68,11 @@ def batch_for(name: str, batch: int, length: int, seed: int, device) -> dict:
         mask, causal=SHAPES[name]["kind"] == "decoder", attn_implementation="sdpa")}
     out["labels"] = torch.randint(0, 2, (batch,), generator=gen) if SHAPES[name]["kind"] == "encoder" else ids
     return {k: v.to(device) for k, v in out.items()}
+
+
+def train_val(name: str, batch: int, length: int, device) -> tuple[dict, dict]:
+    """The fixed training and validation batches every variant of a shape steps on."""
+    return batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
 
 
 def task_loss(name: str) -> Callable:
@@ -158,15 +164,14 @@ PASSES = {"peft_lora": 1, "fixed_rank": 1, "first_order": 2, "second_order": 4} 
 
 
 def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int, int]], bf16_frozen: bool = True) -> dict:
-    device = torch.device("cuda")
-    autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    device, autocast = torch.device("cuda"), CUDA_BF16
     gpu = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     results = {}
     for name in models:
         for batch, length in sizes:
             key = f"{name}@{batch}x{length}"
-            train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
+            train, val = train_val(name, batch, length, device)
             entry = {}
             for which in ("peft_lora", "fixed_rank", "first_order", "second_order"):
                 step = variant(name, which, train, val, autocast, device, bf16_frozen)
@@ -195,12 +200,11 @@ def frozen_dtype_ab(models: list[str], sizes: list[tuple[int, int]], steps: int,
     frozen weights stored in bf16 and in fp32, next to peft's step. All are built first, then timed in
     `rounds` interleaved rounds, so that the drift of a host-bound machine hits every variant alike; each
     entry is the median over rounds of the per-round median (ms)."""
-    device = torch.device("cuda")
-    autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
+    device, autocast = torch.device("cuda"), CUDA_BF16
     results = {}
     for name in models:
         for batch, length in sizes:
-            train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
+            train, val = train_val(name, batch, length, device)
             step_of = {"peft_lora": variant(name, "peft_lora", train, val, autocast, device)}
             for which in ("fixed_rank", "second_order"):
                 for frozen in ("bf16", "fp32"):
@@ -222,9 +226,8 @@ def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256,
     """torch.profiler tables (top CUDA kernels) of each variant's step (default: second order and peft LoRA)."""
     from torch.profiler import ProfilerActivity, profile
 
-    device = torch.device("cuda")
-    autocast = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)
-    train, val = batch_for(name, batch, length, 0, device), batch_for(name, batch, length, 1, device)
+    device, autocast = torch.device("cuda"), CUDA_BF16
+    train, val = train_val(name, batch, length, device)
     parts = []
     for which in variants:
         step = variant(name, which, train, val, autocast, device, bf16_frozen)
