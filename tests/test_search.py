@@ -13,14 +13,15 @@ from torch import nn
 from autolora.inject import inject, target_names
 from autolora.layers import WHOLE, PartSpec, SelectableLoRA
 from autolora.ranks import select_ranks
-from autolora.search import SearchConfig, batch_loss, search
+from autolora.rng import ReplayedSeed
+from autolora.search import SearchConfig, batch_loss, forward_loss, search
 
 D = K = 8
 
 
 def search_config(**overrides) -> SearchConfig:
     """Explicit values for every field (library code has no hidden defaults)."""
-    values = dict(k=K, alpha_norm="softmax", hypergrad="fd", eta=0.01, fd_eps=0.01, lr=1e-2, alpha_lr=5e-2,
+    values = dict(k=K, alpha_norm="softmax", hypergrad="fd", fd="central", eta=0.01, fd_eps=0.01, lr=1e-2, alpha_lr=5e-2,
                   weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=30, batch_size=16,
                   val_fraction=0.5, lora_alpha=K, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
                   ranks_file=None, evaluate=False)
@@ -64,14 +65,14 @@ def test_a_layer_that_cannot_help_ends_with_a_lower_rank(alpha_norm, seed):
     cfg = search_config(alpha_norm=alpha_norm)
     gates = search(model, train, val, cfg, compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]),
                    autocast=contextlib.nullcontext, device=torch.device("cpu"), log=lambda record, step: None,
-                   log_every=100, seed=0, progress=False)
+                   log_every=100, seed=0, progress=False).gates
     found = select_ranks(gates, cfg.selection_threshold)
     assert found["useless"] < found["useful"], (found, gates)
 
 
 def test_batch_loss_replays_dropout_masks():
-    """In train mode with dropout, one batch_loss gives the same value on every call (so W+ and W-
-    see the same masks), while a new batch_loss draws new masks."""
+    """In train mode with dropout, every evaluation of a batch_loss within one step gives the same value
+    (so W, W+ and W- see the same masks), while the next step (new_step) draws new masks."""
     model = tiny_roberta()
     inject(model, ROBERTA_TARGETS, {n: 4 for n in target_names(model, ROBERTA_TARGETS)}, lora_alpha=8,
            dropout=0.5, alpha_norm="softmax", trainable_modules=["classifier"])
@@ -86,10 +87,13 @@ def test_batch_loss_replays_dropout_masks():
     def ce(out, b):
         return F.cross_entropy(out.logits, b["labels"])
 
-    loss = batch_loss(model, ce, batch, contextlib.nullcontext)
-    first, second = loss(params), loss(params)
-    assert torch.equal(first, second)
-    assert not torch.equal(first, batch_loss(model, ce, batch, contextlib.nullcontext)(params))
+    streams, on_batch = ReplayedSeed(torch.device("cpu")), forward_loss(model, ce, contextlib.nullcontext)
+    streams.new_step()
+    loss = batch_loss(on_batch, batch, streams.train)
+    first, second, third = loss(params), loss(params), loss(params)
+    assert torch.equal(first, second) and torch.equal(first, third)
+    streams.new_step()
+    assert not torch.equal(first, batch_loss(on_batch, batch, streams.train)(params))
 
 
 def test_search_needs_alpha_and_logs_entropies():
@@ -109,22 +113,22 @@ def test_search_needs_alpha_and_logs_entropies():
                device=torch.device("cpu"), log=None, log_every=1, seed=0, progress=False)
 
 
-@pytest.mark.parametrize("overrides", [dict(hypergrad="fd"), dict(hypergrad="exact"), dict(eta=0.0)],
-                         ids=["fd", "exact", "first_order"])
+@pytest.mark.parametrize("overrides", [dict(hypergrad="fd"), dict(fd="forward"), dict(hypergrad="exact"),
+                                       dict(eta=0.0)], ids=["fd", "fd_forward", "exact", "first_order"])
 def test_the_loop_runs_every_hypergradient_method(overrides):
     """search() in one process takes each method (exact refuses only a data-parallel mean) and moves alpha."""
     model = TwoBranches("softmax")
     data = _split(32, torch.Generator().manual_seed(0), torch.eye(D))
     gates = search(model, data, data, search_config(epochs=2, **overrides),
                    compute_loss=lambda out, b: F.mse_loss(out, b["labels"]), autocast=contextlib.nullcontext,
-                   device=torch.device("cpu"), log=lambda r, s: None, log_every=10, seed=0, progress=False)
+                   device=torch.device("cpu"), log=lambda r, s: None, log_every=10, seed=0, progress=False).gates
     assert all(max(g) - min(g) > 1e-4 for g in gates.values())
 
 
 @pytest.mark.parametrize("field, value, message", [
     ("k", 0, "search.k must be >= 1"), ("val_fraction", 1.0, "search.val_fraction"),
     ("threshold", 1.5, "search.threshold"), ("alpha_norm", "relu", "search.alpha_norm"),
-    ("hypergrad", "neumann", "search.hypergrad"), ("min_rank", 9, "search.min_rank"), ("eta", -1.0, "search.eta"),
+    ("hypergrad", "neumann", "search.hypergrad"), ("fd", "backward", "search.fd"), ("min_rank", 9, "search.min_rank"), ("eta", -1.0, "search.eta"),
 ])
 def test_search_config_rejects_bad_values(field, value, message):
     """Each out-of-range search value fails at construction, naming its key."""

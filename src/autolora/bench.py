@@ -82,7 +82,7 @@ def task_loss(name: str) -> Callable:
 
 
 def search_cfg(eta: float) -> SearchConfig:
-    return SearchConfig(k=8, alpha_norm="softmax", hypergrad="fd", eta=eta, fd_eps=0.01, lr=1e-4, alpha_lr=1e-3,
+    return SearchConfig(k=8, alpha_norm="softmax", hypergrad="fd", fd="central", eta=eta, fd_eps=0.01, lr=1e-4, alpha_lr=1e-3,
                         weight_decay=0.01, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=1, batch_size=1,
                         val_fraction=0.5, lora_alpha=16, dropout=0.1, threshold=None, min_rank=0,
                         max_grad_norm=None, ranks_file=None, evaluate=False)

@@ -54,7 +54,7 @@ def base_model() -> torch.nn.Module:
 
 
 def search_config(eta: float, rows: int, lr: float = 5e-2, alpha_lr: float = 5e-1) -> SearchConfig:
-    return SearchConfig(k=4, alpha_norm="softmax", hypergrad="fd", eta=eta, fd_eps=0.01, lr=lr, alpha_lr=alpha_lr,
+    return SearchConfig(k=4, alpha_norm="softmax", hypergrad="fd", fd="central", eta=eta, fd_eps=0.01, lr=lr, alpha_lr=alpha_lr,
                         weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=1, batch_size=rows,
                         val_fraction=0.5, lora_alpha=4, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=1.0,
                         ranks_file=None, evaluate=False)

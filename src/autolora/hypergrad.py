@@ -27,6 +27,7 @@ Params = dict[str, Tensor]
 LossFn = Callable[[Params], Tensor]
 Mean = Callable[[list[Tensor]], list[Tensor]]  # the mean over data-parallel processes
 HYPERGRADS = ("fd", "exact")
+FD_SCHEMES = ("central", "forward")  # search.fd: the finite difference's stencil
 
 
 def single_process(tensors: list[Tensor]) -> list[Tensor]:
@@ -43,9 +44,12 @@ class HyperStep:
     val_loss: Tensor  # L_val(W', alpha), detached
 
 
-def _train_grad(train_loss: LossFn, inner: Params, outer: Params, create_graph: bool = False):
+def _train_grad(train_loss: LossFn, inner: Params, outer: Params, create_graph: bool = False,
+                with_alpha: bool = False):
+    """L_tr(W, alpha) and its gradient w.r.t. W (and alpha after it, when with_alpha)."""
     loss = train_loss({**inner, **outer})
-    return loss, torch.autograd.grad(loss, list(inner.values()), create_graph=create_graph)
+    wrt = list(inner.values()) + (list(outer.values()) if with_alpha else [])
+    return loss, torch.autograd.grad(loss, wrt, create_graph=create_graph)
 
 
 def first_order(train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params,
@@ -64,17 +68,23 @@ def _global_norm(tensors: list[Tensor]) -> Tensor:
 
 def finite_difference(
     train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, eta: float, fd_eps: float,
-    mean: Mean = single_process,
+    mean: Mean = single_process, scheme: str = "central",
 ) -> HyperStep:
-    """The DARTS central difference for the mixed term, eps = fd_eps / ‖v‖ (PAPER §2).
+    """The DARTS finite difference for the mixed term along v, eps = fd_eps / ‖v‖ (PAPER §2).
 
-    Cost: four forward/backward passes (train at W, validation at W', train at W ± eps·v).
-    W± are fresh tensors: the model's parameters are never written.
+    central: (∇_alpha L_tr(W+eps·v) - ∇_alpha L_tr(W-eps·v)) / 2eps, error O(eps²), four passes (train at
+    W, validation at W', train at W±eps·v). forward: (∇_alpha L_tr(W+eps·v) - ∇_alpha L_tr(W)) / eps, error
+    O(eps), three passes: ∇_alpha L_tr(W) comes from the first pass's backward. W', W± are fresh tensors:
+    the model's parameters are never written.
     """
+    if scheme not in FD_SCHEMES:
+        raise ValueError(f"search.fd must be one of {FD_SCHEMES}, got {scheme!r}")
     names = list(inner)
     weights = [w.detach() for w in inner.values()]
-    loss_tr, g_w = _train_grad(train_loss, inner, outer)
-    g_w = mean(list(g_w))
+    forward = scheme == "forward"
+    loss_tr, grads = _train_grad(train_loss, inner, outer, with_alpha=forward)
+    grads = mean(list(grads))
+    g_w, g_alpha_at_w = grads[: len(weights)], grads[len(weights) :]  # the latter empty unless forward
     ahead = [w.requires_grad_() for w in torch._foreach_sub(weights, g_w, alpha=eta)]  # W'
     loss_val = val_loss({**dict(zip(names, ahead, strict=True)), **outer})
     grads = mean(list(torch.autograd.grad(loss_val, ahead + list(outer.values()))))
@@ -83,8 +93,11 @@ def finite_difference(
     eps = fd_eps / _global_norm(v).clamp_min(1e-12)  # a device scalar: no host sync
     step = torch._foreach_mul(v, eps)
     g_plus = _alpha_grad(train_loss, names, torch._foreach_add(weights, step), outer)
-    g_minus = _alpha_grad(train_loss, names, torch._foreach_sub(weights, step), outer)
-    mixed = torch._foreach_div(mean(torch._foreach_sub(g_plus, g_minus)), 2 * eps)  # ∇²_{alpha,W} L_tr · v
+    if forward:  # ∇²_{alpha,W} L_tr · v; g_alpha_at_w is already the mean over processes
+        mixed = torch._foreach_div(torch._foreach_sub(mean(g_plus), g_alpha_at_w), eps)
+    else:
+        g_minus = _alpha_grad(train_loss, names, torch._foreach_sub(weights, step), outer)
+        mixed = torch._foreach_div(mean(torch._foreach_sub(g_plus, g_minus)), 2 * eps)
     g_alpha = torch._foreach_sub(g_val_alpha, torch._foreach_mul(mixed, eta))
     return HyperStep(g_alpha, g_w, loss_tr.detach(), loss_val.detach())
 
@@ -108,7 +121,7 @@ def exact(train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, et
 
 def hypergradient(
     train_loss: LossFn, val_loss: LossFn, inner: Params, outer: Params, *, method: str, eta: float, fd_eps: float,
-    mean: Mean = single_process,
+    fd_scheme: str = "central", mean: Mean = single_process,
 ) -> HyperStep:
     """Dispatch on the configured method; eta = 0 always takes the first-order path (no wasted passes)."""
     if method not in HYPERGRADS:
@@ -119,4 +132,4 @@ def hypergradient(
         if mean is not single_process:
             raise ValueError("search.hypergrad=exact runs in one process only (it is the reference for fd)")
         return exact(train_loss, val_loss, inner, outer, eta)
-    return finite_difference(train_loss, val_loss, inner, outer, eta, fd_eps, mean)
+    return finite_difference(train_loss, val_loss, inner, outer, eta, fd_eps, mean, fd_scheme)

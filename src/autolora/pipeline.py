@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autolora import adalora, export
+from autolora import adalora, export, graphs
 from autolora import ranks as ranks_io
+from autolora.batch import pad_to_bucket
 from autolora.checkpoint import Checkpointer
 from autolora.distributed import SINGLE, World
 from autolora.files import write_atomic, write_json, write_text
@@ -103,6 +104,7 @@ class Job:
     def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer,
                  world: World = SINGLE):
         self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
+        self.compile = compile_modes(settings, world)
         self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
         self.checkpoint = checkpoint
         self.autocast = autocast_for(settings)
@@ -122,8 +124,10 @@ class Job:
                           collate_fn=self.collate, pin_memory=pin)
 
     def collate(self, rows: list[dict]) -> dict:
-        """The task's padded batch, its padding mask turned 4D on the host (no mask.all() sync later)."""
-        batch = dict(self.pad(rows))
+        """The task's padded batch, padded on to its length bucket (few shapes: each step shape is captured
+        once, graphs.py), its padding mask turned 4D on the host (no mask.all() sync later)."""
+        batch = pad_to_bucket(self.pad(rows), self.settings.pad_to_multiple, self.task.max_length,
+                              self.tokenizer.pad_token_id)
         model = self.settings.model
         batch["attention_mask"] = four_d_attention_mask(
             batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
@@ -160,13 +164,15 @@ class Job:
         tr_idx, val_idx = search_split(len(self.train), s.val_fraction, self.settings.seed)
         train_loader, val_loader = self.loader(self.train.select(tr_idx), s.batch_size), \
             self.loader(self.train.select(val_idx), s.batch_size)
-        gates = search(model, train_loader, val_loader, s, compute_loss=self.task.loss, autocast=self.autocast,
-                       device=self.settings.device, log=tracker.log, log_every=self.settings.log_every,
-                       seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress, world=self.world)
+        searched = search(model, train_loader, val_loader, s, compute_loss=self.task.loss, autocast=self.autocast,
+                          device=self.settings.device, log=tracker.log, log_every=self.settings.log_every,
+                          seed=self.seed, checkpoint=self.checkpoint, progress=self.settings.progress,
+                          world=self.world, compile_mode=self.compile["search"])
+        gates = searched.gates
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
-                  "threshold": s.selection_threshold, **self.phase_cost()}
+                  "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture}
         if self.world.is_main:
             ranks_io.save(self.run_dir, found, gates, {
                 "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
@@ -203,7 +209,7 @@ class Job:
         steps = train(peft_model, loader, r, compute_loss=loss, autocast=self.autocast, device=self.settings.device,
                       log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=None,
                       progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate,
-                      world=self.world)
+                      world=self.world).steps
         dev, predictions = self.evaluate(peft_model)
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
                   **self.phase_cost()}
@@ -229,16 +235,29 @@ class Job:
         inject(model, self.settings.model.targets, ranks, lora_alpha=r.lora_alpha, dropout=r.dropout,
                alpha_norm=None, trainable_modules=self.heads)  # checks every module's actual rank
         self.ready_to_train(model)
-        steps = train(model, self.loader(self.train, r.batch_size), r, compute_loss=self.task.loss,
-                      autocast=self.autocast, device=self.settings.device, log=tracker.log,
-                      log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
-                      progress=self.settings.progress, world=self.world)
+        trained = train(model, self.loader(self.train, r.batch_size), r, compute_loss=self.task.loss,
+                        autocast=self.autocast, device=self.settings.device, log=tracker.log,
+                        log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
+                        progress=self.settings.progress, world=self.world, compile_mode=self.compile["retrain"])
         dev, predictions = self.evaluate(model)
-        record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(model),
-                  **self.phase_cost()}
+        record = {"dev": dev, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
+                  **self.phase_cost(), "capture": trained.capture}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
         return model, ranks, record
+
+
+def compile_modes(settings: Settings, world: World) -> dict[str, str]:
+    """The compile mode of each phase (graphs.resolve_compile): a ConfigError before any data or model loads."""
+    reasons = {"search": "search.hypergrad=exact (double backward) steps eagerly"
+               if settings.search.hypergrad == "exact" else None, "retrain": None}
+    if settings.method == "adalora":
+        reasons["retrain"] = "AdaLoRA's rank allocator reads its scores on the host every step"
+    try:
+        return {phase: graphs.resolve_compile(settings.compile, settings.device, distributed=world.distributed,
+                                              eager_only=reason) for phase, reason in reasons.items()}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def peak_memory(device: torch.device) -> float | None:
@@ -357,6 +376,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
     check_compatible(settings.model, task)
+    compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
     if settings.search.ranks_file is not None:
         ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -386,7 +406,8 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     record: dict[str, Any] = {
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
         "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
-        "device": device_name(settings.device), "precision": settings.precision, "git_commit": git_commit(),
+        "device": device_name(settings.device), "precision": settings.precision, "compile": job.compile,
+        "git_commit": git_commit(),
         "versions": versions(), "command": " ".join(sys.argv), "processes": world.size,
     }
     try:

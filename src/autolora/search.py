@@ -8,9 +8,10 @@ Losses stay on the device; the host reads them only every ``log_every`` steps.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -18,17 +19,20 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from autolora import graphs
 from autolora.batch import Batch, model_inputs, to_device
 from autolora.checkpoint import Checkpointer, Diverged, batches_from, resume_loop
 from autolora.distributed import SINGLE, World
-from autolora.hypergrad import HYPERGRADS, LossFn, Mean, hypergradient, single_process
+from autolora.hypergrad import FD_SCHEMES, HYPERGRADS, LossFn, Mean, Params, hypergradient, single_process
 from autolora.inject import gates, split_params
 from autolora.layers import ALPHA_NORMS
 from autolora.losses import LossWindow
 from autolora.ranks import default_threshold
+from autolora.rng import GraphSafeStates, ReplayedSeed, dropout_streams
 from autolora.typecheck import check_types
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
+ForwardLoss = Callable[[Params, Batch], Tensor]  # (parameters by name, batch) -> scalar loss
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class SearchConfig:
     k: int  # components per matrix before selection (the initial rank)
     alpha_norm: str  # softmax (paper) | none | sigmoid (ablations)
     hypergrad: str  # fd (finite difference, PAPER §2) | exact (double backward)
+    fd: str  # the finite difference: forward (3 passes, O(eps)) | central (4 passes, O(eps^2))
     eta: float  # look-ahead learning rate; 0 = first order
     fd_eps: float  # eps = fd_eps / ‖v‖
     lr: float  # AdamW learning rate of W (LoRA factors and head)
@@ -62,6 +67,7 @@ class SearchConfig:
             (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
             (self.alpha_norm in ALPHA_NORMS, f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
             (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
+            (self.fd in FD_SCHEMES, f"search.fd must be one of {FD_SCHEMES}, got {self.fd!r}"),
             (self.eta >= 0, f"search.eta must be >= 0, got {self.eta}"),
             (self.fd_eps > 0, f"search.fd_eps must be > 0, got {self.fd_eps}"),
             (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),
@@ -80,25 +86,28 @@ class SearchConfig:
         return default_threshold(self.k, self.alpha_norm) if self.threshold is None else self.threshold
 
 
-def batch_loss(model: nn.Module, compute_loss: ComputeLoss, batch: Batch, autocast: Callable) -> LossFn:
-    """L(params) on one batch, with the model's parameters substituted by name.
+def forward_loss(model: nn.Module, compute_loss: ComputeLoss, autocast: Callable) -> ForwardLoss:
+    """L(params; batch): one forward pass with the model's parameters substituted by name (functional_call),
+    so that W', W ± eps·v never touch the model's own tensors."""
 
-    Every call replays the same random state, so the dropout masks are identical in the passes at
-    W, W' and W ± eps·v: the finite difference then differences one function, not two noisy draws.
-    """
-    inputs = model_inputs(batch)
-    seed = int(torch.randint(2**62, (1,)))  # CPU generator: no device sync
-    device = next(iter(inputs.values())).device
-    devices = [device.index or 0] if device.type == "cuda" else []
-
-    def loss(params: dict[str, Tensor]) -> Tensor:
-        with torch.random.fork_rng(devices=devices, device_type=device.type):
-            torch.manual_seed(seed)
-            with autocast():
-                outputs = torch.func.functional_call(model, params, args=(), kwargs=inputs, strict=False)
-            return compute_loss(outputs, batch)
+    def loss(params: Params, batch: Batch) -> Tensor:
+        with autocast():
+            outputs = torch.func.functional_call(model, params, args=(), kwargs=model_inputs(batch), strict=False)
+        return compute_loss(outputs, batch)
 
     return loss
+
+
+def batch_loss(loss: ForwardLoss, batch: Batch, draw: Callable[[int], object]) -> LossFn:
+    """L(params) on one batch; its i-th evaluation draws dropout masks from draw(i) (rng.py), which gives
+    every evaluation of a step the same masks: the finite difference then differences one function."""
+    calls = itertools.count()
+
+    def on_batch(params: Params) -> Tensor:
+        with draw(next(calls)):
+            return loss(params, batch)
+
+    return on_batch
 
 
 def apply_grads(optimizer: torch.optim.Optimizer, params: Iterable[Tensor], grads: Iterable[Tensor], max_norm) -> None:
@@ -121,44 +130,68 @@ def alpha_entropy(gate: Tensor) -> Tensor:
 
 @dataclass
 class SearchState:
-    """What persists across search steps: the two parameter groups, their optimisers, W's schedule."""
+    """What persists across search steps: the two parameter groups, their optimisers, W's schedule and the
+    dropout streams of the passes."""
 
     inner: dict[str, Tensor]
     outer: dict[str, Tensor]
     opt_w: torch.optim.Optimizer
     opt_alpha: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
+    streams: ReplayedSeed | GraphSafeStates = field(repr=False)
 
 
-def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int) -> SearchState:
-    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha."""
+def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int, captured: bool = False) -> SearchState:
+    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha
+    (captured: fused, capturable, learning rates on the device: graphs.adamw)."""
     inner, outer = split_params(model)
     if not outer:
         raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
-    opt_w = torch.optim.AdamW(inner.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_alpha = torch.optim.AdamW(outer.values(), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
+    opt_w = graphs.adamw(list(inner.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, captured=captured)
+    opt_alpha = graphs.adamw(list(outer.values()), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay,
+                             captured=captured)
     schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
-    return SearchState(inner, outer, opt_w, opt_alpha, schedule)
+    device = next(iter(inner.values())).device
+    return SearchState(inner, outer, opt_w, opt_alpha, schedule, dropout_streams(device))
+
+
+def search_update(state: SearchState, batch: Batch, val_batch: Batch, cfg: SearchConfig, loss: ForwardLoss,
+                  mean: Mean = single_process) -> Tensor:
+    """One alternating step's device work on device-resident batches: hypergradient, alpha step, W step
+    (clipped); returns (train, val) losses as a device tensor. The schedule steps outside (search_step,
+    the loop): its host-side arithmetic cannot be captured in a CUDA graph.
+
+    Nothing in here waits for the device (checked on a GPU under torch.cuda.set_sync_debug_mode("error")),
+    so graphs.CapturedStep can capture it. Data parallel: the batches are this process's shards and `mean`
+    averages over processes.
+    """
+    state.streams.new_step()
+    hyper = hypergradient(
+        batch_loss(loss, batch, state.streams.train),
+        batch_loss(loss, val_batch, lambda _: state.streams.val()),
+        state.inner, state.outer, method=cfg.hypergrad, eta=cfg.eta, fd_eps=cfg.fd_eps, fd_scheme=cfg.fd, mean=mean,
+    )
+    apply_grads(state.opt_alpha, state.outer.values(), hyper.alpha_grad, None)
+    apply_grads(state.opt_w, state.inner.values(), hyper.inner_grad, cfg.max_grad_norm)
+    return torch.stack([hyper.train_loss, hyper.val_loss]).float()
 
 
 def search_step(
     model: nn.Module, state: SearchState, batch: Batch, val_batch: Batch, cfg: SearchConfig,
     compute_loss: ComputeLoss, autocast: Callable, mean: Mean = single_process,
 ) -> Tensor:
-    """One alternating step on device-resident batches; returns (train, val) losses as a device tensor.
-
-    Nothing in here waits for the device (checked on a GPU under torch.cuda.set_sync_debug_mode("error")).
-    Data parallel: the batches are this process's shards and `mean` averages over processes.
-    """
-    hyper = hypergradient(
-        batch_loss(model, compute_loss, batch, autocast),
-        batch_loss(model, compute_loss, val_batch, autocast),
-        state.inner, state.outer, method=cfg.hypergrad, eta=cfg.eta, fd_eps=cfg.fd_eps, mean=mean,
-    )
-    apply_grads(state.opt_alpha, state.outer.values(), hyper.alpha_grad, None)
-    apply_grads(state.opt_w, state.inner.values(), hyper.inner_grad, cfg.max_grad_norm)
+    """One whole eager step (update, then the schedule); returns (train, val) losses as a device tensor."""
+    losses = search_update(state, batch, val_batch, cfg, forward_loss(model, compute_loss, autocast), mean)
     state.schedule.step()
-    return torch.stack([hyper.train_loss, hyper.val_loss]).float()
+    return losses
+
+
+@dataclass(frozen=True)
+class Searched:
+    """The search's result: the final gates normalise(alpha) per matrix, and what capturing the step cost."""
+
+    gates: dict[str, list[float]]
+    capture: dict[str, float] | None  # graphs.CaptureStats.as_dict(), None when the step ran eagerly
 
 
 def search(
@@ -176,28 +209,41 @@ def search(
     checkpoint: Checkpointer | None = None,
     progress: bool = True,
     world: World = SINGLE,
-) -> dict[str, list[float]]:
+    compile_mode: str = "off",
+) -> Searched:
     """Run the alternating search (resuming from `checkpoint` if it holds a search state); return the
     final gates normalise(alpha) per matrix. Pass p over D_tr (D_val) is shuffled with seed + p.
+    compile_mode (graphs.resolve_compile): off steps eagerly; graphs / inductor replay captured steps.
     Data parallel: the loaders yield this process's shards; every process ends with the same alpha."""
     total = cfg.epochs * len(train_loader)
-    state = start_search(model, cfg, total)
+    captured = compile_mode != "off"
+    state = start_search(model, cfg, total, captured=captured)
     optimizers = {"w": state.opt_w, "alpha": state.opt_alpha}
     done, saved = resume_loop(checkpoint, "search", model, optimizers, state.schedule)
+    if saved.get("streams"):
+        state.streams.load_state_dict(saved["streams"])
+    if captured:
+        for optimizer in optimizers.values():
+            graphs.device_lr(optimizer)
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, log_every, mean=mean)
     window.restore(saved.get("window"))
     train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
+    loss = graphs.compiled(forward_loss(model, compute_loss, autocast), compile_mode)
+    step_fn = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss, mean), compile_mode,
+                               state.streams.generators)
     model.train()
-    with tqdm(total=total, initial=done, desc="search", unit="step", disable=not progress) as bar:
+    with tqdm(total=total, initial=done, desc="search", unit="step", disable=not progress) as bar, \
+            graphs.loop_stream(step_fn):
         for step in range(done + 1, total + 1):
             batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
-            window.add(search_step(model, state, batch, val_batch, cfg, compute_loss, autocast, mean))
+            window.add(step_fn(batch, val_batch))
+            state.schedule.step()
             bar.update()
             if window.due(step, total):
                 record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),
-                          "lr": state.schedule.get_last_lr()[0]}
+                          "lr": graphs.current_lr(state.opt_w)}
                 bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
                 with torch.no_grad():
                     for name, gate in gates(model).items():
@@ -207,9 +253,9 @@ def search(
                 log(record, step)
             if checkpoint is not None:
                 checkpoint.after_step("search", step, total, model, optimizers, state.schedule,
-                                      {"window": window.state()})
+                                      {"window": window.state(), "streams": state.streams.state_dict()})
     with torch.no_grad():
         found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
     if not all(math.isfinite(g) for gate in found.values() for g in gate):
         raise Diverged("non-finite alpha at the end of the search: no ranks written")
-    return found
+    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, graphs.CapturedStep) else None)

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from autolora.adalora import AdaLoraSettings
+from autolora.graphs import COMPILE_MODES
 from autolora.inject import TargetConfig
 from autolora.models import ModelConfig
 from autolora.search import SearchConfig
@@ -47,6 +48,8 @@ class Settings:
     checkpoint_every: int
     device: torch.device
     precision: str  # fp32 | bf16 (resolved from auto)
+    compile: str  # auto | off | graphs | inductor (graphs.py; resolved per phase by graphs.resolve_compile)
+    pad_to_multiple: int  # batches are padded to a multiple of this length (batch.pad_to_bucket)
     log_every: int
     progress: bool
     lora_r: int
@@ -65,7 +68,7 @@ def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
 def build_settings(cfg: DictConfig) -> Settings:
     """DictConfig -> frozen dataclasses; any invalid value becomes a ConfigError naming its key."""
     try:
-        for key in ("seed", "log_every", "checkpoint_every"):
+        for key in ("seed", "log_every", "checkpoint_every", "pad_to_multiple"):
             if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
                 raise ConfigError(f"{key} must be an integer, got {cfg[key]!r}")
         if cfg.method not in METHODS:
@@ -76,6 +79,8 @@ def build_settings(cfg: DictConfig) -> Settings:
             raise ConfigError(f"log_every must be >= 1, got {cfg.log_every}")
         if cfg.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
+        if cfg.pad_to_multiple < 1:
+            raise ConfigError(f"pad_to_multiple must be >= 1, got {cfg.pad_to_multiple}")
         model = _node(cfg, "model")
         targets = model.pop("targets")
         model = ModelConfig(
@@ -83,9 +88,11 @@ def build_settings(cfg: DictConfig) -> Settings:
             targets=TargetConfig(tuple(targets["modules"]), tuple(targets["split"]), tuple(targets["parts"])),
         )
         device = resolve_device(cfg.device)
+        check_compile(cfg.compile, device)
         return Settings(
             method=cfg.method, seed=cfg.seed, resume=bool(cfg.resume), checkpoint_every=cfg.checkpoint_every,
-            device=device, precision=resolve_precision(cfg.precision, device),
+            device=device, precision=resolve_precision(cfg.precision, device), compile=cfg.compile,
+            pad_to_multiple=cfg.pad_to_multiple,
             log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
             retrain=RetrainConfig(**_node(cfg, "retrain")), adalora=AdaLoraSettings(**_node(cfg, "adalora")),
@@ -104,6 +111,14 @@ def resolve_device(name: str) -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
+
+
+def check_compile(mode: str, device: torch.device) -> None:
+    """compile must name a mode; graphs and inductor need a CUDA device (the rest is checked per phase)."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
+    if mode in ("graphs", "inductor") and device.type != "cuda":
+        raise ConfigError(f"compile={mode} captures CUDA graphs: it needs device=cuda (or compile=auto / off)")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

@@ -44,7 +44,20 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
     r = record["retrain"]
     scores = ", ".join(f"{k} {score(v)}" for k, v in r["dev"].items() if not isinstance(v, dict))
     lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; dev {scores}; {r['trainable_params']:,} trainable params")
+    lines += capture_lines(record)
     lines.append(f"run dir  {run_dir}")
     return "\n".join(lines)
+
+
+def capture_lines(record: Mapping[str, Any]) -> list[str]:
+    """What the captured steps cost (graphs.CaptureStats): part of every phase's wall time above."""
+    parts = []
+    for phase in ("search", "retrain"):
+        capture = record.get(phase, {}).get("capture")
+        if capture:
+            parts.append(f"{phase} {capture['graphs']} graphs, warm-up {capture['warmup_s']:.1f} s "
+                         f"({capture['warmup_steps']} eager steps, {capture['compiles']} compiles) + capture "
+                         f"{capture['capture_s']:.1f} s")
+    return [f"compile  {record['compile']['search']}: " + "; ".join(parts)] if parts else []
 
 

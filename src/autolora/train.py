@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from autolora import graphs
 from autolora.batch import Batch, model_inputs, to_device
 from autolora.checkpoint import Checkpointer, batches_from, resume_loop
 from autolora.distributed import SINGLE, World
@@ -45,14 +46,15 @@ class RetrainConfig:
 
 def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, batch: Batch,
                cfg: RetrainConfig, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable,
-               on_update: Callable[[], None] | None = None, world: World = SINGLE) -> Tensor:
+               on_update: Callable[[], None] | None = None, world: World = SINGLE,
+               loss_of: Callable[[Batch], Tensor] | None = None) -> Tensor:
     """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync).
 
     on_update runs after the optimiser step and before the gradients are cleared (AdaLoRA's allocator).
-    Data parallel: the batch is this process's shard; gradients are averaged over processes."""
-    with autocast():
-        outputs = model(**model_inputs(batch))
-    loss = compute_loss(outputs, batch)
+    loss_of: the batch's loss (default: the model under autocast, then compute_loss; graphs.compiled
+    passes an inductor-compiled one). Data parallel: the batch is this process's shard; gradients are
+    averaged over processes."""
+    loss = (loss_of or batch_loss(model, compute_loss, autocast))(batch)
     loss.backward()
     world.average_grads(params)
     if cfg.max_grad_norm is not None:
@@ -62,6 +64,26 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
         on_update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+def batch_loss(model: nn.Module, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable
+               ) -> Callable[[Batch], Tensor]:
+    """The loss of one batch through the model's forward under autocast."""
+
+    def loss_of(batch: Batch) -> Tensor:
+        with autocast():
+            outputs = model(**model_inputs(batch))
+        return compute_loss(outputs, batch)
+
+    return loss_of
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The loop's result: the number of steps, and what capturing the step cost (None: eager)."""
+
+    steps: int
+    capture: dict[str, float] | None
 
 
 def train(
@@ -79,33 +101,47 @@ def train(
     progress: bool = True,
     on_update: Callable[[int], None] | None = None,
     world: World = SINGLE,
-) -> int:
+    compile_mode: str = "off",
+) -> Trained:
     """AdamW with linear warmup and decay over all trainable parameters, resuming from `checkpoint` if it
-    holds a retrain state; pass p over the data is shuffled with seed + p. Returns the number of steps."""
+    holds a retrain state; pass p over the data is shuffled with seed + p. compile_mode (graphs.py): off
+    steps eagerly, graphs / inductor replay a captured step (not with on_update: AdaLoRA stays eager)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    captured = compile_mode != "off"
+    if captured and on_update is not None:
+        raise ValueError("a captured step cannot call host-side hooks (on_update): use compile_mode='off'")
+    optimizer = graphs.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, captured=captured)
     total = cfg.epochs * len(loader)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     done, saved = resume_loop(checkpoint, "retrain", model, {"w": optimizer}, schedule)
+    if captured:
+        graphs.device_lr(optimizer)
     world.broadcast(params)  # one starting point everywhere
     window = LossWindow(["train_loss"], device, log_every, mean=world.mean)
     window.restore(saved.get("window"))
     batches = batches_from(loader, seed, done)
+    loss_of = graphs.compiled(batch_loss(model, compute_loss, autocast), compile_mode)
+    step_fn = graphs.make_step(lambda batch: train_step(model, params, optimizer, batch, cfg, compute_loss, autocast,
+                                                        None, world, loss_of), compile_mode)
     model.train()
-    with tqdm(total=total, initial=done, desc="retrain", unit="step", disable=not progress) as bar:
+    with tqdm(total=total, initial=done, desc="retrain", unit="step", disable=not progress) as bar, \
+            graphs.loop_stream(step_fn):
         for step in range(done + 1, total + 1):
-            hook = None if on_update is None else functools.partial(on_update, step)
-            loss = train_step(model, params, optimizer, to_device(next(batches), device), cfg, compute_loss, autocast,
-                              hook, world)
+            batch = to_device(next(batches), device)
+            if on_update is None:
+                loss = step_fn(batch)
+            else:
+                loss = train_step(model, params, optimizer, batch, cfg, compute_loss, autocast,
+                                  functools.partial(on_update, step), world)
             schedule.step()
             window.add(loss)
             bar.update()
             if window.due(step, total):
                 record = {"phase": "retrain", "epoch": (step - 1) // len(loader), **window.read("retrain", step),
-                          "lr": schedule.get_last_lr()[0]}
+                          "lr": graphs.current_lr(optimizer)}
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
                 log(record, step)
             if checkpoint is not None:
                 checkpoint.after_step("retrain", step, total, model, {"w": optimizer}, schedule,
                                       {"window": window.state()})
-    return total
+    return Trained(total, step_fn.stats.as_dict() if isinstance(step_fn, graphs.CapturedStep) else None)
