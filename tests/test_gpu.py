@@ -14,7 +14,7 @@ from test_search import search_config
 from autolora import hypergrad
 from autolora.inject import inject, split_params, target_names
 from autolora.models import four_d_attention_mask
-from autolora.search import batch_loss, search_step, start_search
+from autolora.search import batch_loss, forward_loss, search_step, start_search
 
 pytestmark = [
     pytest.mark.gpu,
@@ -84,8 +84,9 @@ def test_bf16_finite_difference_keeps_the_second_order_term(capsys):
     inner, outer = split_params(model)
     tr, val = _batch("roberta", "eager", 0), _batch("roberta", "eager", 1)
 
-    def losses(autocast):
-        return (batch_loss(model, _loss("roberta"), tr, autocast), batch_loss(model, _loss("roberta"), val, autocast))
+    def losses(autocast):  # eval mode: no dropout, so no mask streams are needed
+        loss, same = forward_loss(model, _loss("roberta"), autocast), lambda _: contextlib.nullcontext()
+        return batch_loss(loss, tr, same), batch_loss(loss, val, same)
 
     exact = hypergrad.exact(*losses(contextlib.nullcontext), inner, outer, eta=0.5).alpha_grad
     flat = lambda ts: torch.cat([t.flatten() for t in ts])  # noqa: E731
@@ -97,3 +98,188 @@ def test_bf16_finite_difference_keeps_the_second_order_term(capsys):
         print(f"\nrelative error vs fp32 exact: first-order {first:.3e}, FD fp32 {fd_fp32:.3e}, FD bf16 {fd_bf16:.3e}")
     assert fd_fp32 < 1e-2
     assert fd_bf16 < first
+
+
+# ---- captured steps (graphs.py) ----------------------------------------------------------------------------
+
+def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropout: float = 0.1):
+    """A tiny model with search layers (dropout on), its search state and the loop's step function."""
+    from autolora import graphs
+    from autolora.search import forward_loss, search_update
+
+    model = tiny_roberta(seed=seed) if kind == "roberta" else tiny_gpt2(seed=seed)
+    model.config._attn_implementation = "sdpa"
+    for module in model.modules():  # tiny models ship without dropout: the masks are what is being tested
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+    targets = ROBERTA_TARGETS if kind == "roberta" else GPT2_TARGETS
+    torch.manual_seed(seed)
+    inject(model, targets, {n: 8 for n in target_names(model, targets)}, lora_alpha=16, dropout=dropout,
+           alpha_norm="softmax", trainable_modules=["classifier"] if kind == "roberta" else [])
+    model.to(CUDA).train()
+    state = start_search(model, cfg, total_steps=100, captured=mode != "off")
+    loss = graphs.compiled(forward_loss(model, _loss(kind), BF16), mode)
+    step = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), mode, state.streams.generators)
+    return model, state, step
+
+
+@pytest.mark.parametrize("kind", ["roberta", "gpt2"])
+@pytest.mark.parametrize("eta", [0.0, 1e-3])
+def test_captured_search_step_never_synchronises(kind, eta):
+    """After warm-up and capture, replayed search steps (and the schedule between them) never wait for the GPU."""
+    from autolora import graphs
+
+    torch.manual_seed(0)
+    _, state, step = _captured_search(kind, search_config(eta=eta, max_grad_norm=1.0, fd="forward"))
+    batches = [(_batch(kind, "sdpa", 2 * i), _batch(kind, "sdpa", 2 * i + 1)) for i in range(5)]
+    with graphs.loop_stream(step):
+        for tr, val in batches[:2]:  # eager warm-up, then the capture
+            step(tr, val)
+            state.schedule.step()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            losses = []
+            for tr, val in batches[2:]:
+                losses.append(step(tr, val))
+                state.schedule.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert step.stats.graphs == 1 and torch.isfinite(torch.stack(losses)).all()
+
+
+@pytest.mark.parametrize("fd", ["forward", "central"])
+def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
+    """The captured search (fused capturable AdamW, graph-safe dropout) and the eager one end 20 steps with the
+    same gates to bf16 tolerance and the same ranks: same masks, same maths, different kernels' rounding."""
+    from autolora import graphs
+    from autolora.inject import gates
+    from autolora.ranks import select_ranks
+
+    cfg = search_config(eta=0.5, alpha_lr=3e-2, lr=1e-2, max_grad_norm=1.0, fd=fd)
+    batches = [(_batch("roberta", "sdpa", 2 * i), _batch("roberta", "sdpa", 2 * i + 1)) for i in range(20)]
+    results = {}
+    for mode in ("off", "graphs"):
+        torch.manual_seed(0)
+        model, state, step = _captured_search("roberta", cfg, mode)
+        with graphs.loop_stream(step):
+            for tr, val in batches:
+                step(tr, val)
+                state.schedule.step()
+        with torch.no_grad():
+            results[mode] = {n: g.float().cpu() for n, g in gates(model).items()}
+    off, on = results["off"], results["graphs"]
+    moved = max(float((g - 1 / 8).abs().max()) for g in off.values())
+    worst = max(float((off[n] - on[n]).abs().max()) for n in off)
+    with capsys.disabled():
+        print(f"\n[{fd}] gates moved up to {moved:.2e} from 1/k; captured vs eager differ by at most {worst:.2e}")
+    assert moved > 1e-3  # the comparison means something
+    assert worst < 0.05 * moved
+    as_lists = {mode: {n: g.tolist() for n, g in r.items()} for mode, r in results.items()}
+    assert select_ranks(as_lists["off"], 1 / 8) == select_ranks(as_lists["graphs"], 1 / 8)
+
+
+def test_every_pass_of_a_captured_step_draws_the_same_masks():
+    """Inside one CUDA graph the train evaluations draw identical dropout masks, the next replay new ones, the
+    validation stream its own; eager use of a same-seeded set of states draws the very same masks."""
+    from autolora.rng import TRAIN_PASSES, GraphSafeStates
+
+    x = torch.ones(4096, device=CUDA)
+
+    def draws(streams):
+        outs = []
+        for i in range(TRAIN_PASSES):
+            with streams.train(i):
+                outs.append(F.dropout(x, 0.5))
+        with streams.val():
+            outs.append(F.dropout(x, 0.5))
+        return torch.stack(outs)
+
+    captured, eager = GraphSafeStates(CUDA, 7), GraphSafeStates(CUDA, 7)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        draws(GraphSafeStates(CUDA, 1))  # warm-up
+        graph = torch.cuda.CUDAGraph()
+        for generator in captured.generators:
+            graph.register_generator_state(generator)
+        with torch.cuda.graph(graph, stream=side):
+            static = draws(captured)
+        replays = []
+        for _ in range(2):
+            graph.replay()
+            replays.append(static.clone())
+    torch.cuda.current_stream().wait_stream(side)
+    for out in replays:
+        assert all(torch.equal(out[0], out[i]) for i in range(1, TRAIN_PASSES))
+        assert not torch.equal(out[0], out[-1])
+    assert not torch.equal(replays[0][0], replays[1][0])
+    for out in replays:
+        assert torch.equal(out, draws(eager))
+
+
+@pytest.mark.parametrize("mode", ["graphs", "inductor"])
+def test_no_capture_or_compile_after_warm_up(mode):
+    """Over two batch shapes, the first round warms up and captures; later rounds replay: no new graph and no
+    new compilation (CaptureStats counts both)."""
+    from autolora import graphs
+
+    torch.manual_seed(0)
+    _, state, step = _captured_search("roberta", search_config(eta=1e-3, fd="forward"), mode)
+    short = [(_batch("roberta", "sdpa", i), _batch("roberta", "sdpa", 100 + i)) for i in range(3)]
+    long = []
+    for i in range(3):
+        tr, val = token_batch(8, 32, seed=200 + i), token_batch(8, 32, seed=300 + i)
+        for b in (tr, val):
+            b["attention_mask"] = four_d_attention_mask(b["attention_mask"], causal=False, attn_implementation="sdpa")
+            b["labels"] = torch.arange(8) % 2
+        long.append(({k: v.to(CUDA) for k, v in tr.items()}, {k: v.to(CUDA) for k, v in val.items()}))
+    with graphs.loop_stream(step):
+        for rounds in range(3):
+            for tr, val in (short[rounds], long[rounds]):
+                step(tr, val)
+                state.schedule.step()
+            if rounds == 1:
+                after_warm_up = step.stats.as_dict()
+    assert after_warm_up["graphs"] == 2 and step.stats.as_dict() == after_warm_up
+    assert (after_warm_up["compiles"] > 0) == (mode == "inductor")
+
+
+def test_captured_retrain_loop_matches_the_eager_one():
+    """train() with compile_mode=graphs logs losses within bf16 tolerance of the eager loop on the same data."""
+    from autolora.train import RetrainConfig, train
+
+    batches = [_batch("roberta", "sdpa", i) for i in range(12)]
+    logged = {}
+    for mode in ("off", "graphs"):
+        torch.manual_seed(0)
+        model = tiny_roberta()
+        model.config._attn_implementation = "sdpa"
+        inject(model, ROBERTA_TARGETS, {n: 4 for n in target_names(model, ROBERTA_TARGETS)}, lora_alpha=8,
+               dropout=0.0, alpha_norm=None, trainable_modules=["classifier"])
+        model.to(CUDA)
+        records = []
+        cfg = RetrainConfig(epochs=2, lr=1e-2, weight_decay=0.01, warmup_ratio=0.1, batch_size=8, lora_alpha=8,
+                            dropout=0.0, max_grad_norm=1.0)
+        trained = train(model, [{k: v.cpu() for k, v in b.items()} for b in batches], cfg, compute_loss=_loss("roberta"),
+                        autocast=BF16, device=CUDA, log=lambda r, s, out=records: out.append(r["train_loss"]), log_every=4,
+                        seed=0, progress=False, compile_mode=mode)
+        logged[mode] = records
+        assert (trained.capture is None) == (mode == "off")
+    torch.testing.assert_close(torch.tensor(logged["graphs"]), torch.tensor(logged["off"]), rtol=2e-2, atol=2e-3)
+
+
+def test_the_pipeline_runs_captured_on_the_gpu(tmp_path):
+    """debug=tiny on CUDA with compile=auto: both phases run captured and metrics.json says what capture cost."""
+    import json
+
+    from conftest import compose
+
+    from autolora.pipeline import run
+
+    run(compose("debug=tiny", "device=cuda", "data.max_train_samples=64", "search.epochs=3", "retrain.epochs=3"),
+        tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["compile"] == {"search": "graphs", "retrain": "graphs"}
+    for phase in ("search", "retrain"):
+        assert metrics[phase]["capture"]["graphs"] >= 1, metrics[phase]["capture"]

@@ -1,26 +1,34 @@
-"""`make bench` (on a CUDA machine): the cost of a search step next to a plain LoRA step.
+"""`make bench` (on a CUDA machine): the cost of our training steps next to peft's LoRA step, eager and captured.
 
-For roberta-base and gpt2-medium shapes (random init: weights do not change speed) at batch x length
-16x128 and 32x256 (or other --models / --sizes; minilm@16x32 is the shape of the SST-2 runs) under bf16
-autocast, times four training steps with CUDA events (median over many steps after warm-up): (a) peft
-LoRA r=8 on q,v, (b) this project's fixed-rank LoRA at the same ranks, (c) a first-order search step, (d) a
-second-order (finite-difference) search step. Also peak memory, tokens/s and model FLOP utilisation. Writes
-results/bench.json and results/bench.md; --profile adds the top CUDA kernels, --frozen-ab the bf16/fp32
-frozen-weight comparison.
+Shapes (random init: weights do not change speed) are model@batchxlength: minilm@16x32 and minilm@16x64 (the
+GLUE runs), roberta-base and gpt2-medium at 16x128 and 32x256. Per shape, under bf16 autocast, it times with
+CUDA events (median over many steps after warm-up):
+- the anchors: peft LoRA r=8 on q,v eager (`peft_lora`), and the same under torch.compile(mode="reduce-overhead")
+  (`peft_compiled`: what a careful user could run);
+- our steps, each eager and captured (graphs.py; `graphs` = CUDA graphs of the eager kernels, `inductor` =
+  torch.compile's kernels in our CUDA graphs): `fixed_rank` (the retrain), `first_order` (eta = 0, 2 passes),
+  `second_order` (forward finite difference, 3 passes, the default) and `second_order_central` (4 passes).
+Every step includes what the loops do: the hypergradient, both AdamW updates, clipping and the schedule.
+Warm-up (compilation, capture) is timed separately. Also peak memory, tokens/s and model FLOP utilisation.
+Writes OUT.json and OUT.md; --profile adds OUT_profile.txt (top CUDA kernels).
 
     python -m autolora.bench [--steps 30] [--warmup 5] [--out results/bench]
-    python -m autolora.bench --models minilm --sizes 16x32 --profile --out results/bench_minilm
+    python -m autolora.bench --shapes minilm@16x32 --modes eager graphs --out /tmp/bench
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import json
+import math
 import statistics
 import sys
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,19 +40,29 @@ from transformers import (
     GPT2LMHeadModel,
     RobertaConfig,
     RobertaForSequenceClassification,
+    get_linear_schedule_with_warmup,
 )
 
+from autolora import graphs
 from autolora.inject import TargetConfig, inject, target_names
 from autolora.models import four_d_attention_mask, store_frozen_linears_in
 from autolora.pipeline import git_commit, versions
-from autolora.search import SearchConfig, search_step, start_search
+from autolora.search import SearchConfig, forward_loss, search_update, start_search
+from autolora.train import RetrainConfig, batch_loss, train_step
 
 SHAPES = {
     "minilm": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
     "roberta-base": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
     "gpt2-medium": dict(kind="decoder", targets=TargetConfig(("c_attn",), ("q", "k", "v"), ("q", "v")), peft_targets=["c_attn"]),
 }
-SIZES = [(16, 128), (32, 256)]
+DEFAULT_SHAPES = ["minilm@16x32", "minilm@16x64", "roberta-base@16x128", "roberta-base@32x256",
+                  "gpt2-medium@16x128", "gpt2-medium@32x256"]
+OURS = {"fixed_rank": None, "first_order": ("forward", 0.0), "second_order": ("forward", 1e-4),
+        "second_order_central": ("central", 1e-4)}  # search steps: (search.fd, eta)
+PASSES = {"peft_lora": 1, "peft_compiled": 1, "fixed_rank": 1, "first_order": 2, "second_order": 3,
+          "second_order_central": 4}  # forward/backward passes per step
+MODES = ("eager", "graphs", "inductor")
+TARGETS = {"second_order": 2.0, "first_order": 1.2, "fixed_rank": 0.8, "memory": 1.2}  # ratios to peft_lora
 CUDA_BF16 = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)  # every timed step
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 datasheet peaks
 
@@ -81,74 +99,124 @@ def task_loss(name: str) -> Callable:
     return lambda out, b: F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), b["labels"][:, 1:].flatten())
 
 
-def search_cfg(eta: float) -> SearchConfig:
-    return SearchConfig(k=8, alpha_norm="softmax", hypergrad="fd", fd="central", eta=eta, fd_eps=0.01, lr=1e-4, alpha_lr=1e-3,
-                        weight_decay=0.01, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=1, batch_size=1,
-                        val_fraction=0.5, lora_alpha=16, dropout=0.1, threshold=None, min_rank=0,
-                        max_grad_norm=None, ranks_file=None, evaluate=False)
+def search_cfg(fd: str, eta: float) -> SearchConfig:
+    return SearchConfig(k=8, alpha_norm="softmax", hypergrad="fd", fd=fd, eta=eta, fd_eps=0.01, lr=1e-4,
+                        alpha_lr=1e-3, weight_decay=0.01, alpha_weight_decay=0.0, warmup_ratio=0.06, epochs=1,
+                        batch_size=1, val_fraction=0.5, lora_alpha=16, dropout=0.1, threshold=None, min_rank=0,
+                        max_grad_norm=1.0, ranks_file=None, evaluate=False)
 
 
-def plain_step(model, batch, loss_fn, autocast, optimizer) -> Callable[[], None]:
-    """One ordinary training step (used for peft and for our fixed-rank layers)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+RETRAIN = RetrainConfig(epochs=1, lr=1e-4, weight_decay=0.01, warmup_ratio=0.06, batch_size=1, lora_alpha=16,
+                        dropout=0.1, max_grad_norm=1.0)
+TOTAL_STEPS = 10_000  # the schedule's length: warm-up then linear decay, as in the loops
+
+
+@dataclass
+class Variant:
+    """A timed step: `step()` runs one whole training step; `stream` is the context the loop runs it in."""
+
+    step: Callable[[], None]
+    stream: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    captured: graphs.CapturedStep | None = None
+
+
+def peft_variant(name: str, compiled: bool, batch, autocast, device) -> Variant:
+    """peft LoRA r=8 on q,v (plus the head), AdamW with the linear schedule; compiled: torch.compile
+    (mode reduce-overhead: inductor kernels in CUDA graphs) of the model's forward and backward."""
+    from peft import LoraConfig, get_peft_model
+
+    encoder = SHAPES[name]["kind"] == "encoder"
+    model = get_peft_model(build(name), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
+                                                   modules_to_save=["classifier"] if encoder else None,
+                                                   target_modules=SHAPES[name]["peft_targets"],
+                                                   fan_in_fan_out=not encoder))
+    model.to(device).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * TOTAL_STEPS), TOTAL_STEPS)
+    forward = torch.compile(model, mode="reduce-overhead") if compiled else model
+    inputs, loss_fn = {k: v for k, v in batch.items() if k != "labels"}, task_loss(name)
 
     def step():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast():
-            out = model(**inputs)
+            out = forward(**inputs)
         loss_fn(out, batch).backward()
         optimizer.step()
+        schedule.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step
+    return Variant(step)
 
 
-def variant(name: str, which: str, batch, val_batch, autocast, device, bf16_frozen: bool = True) -> Callable[[], None]:
-    """The step function of one variant, with its model and optimiser built on the device. bf16_frozen: the
-    project's variants keep frozen weights in bf16 as the pipeline does (False: fp32, cast on every pass)."""
+def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, device) -> Variant:
+    """Our step as the loops run it (train.train_step / search.search_update, then the schedule), eager or
+    captured (graphs.CapturedStep; inductor: the loss compiled by torch.compile first)."""
     model = build(name)
-    loss_fn = task_loss(name)
     encoder = SHAPES[name]["kind"] == "encoder"
     targets, heads = SHAPES[name]["targets"], (["classifier"] if encoder else [])
-    if which == "peft_lora":
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1, modules_to_save=heads or None,
-                                                 target_modules=SHAPES[name]["peft_targets"],
-                                                 fan_in_fan_out=not encoder))
-        model.to(device).train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        return plain_step(model, batch, loss_fn, autocast, optimizer)
-    names = target_names(model, targets)
-    searching = which != "fixed_rank"
-    inject(model, targets, {n: 8 for n in names}, lora_alpha=16, dropout=0.1,
+    searching = OURS[which] is not None
+    inject(model, targets, {n: 8 for n in target_names(model, targets)}, lora_alpha=16, dropout=0.1,
            alpha_norm="softmax" if searching else None, trainable_modules=heads)
     model.to(device).train()
-    if bf16_frozen:
-        store_frozen_linears_in(model, torch.bfloat16)  # as the pipeline does under bf16 autocast (Job.ready_to_train)
-    if not searching:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        return plain_step(model, batch, loss_fn, autocast, optimizer)
-    cfg = search_cfg(eta=1e-4 if which == "second_order" else 0.0)
-    state = start_search(model, cfg, total_steps=10_000)
-    return lambda: search_step(model, state, batch, val_batch, cfg, loss_fn, autocast)
+    store_frozen_linears_in(model, torch.bfloat16)  # as the pipeline does under bf16 autocast (Job.ready_to_train)
+    captured, compile_mode = mode != "eager", "off" if mode == "eager" else mode
+    loss_fn = task_loss(name)
+    if searching:
+        cfg = search_cfg(*OURS[which])
+        state = start_search(model, cfg, TOTAL_STEPS, captured=captured)
+        loss = graphs.compiled(forward_loss(model, loss_fn, autocast), compile_mode)
+        update = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), compile_mode,
+                                  state.streams.generators)
+        schedule, args = state.schedule, (batch, val_batch)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = graphs.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay, captured=captured)
+        schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * TOTAL_STEPS), TOTAL_STEPS)
+        loss_of = graphs.compiled(batch_loss(model, loss_fn, autocast), compile_mode)
+        update = graphs.make_step(lambda b: train_step(model, params, optimizer, b, RETRAIN, loss_fn, autocast,
+                                                       loss_of=loss_of), compile_mode)
+        args = (batch,)
+
+    def step():
+        update(*args)
+        schedule.step()
+
+    return Variant(step, functools.partial(graphs.loop_stream, update),
+                   update if isinstance(update, graphs.CapturedStep) else None)
 
 
-def time_steps(step: Callable[[], None], steps: int, warmup: int) -> tuple[float, float, int]:
-    """(median ms, spread ms = max - min of the middle half, peak bytes) over `steps` timed steps."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-    for start, end in zip(starts, ends, strict=True):
-        start.record()
-        step()
-        end.record()
-    torch.cuda.synchronize()
+def variant(name: str, which: str, mode: str, batch, val_batch, autocast, device) -> Variant:
+    """The step of one variant, with its model and optimiser built on the device."""
+    if which.startswith("peft"):
+        return peft_variant(name, which == "peft_compiled", batch, autocast, device)
+    return our_variant(name, which, mode, batch, val_batch, autocast, device)
+
+
+def time_steps(variant: Variant, steps: int, warmup: int) -> dict:
+    """Median ms and spread (max - min of the middle half) over `steps` timed steps, after `warmup` steps whose
+    wall time (compilation, capture) is reported as warmup_s; peak memory."""
+    with variant.stream():
+        started = time.perf_counter()
+        for _ in range(warmup):
+            variant.step()
+        torch.cuda.synchronize()
+        warmup_s = time.perf_counter() - started
+        torch.cuda.reset_peak_memory_stats()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        for start, end in zip(starts, ends, strict=True):
+            start.record()
+            variant.step()
+            end.record()
+        torch.cuda.synchronize()
     times = sorted(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
     middle = times[len(times) // 4 : 3 * len(times) // 4 + 1]
-    return statistics.median(times), middle[-1] - middle[0], torch.cuda.max_memory_allocated()
+    out = {"ms": round(statistics.median(times), 3), "spread_ms": round(middle[-1] - middle[0], 3),
+           "peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1), "warmup_s": round(warmup_s, 2)}
+    if variant.captured is not None:
+        out["capture"] = variant.captured.stats.as_dict()
+    return out
 
 
 def flops_per_pass(model_name: str, batch: int, length: int) -> float:
@@ -160,178 +228,150 @@ def flops_per_pass(model_name: str, batch: int, length: int) -> float:
     return 2 * (2 * params * batch * length + attention)
 
 
-PASSES = {"peft_lora": 1, "fixed_rank": 1, "first_order": 2, "second_order": 4}  # forward/backward passes per step
+def parse_shape(text: str) -> tuple[str, int, int]:
+    """'minilm@16x32' -> ('minilm', 16, 32), for --shapes."""
+    model, _, size = text.partition("@")
+    try:
+        batch, length = (int(part) for part in size.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MODEL@BATCHxLENGTH such as minilm@16x32, got {text!r}") from None
+    if model not in SHAPES:
+        raise argparse.ArgumentTypeError(f"unknown model {model!r} in {text!r}; choose from {', '.join(SHAPES)}")
+    return model, batch, length
 
 
-def run_bench(steps: int, warmup: int, models: list[str], sizes: list[tuple[int, int]], bf16_frozen: bool = True) -> dict:
+def variant_names(modes: list[str]) -> list[tuple[str, str]]:
+    """(step, mode) pairs to time: both anchors, then each of our steps in each mode."""
+    return [("peft_lora", "eager"), ("peft_compiled", "inductor")] + [(w, m) for w in OURS for m in modes]
+
+
+def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes: list[str]) -> dict:
     device, autocast = torch.device("cuda"), CUDA_BF16
     gpu = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
     results = {}
-    for name in models:
-        for batch, length in sizes:
-            key = f"{name}@{batch}x{length}"
-            train, val = train_val(name, batch, length, device)
-            entry = {}
-            for which in ("peft_lora", "fixed_rank", "first_order", "second_order"):
-                step = variant(name, which, train, val, autocast, device, bf16_frozen)
-                median, spread, memory = time_steps(step, steps, warmup)
-                useful = flops_per_pass(name, batch, length) * PASSES[which]
-                entry[which] = {"ms": round(median, 3), "spread_ms": round(spread, 3), "peak_mib": round(memory / 2**20, 1),
-                                "tokens_per_s": round(batch * length / median * 1e3),
-                                "mfu": None if peak is None else round(useful / (median * 1e-3) / (peak * 1e12), 4)}
-                del step
-                torch.cuda.empty_cache()
-                print(f"{key:24} {which:13} {median:8.2f} ms  ±{spread:5.2f}  {memory / 2**20:8.0f} MiB", flush=True)
-            base = entry["peft_lora"]
-            entry.update({
-                "second_order_ratio": round(entry["second_order"]["ms"] / base["ms"], 3),
-                "first_order_ratio": round(entry["first_order"]["ms"] / base["ms"], 3),
-                "fixed_rank_ratio": round(entry["fixed_rank"]["ms"] / base["ms"], 3),
-                "memory_ratio": round(entry["second_order"]["peak_mib"] / base["peak_mib"], 3),
-            })
-            results[key] = entry
-    return {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup, "bf16_frozen": bf16_frozen,
+    for name, batch, length in shapes:
+        key = f"{name}@{batch}x{length}"
+        train, val = train_val(name, batch, length, device)
+        entry = {}
+        for which, mode in variant_names(modes):
+            label = which if which.startswith("peft") else f"{which}/{mode}"
+            timed = time_steps(variant(name, which, mode, train, val, autocast, device), steps, warmup)
+            useful = flops_per_pass(name, batch, length) * PASSES[which]
+            timed.update(tokens_per_s=round(batch * length / timed["ms"] * 1e3),
+                         mfu=None if peak is None else round(useful / (timed["ms"] * 1e-3) / (peak * 1e12), 4))
+            entry[label] = timed
+            torch.cuda.empty_cache()
+            print(f"{key:22} {label:30} {timed['ms']:8.2f} ms  ±{timed['spread_ms']:5.2f}  "
+                  f"{timed['peak_mib']:8.0f} MiB  warm-up {timed['warmup_s']:.1f} s", flush=True)
+        entry["ratios"] = ratios(entry, modes)
+        results[key] = entry
+    return {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup, "modes": modes,
             "shapes": results}
 
 
-def frozen_dtype_ab(models: list[str], sizes: list[tuple[int, int]], steps: int, warmup: int, rounds: int) -> dict:
-    """A/B of models.store_frozen_linears_in: per shape, the project's fixed-rank and second-order steps with
-    frozen weights stored in bf16 and in fp32, next to peft's step. All are built first, then timed in
-    `rounds` interleaved rounds, so that the drift of a host-bound machine hits every variant alike; each
-    entry is the median over rounds of the per-round median (ms)."""
-    device, autocast = torch.device("cuda"), CUDA_BF16
-    results = {}
-    for name in models:
-        for batch, length in sizes:
-            train, val = train_val(name, batch, length, device)
-            step_of = {"peft_lora": variant(name, "peft_lora", train, val, autocast, device)}
-            for which in ("fixed_rank", "second_order"):
-                for frozen in ("bf16", "fp32"):
-                    step_of[f"{which}/{frozen}"] = variant(name, which, train, val, autocast, device, frozen == "bf16")
-            times: dict[str, list[float]] = {key: [] for key in step_of}
-            for _ in range(rounds):
-                for key, step in step_of.items():
-                    times[key].append(time_steps(step, steps, warmup)[0])
-            key = f"{name}@{batch}x{length}"
-            results[key] = {k: round(statistics.median(v), 3) for k, v in times.items()}
-            print(key, "  ".join(f"{k} {v:.2f}" for k, v in results[key].items()), flush=True)
-            del step_of
-            torch.cuda.empty_cache()
-    return results
+def ratios(entry: dict, modes: list[str]) -> dict:
+    """Per mode, each of our steps' time (and the second-order step's peak memory) over peft's eager step."""
+    base = entry["peft_lora"]
+    out = {}
+    for mode in modes:
+        mine = {which: entry[f"{which}/{mode}"] for which in OURS}
+        out[mode] = {"second_order_ratio": round(mine["second_order"]["ms"] / base["ms"], 3),
+                     "second_order_central_ratio": round(mine["second_order_central"]["ms"] / base["ms"], 3),
+                     "first_order_ratio": round(mine["first_order"]["ms"] / base["ms"], 3),
+                     "fixed_rank_ratio": round(mine["fixed_rank"]["ms"] / base["ms"], 3),
+                     "memory_ratio": round(mine["second_order"]["peak_mib"] / base["peak_mib"], 3)}
+    out["peft_compiled"] = round(entry["peft_compiled"]["ms"] / base["ms"], 3)
+    return out
 
 
-def profile_text(name: str = "roberta-base", batch: int = 32, length: int = 256, steps: int = 5,
-                 bf16_frozen: bool = True, variants: tuple[str, ...] = ("second_order", "peft_lora")) -> str:
-    """torch.profiler tables (top CUDA kernels) of each variant's step (default: second order and peft LoRA)."""
+def profile_text(name: str, batch: int, length: int, variants: list[tuple[str, str]], steps: int = 5) -> str:
+    """torch.profiler tables (top CUDA kernels) of each (step, mode)'s steps after warm-up."""
     from torch.profiler import ProfilerActivity, profile
 
     device, autocast = torch.device("cuda"), CUDA_BF16
     train, val = train_val(name, batch, length, device)
     parts = []
-    for which in variants:
-        step = variant(name, which, train, val, autocast, device, bf16_frozen)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                step()
+    for which, mode in variants:
+        timed = variant(name, which, mode, train, val, autocast, device)
+        with timed.stream():
+            for _ in range(3):
+                timed.step()
             torch.cuda.synchronize()
-        parts.append(f"== {which} on {name} {batch}x{length}, {steps} steps ==\n"
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    timed.step()
+                torch.cuda.synchronize()
+        parts.append(f"== {which} ({mode}) on {name} {batch}x{length}, {steps} steps ==\n"
                      + prof.key_averages().table(sort_by="cuda_time_total", row_limit=25))
-        del step
+        del timed
         torch.cuda.empty_cache()
     return "\n\n".join(parts) + "\n"
 
 
-def markdown(report: dict, commit: str, command: str) -> str:
-    """results/bench.md: provenance, the targets, one table per shape."""
-    lines = ["# Search-step cost (make bench)", "",
-             f"- command: `{command}`", f"- commit: {commit}", f"- device: {report['device']}",
+def markdown(report: dict) -> str:
+    """OUT.md: provenance, one table of every step per shape, the ratios against the targets."""
+    lines = ["# Training-step cost (make bench)", "",
+             f"- command: `{report['command']}`", f"- commit: {report['commit']}", f"- device: {report['device']}",
              f"- date: {report['date']}", f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
-             f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps, CUDA events; "
-             "bf16 autocast; random-init weights; the same batch every step; 4D boolean attention masks for every variant",
+             f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps (their wall time, "
+             "compilation and capture included, is the warm-up column), CUDA events; bf16 autocast; random-init "
+             "weights; the same batches every step; every step includes its optimiser updates, clipping and the schedule",
              "- MFU: analytic FLOPs (4 x non-embedding params x tokens + attention, per forward/backward pass; passes per "
-             "step: LoRA 1, first order 2, second order 4) over the datasheet dense bf16 peak",
-             "- frozen weights of the project's steps (fixed_rank, first_order, second_order): "
-             + ("bf16, stored once (models.store_frozen_linears_in, as the pipeline does); peft's step keeps "
-                "its fp32 weights, cast by autocast on every pass" if report.get("bf16_frozen", False)
-                else "fp32, cast by autocast on every pass (like peft's)"), "",
-             "| shape | step | ms | spread ms | peak MiB | tokens/s | MFU | ratio vs peft |", "|---|---|---|---|---|---|---|---|"]
+             "step: LoRA 1, first order 2, second order 3 (forward difference), central 4) over the datasheet dense bf16 peak",
+             "- our steps keep frozen weights in bf16 (as the pipeline does); peft's keep fp32, cast by autocast", "",
+             "| shape | step | ms | spread ms | peak MiB | tokens/s | MFU | warm-up s | ratio vs peft eager |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key, entry in report["shapes"].items():
         base = entry["peft_lora"]["ms"]
-        for which in ("peft_lora", "fixed_rank", "first_order", "second_order"):
-            e = entry[which]
-            lines.append(f"| {key} | {which} | {e['ms']:.2f} | {e['spread_ms']:.2f} | {e['peak_mib']:.0f} | "
-                         f"{e['tokens_per_s']:,} | {e['mfu'] if e['mfu'] is not None else 'n/a'} | {e['ms'] / base:.2f}x |")
-    lines += ["", "| shape | second_order_ratio (<= 2.5) | first_order_ratio (<= 1.5) | fixed_rank_ratio (<= 1.05) | "
-              "memory_ratio (<= 1.5) |", "|---|---|---|---|---|"]
-    for key, entry in report["shapes"].items():
-        lines.append(f"| {key} | {entry['second_order_ratio']} | {entry['first_order_ratio']} | "
-                     f"{entry['fixed_rank_ratio']} | {entry['memory_ratio']} |")
+        for label, e in entry.items():
+            if label == "ratios":
+                continue
+            lines.append(f"| {key} | {label} | {e['ms']:.2f} | {e['spread_ms']:.2f} | {e['peak_mib']:.0f} | "
+                         f"{e['tokens_per_s']:,} | {e['mfu'] if e['mfu'] is not None else 'n/a'} | "
+                         f"{e['warmup_s']:.1f} | {e['ms'] / base:.2f}x |")
+    for mode in report["modes"]:
+        lines += ["", f"Ratios to peft's eager step, our steps {mode}:", "",
+                  f"| shape | second_order_ratio (<= {TARGETS['second_order']}) | first_order_ratio (<= "
+                  f"{TARGETS['first_order']}) | fixed_rank_ratio (<= {TARGETS['fixed_rank']}) | memory_ratio (<= "
+                  f"{TARGETS['memory']}) | central (4 passes) | peft compiled |", "|---|---|---|---|---|---|---|"]
+        for key, entry in report["shapes"].items():
+            r = entry["ratios"][mode]
+            lines.append(f"| {key} | {r['second_order_ratio']} | {r['first_order_ratio']} | {r['fixed_rank_ratio']} | "
+                         f"{r['memory_ratio']} | {r['second_order_central_ratio']} | {entry['ratios']['peft_compiled']} |")
     return "\n".join(lines) + "\n"
-
-
-def size(text: str) -> tuple[int, int]:
-    """'16x128' -> (16, 128), for --sizes."""
-    try:
-        batch, length = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BATCHxLENGTH such as 16x128, got {text!r}") from None
-    return batch, length
-
-
-def write_profile(args: argparse.Namespace) -> None:
-    """OUT_profile.txt: the profile of the first model at the largest size."""
-    batch, length = max(args.sizes, key=lambda bl: bl[0] * bl[1])
-    args.out.with_name(args.out.name + "_profile.txt").write_text(
-        profile_text(args.models[0], batch, length, bf16_frozen=not args.fp32_frozen,
-                     variants=tuple(args.profile_variants)))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--models", nargs="+", choices=list(SHAPES), default=["roberta-base", "gpt2-medium"])
-    parser.add_argument("--sizes", nargs="+", type=size, default=SIZES, metavar="BxL",
-                        help="batch x length shapes (default: 16x128 32x256)")
-    parser.add_argument("--fp32-frozen", action="store_true", help="keep the project's frozen weights in fp32, cast "
-                        "by autocast on every pass (as before models.store_frozen_linears_in): for before/after")
-    parser.add_argument("--frozen-ab", type=int, default=0, metavar="ROUNDS",
-                        help="instead: time frozen weights in bf16 against fp32 in ROUNDS interleaved rounds -> "
-                        "OUT_frozen_ab.json")
+    parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
+                        metavar="MODEL@BxL", help=f"default: {' '.join(DEFAULT_SHAPES)}")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how our steps run")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
-    parser.add_argument("--profile", action="store_true", help="also write OUT_profile.txt: top CUDA kernels of a "
-                        "second-order step and of a peft LoRA step (the first model, at the largest size)")
-    parser.add_argument("--profile-variants", nargs="+", choices=list(PASSES), default=["second_order", "peft_lora"],
-                        help="the steps to profile")
+    parser.add_argument("--profile", nargs="*", default=None, metavar="STEP/MODE",
+                        help="also write OUT_profile.txt for these steps (e.g. second_order/graphs peft_lora/eager) "
+                        "at the last shape; no value: second_order/eager and peft_lora/eager")
     parser.add_argument("--profile-only", action="store_true", help="write OUT_profile.txt and time nothing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         parser.error("make bench needs a CUDA device (run it through the device tool)")
     command = "python -m autolora.bench " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.frozen_ab:
-        report = {"command": command, "commit": args.commit or git_commit(), "device": torch.cuda.get_device_name(),
-                  "date": dt.date.today().isoformat(), "versions": versions(), "steps": args.steps,
-                  "warmup": args.warmup, "rounds": args.frozen_ab,
-                  "ms": frozen_dtype_ab(args.models, args.sizes, args.steps, args.warmup, args.frozen_ab)}
-        args.out.with_name(args.out.name + "_frozen_ab.json").write_text(json.dumps(report, indent=2) + "\n")
-        return
-    if args.profile_only:
-        write_profile(args)
-        return
-    report = run_bench(args.steps, args.warmup, args.models, args.sizes, bf16_frozen=not args.fp32_frozen)
-    report.update(date=dt.date.today().isoformat(), versions=versions())
-    report["commit"] = args.commit or git_commit()
-    if args.profile:  # after the timing, so that profiling cannot disturb it
-        write_profile(args)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report, report["commit"], command))
-    print(markdown(report, report["commit"], command))
+    if args.profile is not None or args.profile_only:
+        profiled = [tuple(v.split("/")) for v in (args.profile or ["second_order/eager", "peft_lora/eager"])]
+    if not args.profile_only:
+        report = run_bench(args.steps, args.warmup, args.shapes, args.modes)
+        report.update(command=command, commit=args.commit or git_commit(), date=dt.date.today().isoformat(),
+                      versions=versions())
+        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(report))
+        print(markdown(report))
+    if args.profile is not None or args.profile_only:  # after the timing, so that profiling cannot disturb it
+        name, batch, length = args.shapes[-1]
+        args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(name, batch, length, profiled))
 
 
 if __name__ == "__main__":
