@@ -117,7 +117,7 @@ def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropou
     inject(model, targets, {n: 8 for n in target_names(model, targets)}, lora_alpha=16, dropout=dropout,
            alpha_norm="softmax", trainable_modules=["classifier"] if kind == "roberta" else [])
     model.to(CUDA).train()
-    state = start_search(model, cfg, total_steps=100, captured=mode != "off")
+    state = start_search(model, cfg, total_steps=100)
     loss = graphs.compiled(forward_loss(model, _loss(kind), BF16), mode)
     step = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), mode, state.streams.generators)
     return model, state, step
@@ -150,8 +150,9 @@ def test_captured_search_step_never_synchronises(kind, eta):
 
 @pytest.mark.parametrize("fd", ["forward", "central"])
 def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
-    """The captured search (fused capturable AdamW, graph-safe dropout) and the eager one end 20 steps with the
-    same gates to bf16 tolerance and the same ranks: same masks, same maths, different kernels' rounding."""
+    """The captured search and the eager one (same fused AdamW, same graph-safe dropout streams) end 20 steps
+    with the same gates, within what two eager runs differ by (GPU kernels need not be bitwise repeatable),
+    and the same ranks."""
     from autolora import graphs
     from autolora.inject import gates
     from autolora.ranks import select_ranks
@@ -159,22 +160,23 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
     cfg = search_config(eta=0.5, alpha_lr=3e-2, lr=1e-2, max_grad_norm=1.0, fd=fd)
     batches = [(_batch("roberta", "sdpa", 2 * i), _batch("roberta", "sdpa", 2 * i + 1)) for i in range(20)]
     results = {}
-    for mode in ("off", "graphs"):
+    for mode in ("off", "graphs", "off again"):
         torch.manual_seed(0)
-        model, state, step = _captured_search("roberta", cfg, mode)
+        model, state, step = _captured_search("roberta", cfg, mode.split()[0])
         with graphs.loop_stream(step):
             for tr, val in batches:
                 step(tr, val)
                 state.schedule.step()
         with torch.no_grad():
             results[mode] = {n: g.float().cpu() for n, g in gates(model).items()}
-    off, on = results["off"], results["graphs"]
+    off = results["off"]
     moved = max(float((g - 1 / 8).abs().max()) for g in off.values())
-    worst = max(float((off[n] - on[n]).abs().max()) for n in off)
+    worst, repeat = (max(float((off[n] - results[other][n]).abs().max()) for n in off) for other in ("graphs", "off again"))
     with capsys.disabled():
-        print(f"\n[{fd}] gates moved up to {moved:.2e} from 1/k; captured vs eager differ by at most {worst:.2e}")
+        print(f"\n[{fd}] gates moved up to {moved:.2e} from 1/k; captured vs eager differ by at most {worst:.2e}, "
+              f"eager vs eager by {repeat:.2e}")
     assert moved > 1e-3  # the comparison means something
-    assert worst < 0.05 * moved
+    assert worst <= max(2 * repeat, 1e-5)
     as_lists = {mode: {n: g.tolist() for n, g in r.items()} for mode, r in results.items()}
     assert select_ranks(as_lists["off"], 1 / 8) == select_ranks(as_lists["graphs"], 1 / 8)
 

@@ -160,18 +160,18 @@ def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, de
            alpha_norm="softmax" if searching else None, trainable_modules=heads)
     model.to(device).train()
     store_frozen_linears_in(model, torch.bfloat16)  # as the pipeline does under bf16 autocast (Job.ready_to_train)
-    captured, compile_mode = mode != "eager", "off" if mode == "eager" else mode
+    compile_mode = "off" if mode == "eager" else mode
     loss_fn = task_loss(name)
     if searching:
         cfg = search_cfg(*OURS[which])
-        state = start_search(model, cfg, TOTAL_STEPS, captured=captured)
+        state = start_search(model, cfg, TOTAL_STEPS)
         loss = graphs.compiled(forward_loss(model, loss_fn, autocast), compile_mode)
         update = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), compile_mode,
                                   state.streams.generators)
         schedule, args = state.schedule, (batch, val_batch)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = graphs.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay, captured=captured)
+        optimizer = graphs.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * TOTAL_STEPS), TOTAL_STEPS)
         loss_of = graphs.compiled(batch_loss(model, loss_fn, autocast), compile_mode)
         update = graphs.make_step(lambda b: train_step(model, params, optimizer, b, RETRAIN, loss_fn, autocast,
@@ -245,7 +245,10 @@ def variant_names(modes: list[str]) -> list[tuple[str, str]]:
     return [("peft_lora", "eager"), ("peft_compiled", "inductor")] + [(w, m) for w in OURS for m in modes]
 
 
-def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes: list[str]) -> dict:
+def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes: list[str],
+              inductor_shapes: list[tuple[str, int, int]], save: Callable[[dict], None]) -> dict:
+    """Time every variant at every shape (plus mode inductor at `inductor_shapes`); `save` gets the report
+    after each shape, so that a run stopped early keeps what it measured."""
     device, autocast = torch.device("cuda"), CUDA_BF16
     gpu = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
@@ -254,7 +257,8 @@ def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes
         key = f"{name}@{batch}x{length}"
         train, val = train_val(name, batch, length, device)
         entry = {}
-        for which, mode in variant_names(modes):
+        shape_modes = modes + (["inductor"] if (name, batch, length) in inductor_shapes and "inductor" not in modes else [])
+        for which, mode in variant_names(shape_modes):
             label = which if which.startswith("peft") else f"{which}/{mode}"
             timed = time_steps(variant(name, which, mode, train, val, autocast, device), steps, warmup)
             useful = flops_per_pass(name, batch, length) * PASSES[which]
@@ -264,10 +268,13 @@ def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes
             torch.cuda.empty_cache()
             print(f"{key:22} {label:30} {timed['ms']:8.2f} ms  ±{timed['spread_ms']:5.2f}  "
                   f"{timed['peak_mib']:8.0f} MiB  warm-up {timed['warmup_s']:.1f} s", flush=True)
-        entry["ratios"] = ratios(entry, modes)
+        entry["ratios"] = ratios(entry, shape_modes)
         results[key] = entry
-    return {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup, "modes": modes,
-            "shapes": results}
+        report = {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup,
+                  "modes": sorted({m for e in results.values() for m in e["ratios"] if m != "peft_compiled"},
+                                  key=MODES.index), "shapes": results}
+        save(report)
+    return report
 
 
 def ratios(entry: dict, modes: list[str]) -> dict:
@@ -336,6 +343,8 @@ def markdown(report: dict) -> str:
                   f"{TARGETS['first_order']}) | fixed_rank_ratio (<= {TARGETS['fixed_rank']}) | memory_ratio (<= "
                   f"{TARGETS['memory']}) | central (4 passes) | peft compiled |", "|---|---|---|---|---|---|---|"]
         for key, entry in report["shapes"].items():
+            if mode not in entry["ratios"]:
+                continue
             r = entry["ratios"][mode]
             lines.append(f"| {key} | {r['second_order_ratio']} | {r['first_order_ratio']} | {r['fixed_rank_ratio']} | "
                          f"{r['memory_ratio']} | {r['second_order_central_ratio']} | {entry['ratios']['peft_compiled']} |")
@@ -349,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
                         metavar="MODEL@BxL", help=f"default: {' '.join(DEFAULT_SHAPES)}")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how our steps run")
+    parser.add_argument("--inductor-shapes", nargs="*", type=parse_shape, default=[], metavar="MODEL@BxL",
+                        help="also time mode inductor at these shapes (when --modes leaves it out)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", nargs="*", default=None, metavar="STEP/MODE",
@@ -363,12 +374,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile is not None or args.profile_only:
         profiled = [tuple(v.split("/")) for v in (args.profile or ["second_order/eager", "peft_lora/eager"])]
     if not args.profile_only:
-        report = run_bench(args.steps, args.warmup, args.shapes, args.modes)
-        report.update(command=command, commit=args.commit or git_commit(), date=dt.date.today().isoformat(),
-                      versions=versions())
-        args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-        args.out.with_suffix(".md").write_text(markdown(report))
-        print(markdown(report))
+        provenance = dict(command=command, commit=args.commit or git_commit(), date=dt.date.today().isoformat(),
+                          versions=versions())
+
+        def save(report: dict) -> None:
+            report.update(provenance)
+            args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+            args.out.with_suffix(".md").write_text(markdown(report))
+
+        print(markdown(run_bench(args.steps, args.warmup, args.shapes, args.modes, args.inductor_shapes, save)))
     if args.profile is not None or args.profile_only:  # after the timing, so that profiling cannot disturb it
         name, batch, length = args.shapes[-1]
         args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(name, batch, length, profiled))

@@ -10,7 +10,7 @@ recorded with, hence the rules the steps follow:
   output is consumed before the next replay, so no graph needs another's memory to survive;
 - the step reads its inputs from static buffers that each replay refills (copy_), never from new tensors;
 - nothing host-side may change inside the step: the learning rate is a device tensor that the schedule
-  fills between steps (`device_lr`), AdamW is fused and capturable (its step count lives on the device),
+  fills between steps (`adamw`), AdamW is fused and capturable (its step count lives on the device),
   and dropout draws from registered generator states (rng.py), never from manual_seed;
 - warm-up, capture and replay run on one side stream (libraries cache handles per stream; capture needs a
   non-default stream); the loop enters it with `on_side_stream` so that every tensor lives on one stream.
@@ -51,12 +51,12 @@ def resolve_compile(mode: str, device: torch.device, *, distributed: bool, eager
     return mode
 
 
-def adamw(params: Sequence[Tensor], *, lr: float, weight_decay: float, captured: bool) -> torch.optim.AdamW:
-    """AdamW as the loops use it; captured: fused and capturable with the learning rate as a device tensor."""
-    if not captured:
+def adamw(params: Sequence[Tensor], *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW as the loops use it. On CUDA: fused and capturable, the learning rate a device tensor, eager or
+    captured alike (so a captured step computes exactly what the eager one does: tests/test_gpu.py)."""
+    if params[0].device.type != "cuda":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    device = params[0].device
-    optimizer = torch.optim.AdamW(params, lr=torch.tensor(lr, device=device), weight_decay=weight_decay,
+    optimizer = torch.optim.AdamW(params, lr=torch.tensor(lr, device=params[0].device), weight_decay=weight_decay,
                                   fused=True, capturable=True)
     for group in optimizer.param_groups:  # a float base: the schedule then computes on the host and fills the
         group["initial_lr"] = lr           # device tensor (a tensor base would read it back: a sync per step)
@@ -64,11 +64,12 @@ def adamw(params: Sequence[Tensor], *, lr: float, weight_decay: float, captured:
 
 
 def device_lr(optimizer: torch.optim.Optimizer) -> None:
-    """Put each group's learning rate back on the device as a tensor (a restored state dict brings it back on
-    the CPU, where a captured step would bake its value in). Before any capture: graphs hold its address."""
+    """On CUDA, put each group's learning rate back on the device as a tensor (a restored state dict brings it
+    back on the CPU, where a captured step would bake its value in). Before any capture: graphs hold its address."""
     for group in optimizer.param_groups:
         device = group["params"][0].device
-        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if device.type == "cuda":
+            group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -141,15 +141,14 @@ class SearchState:
     streams: ReplayedSeed | GraphSafeStates = field(repr=False)
 
 
-def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int, captured: bool = False) -> SearchState:
-    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha
-    (captured: fused, capturable, learning rates on the device: graphs.adamw)."""
+def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int) -> SearchState:
+    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha (graphs.adamw:
+    on CUDA fused and capturable, learning rates on the device)."""
     inner, outer = split_params(model)
     if not outer:
         raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
-    opt_w = graphs.adamw(list(inner.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, captured=captured)
-    opt_alpha = graphs.adamw(list(outer.values()), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay,
-                             captured=captured)
+    opt_w = graphs.adamw(list(inner.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_alpha = graphs.adamw(list(outer.values()), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
     schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     device = next(iter(inner.values())).device
     return SearchState(inner, outer, opt_w, opt_alpha, schedule, dropout_streams(device))
@@ -216,15 +215,13 @@ def search(
     compile_mode (graphs.resolve_compile): off steps eagerly; graphs / inductor replay captured steps.
     Data parallel: the loaders yield this process's shards; every process ends with the same alpha."""
     total = cfg.epochs * len(train_loader)
-    captured = compile_mode != "off"
-    state = start_search(model, cfg, total, captured=captured)
+    state = start_search(model, cfg, total)
     optimizers = {"w": state.opt_w, "alpha": state.opt_alpha}
     done, saved = resume_loop(checkpoint, "search", model, optimizers, state.schedule)
     if saved.get("streams"):
         state.streams.load_state_dict(saved["streams"])
-    if captured:
-        for optimizer in optimizers.values():
-            graphs.device_lr(optimizer)
+    for optimizer in optimizers.values():
+        graphs.device_lr(optimizer)
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, log_every, mean=mean)

@@ -107,15 +107,13 @@ def train(
     holds a retrain state; pass p over the data is shuffled with seed + p. compile_mode (graphs.py): off
     steps eagerly, graphs / inductor replay a captured step (not with on_update: AdaLoRA stays eager)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    captured = compile_mode != "off"
-    if captured and on_update is not None:
+    if compile_mode != "off" and on_update is not None:
         raise ValueError("a captured step cannot call host-side hooks (on_update): use compile_mode='off'")
-    optimizer = graphs.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, captured=captured)
+    optimizer = graphs.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     done, saved = resume_loop(checkpoint, "retrain", model, {"w": optimizer}, schedule)
-    if captured:
-        graphs.device_lr(optimizer)
+    graphs.device_lr(optimizer)
     world.broadcast(params)  # one starting point everywhere
     window = LossWindow(["train_loss"], device, log_every, mean=world.mean)
     window.restore(saved.get("window"))
