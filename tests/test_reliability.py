@@ -107,7 +107,7 @@ def kill_after(module, name):
     setattr(module, name, wrapped)
 
 if phase == "search":
-    kill_after(search, "search_step")
+    kill_after(search, "search_update")
 elif phase == "retrain":
     kill_after(train, "train_step")
 elif phase == "replace":  # die just before the at-th atomic rename: the temp file is written, the target is not
