@@ -44,3 +44,11 @@ def test_a_bucketed_batch_gives_the_same_classifier_loss():
         return torch.nn.functional.cross_entropy(logits, b["labels"])
 
     torch.testing.assert_close(loss(pad_to_bucket(batch, 16, 32, pad_id=1)), loss(batch), rtol=1e-5, atol=1e-6)
+
+
+def test_padding_counts_real_dynamic_and_bucketed_tokens():
+    """The padding report's arithmetic on hand-made batches: rows 3+5 (dynamic 10, bucket 8 -> 16), row 9 (bucket 16)."""
+    from autolora.padding import padded_tokens
+
+    assert padded_tokens([[3, 5], [9]], 8, 128) == {"real": 17, "dynamic": 19, "bucketed": 32}
+    assert padded_tokens([[3, 5], [9]], 8, 9) == {"real": 17, "dynamic": 19, "bucketed": 25}

@@ -195,14 +195,16 @@ def variant(name: str, which: str, mode: str, batch, val_batch, autocast, device
 
 def time_steps(variant: Variant, steps: int, warmup: int) -> dict:
     """Median ms and spread (max - min of the middle half) over `steps` timed steps, after `warmup` steps whose
-    wall time (compilation, capture) is reported as warmup_s; peak memory."""
+    wall time (compilation, capture) is reported as warmup_s; peak memory over warm-up and steps (a CUDA graph
+    allocates its private pool while it is captured; a peak taken after warm-up would miss it)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()  # before warm-up: a captured step allocates its graph's memory pool there
     with variant.stream():
         started = time.perf_counter()
         for _ in range(warmup):
             variant.step()
         torch.cuda.synchronize()
         warmup_s = time.perf_counter() - started
-        torch.cuda.reset_peak_memory_stats()
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
         for start, end in zip(starts, ends, strict=True):
