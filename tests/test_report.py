@@ -165,6 +165,34 @@ def test_grid_cost_and_figures(tmp_path):
         assert (tmp_path / "results" / "figures" / f"grid_{kind}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_a_real_two_seed_sweep_gives_a_task_by_method_table(tmp_path):
+    """`autolora-run -m method=autolora,lora seed=0,1 debug=tiny`, then `python -m autolora.report` on the sweep
+    folder: one pivot row with mean ± std over 2 seeds for each method, the noise warning of the 2-step
+    searches, and the tables beside the runs in sweep/report/."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, str(REPO / "run.py"), "-m", "debug=tiny", "method=autolora,lora",
+                           "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tabled = subprocess.run([sys.executable, "-m", "autolora.report", str(sweep)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert tabled.returncode == 0, tabled.stderr[-2000:]
+    assert "rounding noise" in tabled.stderr and "Traceback" not in tabled.stderr
+    page = (sweep / "report" / "sweep.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| glue/sst2 · tiny-roberta (accuracy) |")
+               or line.startswith("| glue/sst2 (accuracy) |"))
+    assert row.count(" ± ") == 2, row
+    assert {r["seeds"] for r in csv.DictReader((sweep / "report" / "sweep.csv").open())} == {"2"}
+
+
 def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
     """The smoke matrix: 2 experiments x 3 methods + 2 x 3 ablations = 12 multiruns; GLUE data under DATA/glue."""
     from autolora import reproduce
