@@ -130,7 +130,8 @@ def test_report_json_adds_title_and_replaces_provenance_lines(tmp_path):
 
 def test_bad_runs_are_skipped_and_bad_folders_give_one_line(tmp_path, capsys):
     """A garbage metrics.json beside good runs is skipped with a one-line warning; an empty, a missing and a
-    garbage-only folder each give one 'error:' line and status 2 without stopping the good folder."""
+    garbage-only folder each give one 'error:' line and status 2 without stopping the good folder; two folders
+    of one name into one --out are refused rather than overwritten."""
     good, empty, garbage = tmp_path / "good", tmp_path / "empty", tmp_path / "garbage"
     _run(good, "a0")
     broken = _run(good, "broken")
@@ -149,6 +150,9 @@ def test_bad_runs_are_skipped_and_bad_folders_give_one_line(tmp_path, capsys):
     skipped = [line for line in err.splitlines() if line.startswith("warning: skipped")]
     assert len(skipped) == 2 and "cannot be read" in skipped[0] and "lacks the key 'lora'" in skipped[1]
     assert str(good / "report" / "good.md") in out
+    (tmp_path / "other" / "good").mkdir(parents=True)
+    assert report.main([str(good), str(tmp_path / "other" / "good"), "--out", str(tmp_path / "tables")]) == 2
+    assert "would overwrite that of" in capsys.readouterr().err
 
 
 def test_grid_cost_and_figures(tmp_path):

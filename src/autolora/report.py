@@ -369,8 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="where the tables and figures go (default: FOLDER/report for each FOLDER)")
     args = parser.parse_args(argv)
-    failed = 0
+    failed, names = 0, {}
     for folder in args.folders:
+        name = folder.resolve().name
+        if args.out is not None and names.setdefault(name, folder) != folder:  # NAME.md would be overwritten
+            print(f"error: {folder}: its report would overwrite that of {names[name]} in {args.out} (same folder "
+                  "name); give it its own --out", file=sys.stderr)
+            failed += 1
+            continue
         try:
             written, warnings = report_folder(folder, args.out)
         except (ReportError, OSError) as err:  # OSError: an output folder that cannot be written
