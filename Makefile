@@ -64,5 +64,6 @@ reproduce-smoke: install
 	HF_HUB_OFFLINE=1 $(PY) -m autolora.reproduce --matrix smoke
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
+# Any other folder of runs: python -m autolora.report FOLDER [--out DIR] (default FOLDER/report).
 report: install
-	$(PY) -m autolora.report results/runs/*/
+	$(PY) -m autolora.report results/runs/*/ --out results

@@ -153,3 +153,53 @@ def test_fused_q_and_v_ranks_export_as_one_block_adapter():
     assert adapter_ranks(model) == {n: r for n, r in found.items() if r}
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_statistics_against_hand_computed_values():
+    """Spread, entropy and offset from the threshold on small gates worked out by hand."""
+    import math
+
+    assert ranks.gate_spread([0.1, 0.3, 0.2]) == pytest.approx(0.2)
+    assert ranks.gate_entropy([0.25] * 4) == pytest.approx(math.log(4))
+    assert ranks.gate_entropy([1.0, 0.0, 0.0]) == 0.0
+    assert ranks.gate_entropy([2.0, 2.0]) == pytest.approx(math.log(2))  # normalised first
+    assert ranks.gate_entropy([-0.1, 0.5, 0.5]) == pytest.approx(math.log(2))  # alpha_norm=none: negatives clamped
+    assert ranks.gate_offset([0.1, 0.15], 0.125) == pytest.approx(0.025)
+    assert ranks.gate_offset([0.7, 0.7], 0.5) == pytest.approx(0.2)  # sigmoid gates that moved together
+
+
+def test_gate_entropy_matches_scipy_on_random_gates():
+    """gate_entropy equals scipy.stats.entropy (natural log, normalising) on random softmax gates."""
+    from scipy.stats import entropy
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        gate = torch.softmax(3 * torch.randn(8, generator=gen, dtype=torch.float64), 0).tolist()
+        assert ranks.gate_entropy(gate) == pytest.approx(entropy(gate), abs=1e-12)
+
+
+def test_noise_warning_for_undecided_gates_only():
+    """Gates within 1e-7 of 1/k (a 2-step search) warn, naming how many matrices; a clearly separated table and
+    sigmoid gates far from 0.5 (spread 0) do not; the bound is one bf16 step, 2^-8 of the threshold."""
+    k = 8
+    near = {"a": [1 / k + 1e-7] * 4 + [1 / k - 1e-7] * 4, "b": [1 / k] * 8}
+    separated = {"c": [0.3, 0.3, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05], "d": [0.2, 0.15, 0.13, 0.12, 0.1, 0.1, 0.1, 0.1]}
+    warned = ranks.search_diagnostics({**near, **separated}, 1 / k)
+    assert warned["diagnostics"]["undecided"] == ["a", "b"] and "2 of 4 matrices" in warned["warning"]
+    assert "search.alpha_lr" in warned["warning"]
+    summary = warned["diagnostics"]["summary"]
+    assert summary["noise_bound"] == pytest.approx(2**-11) and summary["spread_max"] == pytest.approx(0.25)
+    assert ranks.search_diagnostics(separated, 1 / k)["warning"] is None
+    assert ranks.search_diagnostics({"s": [0.7] * 8}, 0.5)["warning"] is None
+    bound = ranks.NOISE_BOUND / k
+    assert ranks.search_diagnostics({"x": [1 / k + 0.99 * bound, 1 / k - 0.99 * bound]}, 1 / k)["warning"]
+    assert ranks.search_diagnostics({"x": [1 / k + 1.01 * bound, 1 / k - 1.01 * bound]}, 1 / k)["warning"] is None
+
+
+def test_noise_bound_is_one_bf16_step_below_the_threshold():
+    """1/8 minus the bound is the next bf16 number below 1/8, and gates closer than half the bound round to 1/8."""
+    tau = torch.tensor(1 / 8, dtype=torch.bfloat16)
+    below = torch.nextafter(tau, torch.tensor(0.0, dtype=torch.bfloat16))
+    assert float(tau - below) == ranks.NOISE_BOUND / 8
+    close = torch.tensor([1 / 8 - 0.49 * ranks.NOISE_BOUND / 8, 1 / 8 + 0.49 * ranks.NOISE_BOUND / 8])
+    assert torch.equal(close.to(torch.bfloat16), torch.full((2,), 1 / 8, dtype=torch.bfloat16))

@@ -134,3 +134,21 @@ def test_search_config_rejects_bad_values(field, value, message):
     """Each out-of-range search value fails at construction, naming its key."""
     with pytest.raises(ValueError, match=message):
         search_config(**{field: value})
+
+
+def test_a_two_step_search_leaves_ranks_to_rounding_noise():
+    """Two steps at the paper's alpha_lr (1e-3) leave every gate within a bf16 step of 1/k: the diagnostics
+    warn; the logged records carry one gate spread per matrix."""
+    from autolora.ranks import search_diagnostics
+
+    model = TwoBranches("softmax")
+    data = _split(32, torch.Generator().manual_seed(0), torch.eye(D))
+    records = []
+    found = search(model, data, data, search_config(epochs=1, alpha_lr=1e-3),
+                   compute_loss=lambda out, b: F.mse_loss(out, b["labels"]), autocast=contextlib.nullcontext,
+                   device=torch.device("cpu"), log=lambda r, s: records.append(r), log_every=1, seed=0,
+                   progress=False).gates
+    assert {"alpha_spread/useful", "alpha_spread/useless"} <= set(records[-1])
+    assert records[-1]["alpha_spread/useful"] == pytest.approx(max(found["useful"]) - min(found["useful"]), abs=1e-7)
+    diagnostics = search_diagnostics(found, 1 / K)
+    assert diagnostics["diagnostics"]["undecided"] == ["useful", "useless"] and diagnostics["warning"]

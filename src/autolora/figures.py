@@ -1,9 +1,9 @@
-"""Figures of one run: pure functions returning matplotlib figures (run.py saves them)."""
+"""Figures of a run and of a report: pure functions returning matplotlib figures (their callers save them)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -43,5 +43,66 @@ def rank_heatmap(ranks: Mapping[str, int], k: int | None, title: str) -> plt.Fig
     ax.set_xlabel("layer")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="rank")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_ranks(ax, ranks: Mapping[str, int], top: float) -> None:
+    kinds, layers, grid = rank_grid(ranks)
+    ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
+    for (row, col), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(col, row, f"{int(value)}", ha="center", va="center", color="w" if value < top / 2 else "k",
+                    fontsize=7)
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=7)
+    ax.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=6)
+
+
+def ranks_by_seed(groups: Sequence[tuple[str, Sequence[tuple[int, Mapping[str, int]]]]], top: float,
+                  title: str) -> plt.Figure:
+    """One row per group (label, [(seed, ranks), ...]), one panel per seed, one colour scale 0..top for all."""
+    columns = max(len(seeds) for _, seeds in groups)
+    layers = max(len(rank_grid(ranks)[1]) for _, seeds in groups for _, ranks in seeds)
+    width = max(2.4, 0.22 * layers + 0.8)
+    fig = plt.figure(figsize=(width * columns + 1.0, 1.35 * len(groups) + 0.6), layout="constrained")
+    rows = fig.subfigures(len(groups), 1, squeeze=False)[:, 0]
+    for row, (label, seeds) in zip(rows, groups, strict=True):
+        axes = row.subplots(1, columns, squeeze=False)[0]
+        for ax, (seed, ranks) in zip(axes, seeds, strict=False):
+            _draw_ranks(ax, ranks, top)
+            ax.set_title(f"seed {seed}", fontsize=7)
+        for ax in axes[len(seeds):]:
+            ax.axis("off")
+        row.suptitle(label, fontsize=8)
+        row.colorbar(plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0, top), cmap="viridis"), ax=axes,
+                     fraction=0.03, pad=0.01).ax.tick_params(labelsize=6)
+    fig.suptitle(f"{title}; x: layer, colour: rank (one scale)", fontsize=9)
+    return fig
+
+
+def score_params(panels: Sequence[tuple[str, str, Sequence[tuple[str, float, float, float]]]],
+                 colours: Mapping[str, object]) -> plt.Figure:
+    """Per panel (title, metric, [(method, parameters, mean, std), ...]): score against trainable parameters."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels), 3.4), squeeze=False)
+    for ax, (title, metric, points) in zip(axes[0], panels, strict=True):
+        for method, params, mean, std in points:
+            ax.errorbar(params, mean, yerr=std, fmt="o", capsize=3, label=method, color=colours[method])
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel(metric)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def cost_bars(panels: Sequence[tuple[str, Mapping[str, float]]]) -> plt.Figure:
+    """Per panel (title, {bar: seconds}): wall time per method beside the whole uniform-rank grid."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (title, bars) in zip(axes[0], panels, strict=True):
+        ax.barh(list(bars), list(bars.values()))
+        ax.set_xlabel("wall time, s (search + retrain)")
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     return fig

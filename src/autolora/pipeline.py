@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import functools
 import os
 import platform
@@ -172,7 +173,8 @@ class Job:
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
-                  "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture}
+                  "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture,
+                  **ranks_io.search_diagnostics(gates, s.selection_threshold)}  # gate spread, noise warning
         if self.world.is_main:
             ranks_io.save(self.run_dir, found, gates, {
                 "model": self.settings.model.name, "task": self.task.name, "seed": self.settings.seed,
@@ -409,6 +411,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
         "device": device_name(settings.device), "precision": settings.precision, "compile": job.compile,
         "git_commit": git_commit(),
         "versions": versions(), "command": " ".join(sys.argv), "processes": world.size,
+        "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),  # the report's date
     }
     try:
         record = run_phases(job, tracker, record)

@@ -8,7 +8,9 @@ gate of the forward pass, not the raw vector divided by its sum.
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,60 @@ def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_ran
         kept = sum(1 for g in gate if float(g) >= threshold * (1.0 - TIE_TOLERANCE))
         ranks[name] = min(len(gate), max(kept, min_rank))
     return ranks
+
+
+# A search that did not separate the components. Under bf16 autocast (the GPU default) the forward pass
+# multiplies by the gate rounded to bf16 (layers.py casts gate * scale to the activation dtype). bf16 keeps 8
+# significant bits: just below a power of two such as 1/8 its step is 2^-8 of the value, above it 2^-7; every
+# gate within 2^-9 * threshold of the threshold rounds to the threshold itself. A matrix whose gates all lie
+# within NOISE_BOUND * threshold of the threshold is therefore at most one bf16 step from uniform: the loss
+# the search optimised could not tell its components apart, and which side of the threshold each lands on
+# (its rank) is decided by rounding, not by the data. The same bound holds for fp32 runs: it is also about
+# four AdamW steps (each moves a softmax gate by ~ threshold * alpha_lr, alpha_lr = 1e-3) of consistent
+# movement. A 2-step search leaves gates within 1e-7 of 1/k; the committed GLUE searches reach 4e-3 and more.
+NOISE_BOUND = 2.0**-8  # relative to the threshold: 4.9e-4 at 1/8
+
+
+def gate_spread(gate: Sequence[float]) -> float:
+    """max - min of one matrix's gates (0 = undecided, uniform)."""
+    return float(max(gate)) - float(min(gate))
+
+
+def gate_entropy(gate: Sequence[float]) -> float:
+    """Entropy (nats) of the gates clamped at 0 and normalised to sum one: log k = uniform, 0 = one component."""
+    clamped = [max(float(g), 0.0) for g in gate]
+    total = sum(clamped)
+    if total == 0:
+        return 0.0
+    return -sum(p / total * math.log(p / total) for p in clamped if p > 0)
+
+
+def gate_offset(gate: Sequence[float], threshold: float) -> float:
+    """max_j |gate_j - threshold|: how far the most decided component got from the threshold. For softmax
+    gates (mean 1/k = threshold) it lies between spread / 2 and spread; unlike the spread it also sees
+    sigmoid gates that moved together."""
+    return max(abs(float(g) - threshold) for g in gate)
+
+
+def search_diagnostics(gates: Mapping[str, Sequence[float]], threshold: float) -> dict[str, Any]:
+    """Per matrix the gate spread, entropy and offset from the threshold, a summary over matrices, and a
+    warning when some matrices' gates never left the threshold's rounding noise (NOISE_BOUND)."""
+    bound = NOISE_BOUND * threshold
+    per_matrix = {name: {"spread": gate_spread(gate), "entropy": gate_entropy(gate),
+                         "offset": gate_offset(gate, threshold)} for name, gate in gates.items()}
+    undecided = [name for name, d in per_matrix.items() if d["offset"] < bound]
+    spreads = [d["spread"] for d in per_matrix.values()]
+    entropies = [d["entropy"] for d in per_matrix.values()]
+    k = max(len(gate) for gate in gates.values())
+    summary = {"spread_min": min(spreads), "spread_median": statistics.median(spreads), "spread_max": max(spreads),
+               "entropy_mean": statistics.fmean(entropies), "entropy_uniform": math.log(k),
+               "noise_bound": bound, "undecided": len(undecided), "matrices": len(per_matrix)}
+    warning = None
+    if undecided:
+        warning = (f"the search did not separate the components of {len(undecided)} of {len(per_matrix)} matrices: "
+                   f"every gate within {bound:.2g} of the threshold {threshold:.4g} (one bf16 step), so their "
+                   "ranks are rounding noise; search longer (search.epochs) or raise search.alpha_lr")
+    return {"diagnostics": {"gates": per_matrix, "summary": summary, "undecided": undecided}, "warning": warning}
 
 
 def save(

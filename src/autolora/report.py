@@ -1,11 +1,15 @@
-"""Aggregate run directories (metrics.json, config.yaml) into tables and figures; reruns nothing.
+"""Tables and figures from any folder of run directories; reruns nothing.
 
-    python -m autolora.report results/runs/glue_minilm [more folders ...]
+    python -m autolora.report FOLDER [FOLDER ...] [--out DIR]
 
-A folder under results/runs/ holds compact copies of run directories plus report.json, the provenance
-of those runs (title, command, commit, device, date, notes). Each run becomes one row; rows group by
-(task, model, variant) with mean ± std over seeds. Writes results/NAME.md, results/NAME.csv and
-results/figures/NAME_ranks.png (NAME = the folder's name). `make report` does this for every folder.
+Each FOLDER (outputs/, a multirun/ sweep, results/runs/NAME, ...) is walked for finished runs: directories with
+the run's own metrics.json and config.yaml (rundirs.py). Runs are grouped by everything that differs in their
+resolved configs except the seed and the run-only keys (rundirs.RUN_ONLY); each group gives mean ± std over its
+seeds. Per FOLDER, NAME = its name, DIR = FOLDER/report unless --out names another:
+DIR/NAME.md (task x method pivots per metric, every group's details, whether seeds agree on the ranks),
+DIR/NAME.csv (numbers), DIR/NAME.tex (booktabs), DIR/NAME_seeds.csv (rank and gates per matrix and seed) and
+DIR/figures/NAME_{ranks,score_params,cost}.png. Provenance (command, commit, device, date, versions) comes from
+the runs' metrics.json; an optional FOLDER/report.json adds a title and notes and may replace those lines.
 """
 
 from __future__ import annotations
@@ -14,78 +18,97 @@ import argparse
 import csv
 import io
 import json
-import re
 import statistics
-from collections import defaultdict
+import sys
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from autolora import agreement, tables
 from autolora.files import write_atomic, write_text
+from autolora.ranks import NOISE_BOUND, gate_entropy, gate_offset, gate_spread
+from autolora.rundirs import Run, find_runs
+
+META_KEYS = ("title", "command", "commit", "device", "date", "notes")  # report.json, all optional
 
 
-@dataclass(frozen=True)
-class Run:
-    """One finished run, as read back from its directory."""
+class ReportError(ValueError):
+    """Nothing usable in a folder; the message is the one line the command prints."""
 
-    path: Path
+
+@dataclass
+class Group:
+    """Runs with one config up to the seed (and the run-only keys)."""
+
     task: str
     model: str
-    variant: str
-    seed: int
-    main_metric: str
-    dev: dict[str, float]
-    ranks: dict[str, int]
-    trainable_params: int
-    search_s: float | None
-    retrain_s: float
-    versions: dict[str, str]
-    device: str
+    method: str  # the label in the tables: the variant, plus the keys that tell same-variant groups apart
+    runs: list[Run]
+
+    @property
+    def where(self) -> str:
+        """'glue/rte · minilm · AutoLoRA', for messages."""
+        return f"{self.task} · {self.model} · {self.method}"
+
+    def by_seed(self) -> list[Run]:
+        """The first run of each seed, in seed order."""
+        return list({run.seed: run for run in reversed(self.runs)}.values())[::-1]
 
 
-def variant_of(config: Mapping[str, Any]) -> str:
-    """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)',
-    'AdaLoRA r=4 (lr x10)'."""
-    if config["method"] == "lora":
-        return f"LoRA r={config['lora']['r']}"
-    if config["method"] == "adalora":
-        # Runs from before adalora.lr_scale existed trained at retrain.lr itself: label them x1.
-        lr_scale = float(config["adalora"].get("lr_scale", 1.0))
-        return f"AdaLoRA r={config['adalora']['target_r']} (lr x{lr_scale:g})"
-    search = config["search"]
-    notes = []
-    if search["ranks_file"]:
-        notes.append("given ranks")
-    if search["alpha_norm"] != "softmax":
-        notes.append(f"alpha {search['alpha_norm']}")
-    if float(search["eta"]) == 0:
-        notes.append("eta=0")
-    return "AutoLoRA" + (f" ({', '.join(notes)})" if notes else "")
+def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[str]]:
+    """Runs grouped by config (keys every run has; seeds and run-only keys left out), with the warnings."""
+    runs = sorted(runs, key=lambda r: (r.task, r.model, tables.method_key(r.variant), r.seed))
+    common = set.intersection(*(set(run.config) for run in runs))
+    buckets: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        buckets[(run.task, run.model, run.variant, tuple(sorted((k, run.config[k]) for k in common)))].append(run)
+    siblings = defaultdict(list)
+    for key in buckets:
+        siblings[key[:3]].append(dict(key[3]))
+    groups = []
+    for (task, model, variant, config), members in buckets.items():
+        others = siblings[(task, model, variant)]
+        differing = [k for k in sorted(common) if len({other[k] for other in others}) > 1]
+        shown = ", ".join(f"{k}={json.loads(dict(config)[k])}" for k in differing[:3])
+        label = variant + (f" [{shown}{f', +{len(differing) - 3} keys' if len(differing) > 3 else ''}]" if differing else "")
+        groups.append(Group(task, model, label, members))
+    groups.sort(key=lambda g: (g.task, g.model, tables.method_key(g.method)))
+    return groups, [warning for group in groups for warning in check_group(group, common)]
 
 
-def read_run(path: Path) -> Run:
-    """Parse one run directory (it must hold metrics.json and config.yaml)."""
-    metrics = json.loads((path / "metrics.json").read_text())
-    config = yaml.safe_load((path / "config.yaml").read_text())
-    search = metrics.get("search")
-    rescored = path / "metrics_rescored.json"  # autolora.rescore: same predictions, scored where METEOR runs
-    dev = json.loads(rescored.read_text())["dev"] if rescored.is_file() else metrics["retrain"]["dev"]
-    return Run(
-        path=path, task=metrics["task"], model=metrics["model"], variant=variant_of(config), seed=metrics["seed"],
-        main_metric=metrics["main_metric"], dev=dev, ranks=metrics["ranks"],
-        trainable_params=metrics["retrain"]["trainable_params"], search_s=search and search["wall_time_s"],
-        retrain_s=metrics["retrain"]["wall_time_s"], versions=metrics["versions"], device=metrics["device"],
-    )
+def check_group(group: Group, common: set[str]) -> list[str]:
+    """Repeated seeds, data or budgets that differ within the group, configs of different versions, noise."""
+    warnings = [f"{group.where}: seed {seed} appears {count} times, so mean ± std counts it {count} times (the same "
+                "run copied twice, or runs that differ only in keys the report ignores: rundirs.RUN_ONLY)"
+                for seed, count in Counter(run.seed for run in group.runs).items() if count > 1]
+    for key in group.runs[0].budget:
+        values = {run.budget[key] for run in group.runs}
+        if len(values) > 1:
+            shown = sorted(values, key=lambda v: (not isinstance(v, int | float), v if isinstance(v, int | float) else str(v)))
+            warnings.append(f"{group.where}: mixed {key} {shown} (different data or budgets "
+                            "under one config)")
+    if len({run.split for run in group.runs}) > 1:
+        warnings.append(f"{group.where}: scores from different splits {sorted({run.split for run in group.runs})}")
+    for key in sorted(set().union(*(run.config for run in group.runs)) - common):
+        values = {run.config.get(key, "absent") for run in group.runs}
+        if len(values) > 1:
+            warnings.append(f"{group.where}: mixes {key} = {sorted(values)} (configs of different versions)")
+    noisy = [run for run in group.runs if undecided(run)]
+    if noisy:
+        warnings.append(f"{group.where}: in {len(noisy)} of {len(group.runs)} runs the search left some matrices' "
+                        "gates within rounding noise of the threshold (ranks.NOISE_BOUND): those ranks are noise")
+    return warnings
 
 
-def find_runs(folders: Iterable[Path]) -> list[Run]:
-    """Every finished run (a metrics.json next to a config.yaml) below the given folders."""
-    found = sorted({p.parent for folder in folders for p in Path(folder).rglob("metrics.json")})
-    return [read_run(p) for p in found if (p / "config.yaml").is_file()]
+def undecided(run: Run) -> bool:
+    """Some matrix's gates all within ranks.NOISE_BOUND of the threshold (ranks.search_diagnostics' warning)."""
+    if run.gates is None or run.threshold is None:
+        return False
+    return any(gate_offset(gate, run.threshold) < NOISE_BOUND * run.threshold for gate in run.gates.values())
 
 
 def scale_of(metric: str) -> float:
@@ -93,233 +116,279 @@ def scale_of(metric: str) -> float:
     return 1.0 if metric in ("nist", "cider") else 100.0
 
 
-def mean_std(values: list[float | None], scale: float = 100.0) -> str:
-    """'87.61 ± 0.42' (x100), the single value for one seed, 'n/a' where a metric could not be computed."""
+def mean_std(values: list[float | None], scale: float) -> dict[str, float | None]:
+    """{'mean', 'std'} on the shown scale; std None for one value, both None if any value is missing."""
     if any(v is None for v in values):
-        return "n/a"
-    if len(values) == 1:
-        return f"{values[0] * scale:.2f}"
-    return f"{statistics.mean(values) * scale:.2f} ± {statistics.stdev(values) * scale:.2f}"
+        return {"mean": None, "std": None}
+    std = statistics.stdev(values) * scale if len(values) > 1 else None
+    return {"mean": statistics.mean(values) * scale, "std": std}
 
 
-def group(runs: Iterable[Run]) -> dict[tuple[str, str, str], list[Run]]:
-    """(task, model, variant) -> runs, in a stable order."""
-    groups: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
-    def natural(text: str) -> list:  # "LoRA r=2" before "LoRA r=16"
-        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-    for run in sorted(runs, key=lambda r: (r.task, r.model, natural(r.variant), r.seed)):
-        groups[(run.task, run.model, run.variant)].append(run)
-    return dict(groups)
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
 
 
-def table_rows(runs: Iterable[Run]) -> list[dict[str, Any]]:
-    """One row per (task, model, variant): metrics mean ± std over seeds, ranks, parameters, times."""
-    rows = []
-    for (task, model, variant), members in group(runs).items():
-        main = members[0].main_metric
-        metric_names = [m for m, v in members[0].dev.items() if v is None or isinstance(v, int | float)]
-        ranks = [statistics.mean(r.ranks.values()) for r in members]
-        rows.append({
-            "task": task, "model": model, "variant": variant, "seeds": len(members), "main_metric": main,
-            **{f"dev_{m}": mean_std([r.dev[m] for r in members], scale=scale_of(m)) for m in metric_names},
-            "mean_rank": f"{statistics.mean(ranks):.2f}",
-            "trainable_params": f"{round(statistics.mean(r.trainable_params for r in members)):,}",
-            "search_s": "-" if members[0].search_s is None else f"{statistics.mean(r.search_s for r in members):.1f}",
-            "retrain_s": f"{statistics.mean(r.retrain_s for r in members):.1f}",
-        })
-    return rows
+def seed_tables(group: Group) -> tuple[list[int], list[str], np.ndarray, np.ndarray] | None:
+    """(seeds, matrices, ranks, gate entropies), arrays (seeds, matrices), for a searched group of 2+ seeds."""
+    runs = [run for run in group.by_seed() if run.gates is not None]
+    if len(runs) < 2:
+        return None
+    names = [name for name in runs[0].ranks if all(name in run.ranks and name in run.gates for run in runs)]
+    ranks = np.array([[run.ranks[name] for name in names] for run in runs])
+    entropies = np.array([[gate_entropy(run.gates[name]) for name in names] for run in runs])
+    return [run.seed for run in runs], names, ranks, entropies
+
+
+def summarise(group: Group) -> dict[str, Any]:
+    """One row: scores mean ± std over the runs, ranks, parameters, times, gate spread, agreement across seeds."""
+    runs = group.runs
+    metrics = list(dict.fromkeys(m for run in runs for m in run.scores))
+    spreads = [gate_spread(g) for run in runs if run.gates for g in run.gates.values()]
+    searched = [run.search_s for run in runs if run.search_s is not None]
+    row = {"task": group.task, "model": group.model, "method": group.method, "split": runs[0].split,
+           "seeds": len({run.seed for run in runs}), "runs": len(runs), "main_metric": runs[0].main_metric,
+           "scores": {m: mean_std([run.scores.get(m) for run in runs], scale_of(m)) for m in metrics},
+           "mean_rank": statistics.mean(statistics.mean(run.ranks.values()) if run.ranks else 0.0 for run in runs),
+           "trainable_params": round(statistics.mean(run.trainable_params for run in runs)),
+           "search_s": _mean(searched), "retrain_s": statistics.mean(run.retrain_s for run in runs),
+           "gate_spread_median": statistics.median(spreads) if spreads else None,
+           "undecided_runs": sum(undecided(run) for run in runs) if spreads else None}
+    tabled = seed_tables(group)
+    if tabled is not None:
+        row.update(agreement.seed_agreement(tabled[2], tabled[3]))
+    return row
 
 
 def add_costs(rows: list[dict[str, Any]]) -> None:
     """Per row the cost of a method (search + retrain seconds); for AutoLoRA rows, that cost over the total of
     the uniform-rank grid (every 'LoRA r=' row of the same task and model) when a grid of 2+ ranks exists."""
     for row in rows:
-        search = 0.0 if row["search_s"] == "-" else float(row["search_s"])
-        row["cost_s"] = f"{search + float(row['retrain_s']):.1f}"
+        row["cost_s"] = (row["search_s"] or 0.0) + row["retrain_s"]
     for row in rows:
-        grid = [r for r in rows if (r["task"], r["model"]) == (row["task"], row["model"]) and r["variant"].startswith("LoRA r=")]
-        if row["variant"].startswith("AutoLoRA") and len(grid) >= 2:
-            total = sum(float(r["cost_s"]) for r in grid)
-            row["cost_vs_grid"] = f"{float(row['cost_s']) / total:.2f} (grid of {len(grid)})" if total else "n/a"
+        grid = [r for r in rows if (r["task"], r["model"]) == (row["task"], row["model"]) and r["method"].startswith("LoRA r=")]
+        if row["method"].startswith("AutoLoRA") and len(grid) >= 2:
+            total = sum(r["cost_s"] for r in grid)
+            row["cost_vs_grid"], row["grid_size"] = (row["cost_s"] / total if total else None), len(grid)
 
 
-def markdown(rows: list[dict[str, Any]], provenance: Mapping[str, str], title: str, notes: str) -> str:
-    """A markdown page: provenance first, then the table (dev metrics x100)."""
-    metric_columns = sorted({k for row in rows for k in row if k.startswith("dev_")})
-    header = ["task", "model", "variant", "seeds", *metric_columns, "mean_rank", "trainable_params", "search_s", "retrain_s",
-              "cost_s", *(["cost_vs_grid"] if any("cost_vs_grid" in row for row in rows) else [])]
-    lines = [f"# {title}", "", *[f"- {k}: {v}" for k, v in provenance.items()], ""]
-    if notes:
-        lines += [notes, ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(col, "")) for col in header) + " |")
-    return "\n".join(lines) + "\n"
+def matrix_ranks(group: Group) -> tuple[list[int], list[tuple[str, list[int]]]] | None:
+    """(seeds, [(matrix, rank per seed), ...]) of a searched group with 2+ seeds, for the per-matrix detail."""
+    from autolora.figures import layer_and_kind
+
+    tabled = seed_tables(group)
+    if tabled is None:
+        return None
+    seeds, names, ranks, _ = tabled
+    return seeds, [("{1} · layer {0}".format(*layer_and_kind(name)), column.tolist())
+                   for name, column in zip(names, ranks.T, strict=True)]
 
 
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+def seeds_csv(groups: list[Group]) -> str:
+    """One line per (group, matrix, seed) of every searched run: rank, gate spread and entropy."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["task", "model", "method", "matrix", "seed", "rank", "gate_spread", "gate_entropy"])
+    for group in groups:
+        for run in group.runs:
+            for name, gate in (run.gates or {}).items():
+                writer.writerow([group.task, group.model, group.method, name, run.seed, run.ranks.get(name, ""),
+                                 round(gate_spread(gate), 8), round(gate_entropy(gate), 8)])
     return buffer.getvalue()
 
 
-def ranks_figure(runs: list[Run], title: str):
-    """Per-layer rank heatmaps, one panel per (task, model) of the AutoLoRA runs (first seed)."""
-    from autolora.figures import plt, rank_grid
+def ranks_figure(groups: list[Group], title: str):
+    """The ranks of every AutoLoRA run: one row per group, one panel per seed, one colour scale."""
+    from autolora.figures import ranks_by_seed
 
-    chosen = {}
-    for run in sorted(runs, key=lambda r: r.seed):
-        if run.variant == "AutoLoRA":
-            chosen.setdefault((run.task, run.model), run)
+    chosen = [(group.method if len({g.task for g in groups}) == 1 else f"{group.task} · {group.method}",
+               [(run.seed, run.ranks) for run in group.by_seed()]) for group in groups
+              if group.runs[0].method == "autolora" and any(run.ranks for run in group.runs)]
     if not chosen:
         return None
-    fig, axes = plt.subplots(len(chosen), 1, figsize=(7, 1.3 * len(chosen) + 0.8), squeeze=False)
-    for ax, ((task, model), run) in zip(axes[:, 0], sorted(chosen.items()), strict=True):
-        kinds, layers, grid = rank_grid(run.ranks)
-        top = max(8.0, float(np.nanmax(grid)))
-        ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
-        for (row, col), value in np.ndenumerate(grid):
-            ax.text(col, row, f"{int(value)}", ha="center", va="center", color="w" if value < top / 2 else "k", fontsize=8)
-        ax.set_yticks(range(len(kinds)), kinds)
-        ax.set_xticks(range(len(layers)), [str(layer) for layer in layers])
-        ax.set_title(f"{task} · {model} (seed {run.seed})", fontsize=9)
-    axes[-1, 0].set_xlabel("layer")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    runs = [run for group in groups if group.runs[0].method == "autolora" for run in group.runs]
+    top = max([len(g) for run in runs for g in (run.gates or {}).values()] +
+              [max(run.ranks.values(), default=0) for run in runs] + [1])
+    return ranks_by_seed(chosen, top, title)
 
 
-def sample_generations(runs: list[Run], count: int = 4) -> str:
-    """The first `count` sources of a generation task with each variant's output (seed 0), from predictions.txt."""
-    tables = {}
-    for run in sorted(runs, key=lambda r: (r.variant, r.seed)):
-        path = run.path / "predictions.txt"
-        if path.is_file() and run.variant not in tables:
-            rows = [line.split("\t") for line in path.read_text().splitlines()[1:]]
-            tables[run.variant] = dict(rows)
-    if not tables:
-        return ""
-    sources = list(next(iter(tables.values())))[:count]
-    lines = ["## Sample generations", ""]
-    for source in sources:
-        lines.append(f"- `{source}`")
-        lines += [f"  - {variant}: {generated.get(source, '')}" for variant, generated in tables.items()]
-    return "\n".join(lines) + "\n"
+def score_params_figure(rows: list[dict[str, Any]]):
+    """Main metric (mean ± std over seeds) against trainable parameters, one panel per task, one point per method."""
+    from autolora.figures import plt, score_params
 
-
-def write_report(runs: list[Run], out: Path, title: str, provenance: Mapping[str, str], notes: str = "") -> list[Path]:
-    """Write OUT.md, OUT.csv and OUT_ranks.png; returns the paths written."""
-    rows = table_rows(runs)
-    add_costs(rows)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    page = markdown(rows, provenance, title, notes)
-    samples = sample_generations(runs)
-    written = [write_text(out.with_suffix(".md"), page + ("\n" + samples if samples else "")),
-               write_text(out.with_suffix(".csv"), csv_text(rows))]
-    from autolora.figures import plt
-
-    figures = {"ranks": ranks_figure(runs, f"ranks found by AutoLoRA ({out.name})"),
-               "score_params": score_params_figure(runs, rows), "cost": cost_figure(rows)}
-    for kind, fig in figures.items():
-        if fig is not None:
-            path = out.parent / "figures" / f"{out.name}_{kind}.png"
-            written.append(write_atomic(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120), binary=True))
-            plt.close(fig)
-    return written
-
-
-def _panels(count: int, width: float = 4.0):
-    from autolora.figures import plt
-
-    fig, axes = plt.subplots(1, count, figsize=(width * count, 3.4), squeeze=False)
-    return fig, axes[0]
-
-
-def score_params_figure(runs: list[Run], rows: list[dict[str, Any]]):
-    """Main metric (mean ± std over seeds) against trainable parameters, one panel per task, one point per variant."""
-    tasks = sorted({(r["task"], r["model"]) for r in rows})
     if len(rows) < 2:
         return None
-    from autolora.figures import plt
-
-    fig, axes = _panels(len(tasks))
-    groups = group(runs)
-    variants = list(dict.fromkeys(v for (_, _, v) in groups))  # in table order
-    colour = {v: plt.get_cmap("tab20")(i % 20) for i, v in enumerate(variants)}  # one colour per variant everywhere
-    for ax, (task, model) in zip(axes, tasks, strict=True):
-        metric = "score"
-        for (t, m, variant), members in groups.items():
-            if (t, m) != (task, model) or members[0].dev.get(members[0].main_metric) is None:
-                continue
-            metric = members[0].main_metric
-            scores = [scale_of(metric) * r.dev[metric] for r in members]
-            params = statistics.mean(r.trainable_params for r in members)
-            spread = statistics.stdev(scores) if len(scores) > 1 else 0.0
-            ax.errorbar(params, statistics.mean(scores), yerr=spread, fmt="o", capsize=3, label=variant,
-                        color=colour[variant])
-        ax.set_xscale("log")
-        ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{task} · {model}", fontsize=9)
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    return fig
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+    panels = []
+    for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
+        points = [(r["method"], r["trainable_params"], r["scores"][r["main_metric"]]["mean"],
+                   r["scores"][r["main_metric"]]["std"] or 0.0) for r in rows
+                  if (r["task"], r["model"]) == (task, model) and (r["scores"].get(r["main_metric"]) or {}).get("mean") is not None]
+        metric = next((r["main_metric"] for r in rows if r["task"] == task), "score")
+        panels.append((f"{task} · {model}", metric, points))
+    return score_params(panels, colours)
 
 
 def cost_figure(rows: list[dict[str, Any]]):
     """Wall time per method: AutoLoRA (search + retrain) and AdaLoRA beside the whole uniform-rank grid."""
-    tasks = sorted({(r["task"], r["model"]) for r in rows})
-    grids = {t: [r for r in rows if (r["task"], r["model"]) == t and r["variant"].startswith("LoRA r=")] for t in tasks}
-    tasks = [t for t in tasks if len(grids[t]) >= 2]
-    if not tasks:
-        return None
-    fig, axes = _panels(len(tasks), 3.2)
-    for ax, key in zip(axes, tasks, strict=True):
-        bars = {r["variant"]: float(r["cost_s"]) for r in rows
-                if (r["task"], r["model"]) == key and not r["variant"].startswith("LoRA r=")}
-        bars[f"LoRA grid ({len(grids[key])} ranks)"] = sum(float(r["cost_s"]) for r in grids[key])
-        ax.barh(list(bars), list(bars.values()))
-        ax.set_xlabel("wall time, s (search + retrain)")
-        ax.set_title(f"{key[0]} · {key[1]}", fontsize=9)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    return fig
+    from autolora.figures import cost_bars
+
+    panels = []
+    for key in dict.fromkeys((r["task"], r["model"]) for r in rows):
+        grid = [r for r in rows if (r["task"], r["model"]) == key and r["method"].startswith("LoRA r=")]
+        if len(grid) < 2:
+            continue
+        bars = {r["method"]: r["cost_s"] for r in rows if (r["task"], r["model"]) == key and not r["method"].startswith("LoRA r=")}
+        bars[f"LoRA grid ({len(grid)} ranks)"] = sum(r["cost_s"] for r in grid)
+        panels.append((f"{key[0]} · {key[1]}", bars))
+    return cost_bars(panels) if panels else None
 
 
-PROVENANCE_KEYS = ("title", "command", "commit", "device", "date", "notes")
+def sample_generations(groups: list[Group], count: int = 4) -> str:
+    """The first `count` sources of a generation task with each method's output (first seed), from predictions.txt."""
+    outputs = {}
+    for group in groups:
+        path = group.by_seed()[0].path / "predictions.txt"
+        if path.is_file() and path.read_text().startswith("source\t"):  # NER writes CoNLL lines, not sources
+            outputs[group.method] = dict(line.split("\t", 1) for line in path.read_text().splitlines()[1:] if "\t" in line)
+    if not outputs:
+        return ""
+    lines = ["## Sample generations", ""]
+    for source in list(next(iter(outputs.values())))[:count]:
+        lines.append(f"- `{source}`")
+        lines += [f"  - {method}: {generated.get(source, '')}" for method, generated in outputs.items()]
+    return "\n".join(lines) + "\n"
 
 
-def report_folder(folder: Path, results: Path) -> list[Path]:
-    """Tables and figure for one results/runs/NAME folder, next to it in `results`."""
-    meta = json.loads((folder / "report.json").read_text())
-    missing = [k for k in PROVENANCE_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"{folder / 'report.json'}: missing {missing}")
-    runs = find_runs([folder])
-    if not runs:
-        raise ValueError(f"{folder}: no finished runs (metrics.json + config.yaml)")
-    provenance = {
-        "command": f"`{meta['command']}`", "commit": meta["commit"], "device": meta["device"], "date": meta["date"],
-        "versions": ", ".join(f"{k} {v}" for k, v in runs[0].versions.items()),
-        "runs": f"{len(runs)} run directories in {folder} (metrics.json, ranks.json, config.yaml of each)",
-        "regenerate": f"`python -m autolora.report {folder}` (or `make report`)",
+def _distinct(values: Iterable[Any]) -> str:
+    """The one value, or each value with its number of runs (most common first)."""
+    counts = Counter("unknown" if v is None else str(v) for v in values)
+    if len(counts) == 1:
+        return next(iter(counts))
+    shown = [f"{value} ({count} runs)" for value, count in counts.most_common(4)]
+    return "; ".join(shown) + (f"; and {len(counts) - 4} more" if len(counts) > 4 else "")
+
+
+def read_meta(folder: Path) -> tuple[dict[str, str], list[str]]:
+    """The optional report.json (title, notes, and provenance lines that replace those read from the runs)."""
+    path = folder / "report.json"
+    if not path.is_file():
+        return {}, []
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return {}, [f"ignored {path}: {err}"]
+    if not isinstance(meta, dict):
+        return {}, [f"ignored {path}: expected a mapping of {list(META_KEYS)}"]
+    unknown = sorted(set(meta) - set(META_KEYS))
+    return {k: str(v) for k, v in meta.items() if k in META_KEYS}, [f"{path}: ignored keys {unknown}"] if unknown else []
+
+
+def provenance(runs: list[Run], meta: Mapping[str, str], folder: Path, command: str) -> dict[str, str]:
+    """Command, commit, device, date and versions of the runs (report.json's lines replace theirs)."""
+    dates = sorted(run.provenance["date"] for run in runs)
+    return {
+        "command": f"`{meta['command']}`" if "command" in meta else _distinct(
+            f"`{run.provenance['command']}`" if run.provenance["command"] else None for run in runs),
+        "commit": meta.get("commit") or _distinct(run.provenance["commit"] for run in runs),
+        "device": meta.get("device") or _distinct(run.provenance["device"] for run in runs),
+        "date": meta.get("date") or (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"),
+        "versions": _distinct(run.provenance["versions"] for run in runs),
+        "runs": f"{len(runs)} run directories in {folder} (metrics.json and config.yaml of each)",
+        "regenerate": f"`{command}`",
     }
-    return write_report(runs, results / folder.name, meta["title"], provenance, meta["notes"])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", type=Path, help="results/runs/NAME folders (each with report.json)")
-    parser.add_argument("--results", type=Path, default=Path("results"), help="where tables and figures go")
+def page(rows: list[dict[str, Any]], groups: list[Group], lines: Mapping[str, str], title: str, notes: str,
+         warnings: list[str]) -> str:
+    """The markdown report: provenance, warnings, the main-metric pivot, details, each metric, the seeds."""
+    split = "/".join(sorted({row["split"] for row in rows}))
+    out = [f"# {title}", "", *[f"- {k}: {v}" for k, v in lines.items()], ""]
+    if notes:
+        out += [notes, ""]
+    if warnings:
+        out += ["**Warnings**", "", *[f"- {w}" for w in warnings], ""]
+    out += [f"## Main metric per task ({split}, x100 except NIST and CIDEr; mean ± std over seeds)", "",
+            tables.pivot_markdown(rows, None), "## Every group", "", tables.details_markdown(rows)]
+    for metric in dict.fromkeys(m for row in rows for m in row["scores"]):
+        out += [f"## {metric} ({split})", "", tables.pivot_markdown(rows, metric)]
+    return "\n".join(out) + "\n" + tables.agreement_markdown(rows, [matrix_ranks(group) for group in groups])
+
+
+def write_report(folder: Path, out: Path, runs: list[Run], warnings: list[str],
+                 command: str) -> tuple[list[Path], list[str]]:
+    """Group, summarise and write NAME.md/.csv/.tex, NAME_seeds.csv and the figures into `out`."""
+    from autolora.figures import plt
+
+    name = folder.resolve().name
+    meta, meta_warnings = read_meta(folder)
+    groups, group_warnings = group_runs(runs)
+    warnings = warnings + meta_warnings + group_warnings
+    rows = [summarise(group) for group in groups]
+    add_costs(rows)
+    title = meta.get("title", f"Runs in {folder}")
+    text = page(rows, groups, provenance(runs, meta, folder, command), title, meta.get("notes", ""), warnings)
+    samples = sample_generations(groups)
+    split = "/".join(sorted({row["split"] for row in rows}))
+    latex = "\n".join(tables.pivot_latex(rows, metric, f"{name}: {metric or 'main metric'} ({split}), mean ± std over seeds")
+                      for metric in [None, *dict.fromkeys(m for row in rows for m in row["scores"])])
+    written = [write_text(out / f"{name}.md", text + ("\n" + samples if samples else "")),
+               write_text(out / f"{name}.csv", tables.csv_text(rows)), write_text(out / f"{name}.tex", latex)]
+    if any(run.gates for run in runs):
+        written.append(write_text(out / f"{name}_seeds.csv", seeds_csv(groups)))
+    figures = {"ranks": ranks_figure(groups, f"ranks found by AutoLoRA, every seed ({name})"),
+               "score_params": score_params_figure(rows), "cost": cost_figure(rows)}
+    for kind, fig in figures.items():
+        if fig is not None:
+            path = out / "figures" / f"{name}_{kind}.png"
+            written.append(write_atomic(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120,
+                                                                               bbox_inches="tight"), binary=True))
+            plt.close(fig)
+    return written, warnings
+
+
+def report_folder(folder: Path, out: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Tables and figures of every finished run below `folder`, into `out` (default folder/report); returns the
+    paths written and the warnings. ReportError when the folder holds no usable run."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ReportError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    runs, warnings = find_runs(folder)
+    if not runs:
+        reasons = f" ({len(warnings)} skipped; first: {warnings[0]})" if warnings else ""
+        raise ReportError(f"{folder}: no finished runs below it (a metrics.json beside a config.yaml){reasons}")
+    target = folder / "report" if out is None else Path(out)
+    command = f"python -m autolora.report {folder}" + ("" if out is None else f" --out {out}")
+    return write_report(folder, target, runs, warnings, command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line: one report per folder; exit status 2 if any folder had nothing usable."""
+    parser = argparse.ArgumentParser(prog="python -m autolora.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path, help="folders holding run directories at any depth")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the tables and figures go (default: FOLDER/report for each FOLDER)")
     args = parser.parse_args(argv)
+    failed, names = 0, {}
     for folder in args.folders:
-        for path in report_folder(folder, args.results):
+        name = folder.resolve().name
+        if args.out is not None and names.setdefault(name, folder) != folder:  # NAME.md would be overwritten
+            print(f"error: {folder}: its report would overwrite that of {names[name]} in {args.out} (same folder "
+                  "name); give it its own --out", file=sys.stderr)
+            failed += 1
+            continue
+        try:
+            written, warnings = report_folder(folder, args.out)
+        except (ReportError, OSError) as err:  # OSError: an output folder that cannot be written
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for path in written:
             print(path)
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

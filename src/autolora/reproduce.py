@@ -119,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
                  "and resolved config are in its metrics.json and config.yaml.",
     }
     (target / "report.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    for path in report_folder(target, args.results):
+    written, warnings = report_folder(target, args.results)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in written:
         print(path)
     if failed:
         raise SystemExit(f"reproduce: {len(failed)} multiruns failed: {failed}")

@@ -245,6 +245,7 @@ def search(
                 with torch.no_grad():
                     for name, gate in gates(model).items():
                         record[f"alpha_entropy/{name}"] = float(alpha_entropy(gate))
+                        record[f"alpha_spread/{name}"] = float(gate.max() - gate.min())  # ranks.gate_spread
                 if not all(math.isfinite(v) for k, v in record.items() if k.startswith("alpha_entropy/")):
                     raise Diverged(f"non-finite alpha at search step {step}; lower search.alpha_lr")
                 log(record, step)

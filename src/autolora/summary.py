@@ -35,6 +35,7 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
         s = record["search"]
         lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; dev {main} {score(s['dev'].get(main))};"
                      f" threshold {s['threshold']:.4g}")
+        lines += gate_lines(s)
     kinds, layers, grid = rank_grid(record["ranks"])
     lines.append("ranks    layer " + " ".join(f"{layer:>3}" for layer in layers))
     for kind, row in zip(kinds, grid, strict=True):
@@ -61,3 +62,14 @@ def capture_lines(record: Mapping[str, Any]) -> list[str]:
     return [f"compile  {record['compile']['search']}: " + "; ".join(parts)] if parts else []
 
 
+def gate_lines(search: Mapping[str, Any]) -> list[str]:
+    """The search's gate diagnostics (ranks.search_diagnostics) and its noise warning; none for old records."""
+    if "diagnostics" not in search:  # a ranks.json from before the diagnostics (resumed run)
+        return []
+    d = search["diagnostics"]["summary"]
+    lines = [f"gates    spread (max - min) over {d['matrices']} matrices: min {d['spread_min']:.2g} / median"
+             f" {d['spread_median']:.2g} / max {d['spread_max']:.2g}; mean entropy {d['entropy_mean']:.4f}"
+             f" (uniform {d['entropy_uniform']:.4f})"]
+    if search["warning"]:
+        lines.append(f"warning  {search['warning']}")
+    return lines
