@@ -1,12 +1,17 @@
-"""Pure metric functions on arrays, computed with scikit-learn and scipy (no hub scripts).
+"""Pure metric functions on predictions and references: scikit-learn and scipy (GLUE), seqeval (NER, as
+conlleval counts and strict), sacrebleu plus mteval's NIST and pycocoevalcap (E2E, as the challenge's official
+scorer computes them). No hub scripts.
 
-All scores are returned as plain floats on the 0–1 scale (correlations on -1..1); tables print x100.
+All scores are returned as plain floats on the 0–1 scale (correlations on -1..1; NIST and CIDEr unbounded);
+tables print x100.
 """
 
 from __future__ import annotations
 
-import re
+import importlib.util
+import math
 import shutil
+import string
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -82,119 +87,156 @@ def regression_scores(labels: Sequence[float], predictions: Sequence[float]) -> 
     return {"pearson": pearson(labels, predictions), "spearman": spearman(labels, predictions)}
 
 
-# --- E2E NLG challenge metrics (BLEU, NIST, METEOR, ROUGE-L, CIDEr) over multi-reference sets --------------
-# All texts are lower-cased and split into word and punctuation tokens (`nlg_tokens`) before scoring, the
-# same way for every metric, as the COCO caption scorer does with its PTB tokenizer.
+# --- E2E NLG challenge metrics, as the challenge's official scorer computes them -------------------------------
+# The official scorer (tuetschek/e2e-metrics, measure_scores.py) takes BLEU and NIST from the Perl mteval-v13a
+# (its own tokenisation: ASCII letters lower-cased, 13a punctuation splitting) and METEOR 1.5, ROUGE-L and CIDEr
+# from the COCO caption scorer, on text its Stanford PTB tokenizer (Java) lower-cased and stripped of punctuation.
+# Here: sacrebleu's 13a tokenizer and BLEU, mteval's multi-reference NIST written out below, and pycocoevalcap's
+# PTBTokenizer, Meteor, Rouge and Cider (the same jars and scorer code as the official scorer ships).
+# Without Java (or pycocoevalcap) METEOR, ROUGE-L and CIDEr are None with a warning, never scored on a stand-in
+# tokenisation: `python -m autolora.rescore RUN_DIR` adds them from predictions.txt on a machine with Java.
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+CAPTION_METRICS = ("meteor", "rouge_l", "cider")
 
 
-def nlg_tokens(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens ('Café's £30.' -> ['café', "'", 's', '£', '30', '.'])."""
-    return re.findall(r"\w+|[^\w\s]", text.lower())
+def mteval_text(text: str) -> str:
+    """mteval-v13a's case folding: ASCII letters only (its `tr/[A-Z]/[a-z]/`: 'CAFÉ' -> 'cafÉ')."""
+    return text.translate(_ASCII_LOWER)
+
+
+def mteval_tokens(text: str) -> list[str]:
+    """mteval-v13a's tokens: its case folding, then sacrebleu's 13a splitting ("£30.50," -> '£30.50', ',')."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    return Tokenizer13a()(mteval_text(text)).split()
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float:
-    """Corpus BLEU-4 (sacrebleu, on nlg_tokens; a varying number of references per hypothesis), 0–1."""
-    import sacrebleu
+    """Corpus BLEU-4 as mteval-v13a computes it, 0-1: sacrebleu on the 13a tokens, the closest reference length
+    (ties to the shorter) for the brevity penalty, mteval's "exp" smoothing; any number of references each.
+    (The two differ only on corpora with no matching unigram or under 4 hypothesis words.)"""
+    from sacrebleu.metrics import BLEU
 
-    hyps = [" ".join(nlg_tokens(h)) for h in hypotheses]
-    width = max(len(refs) for refs in references)
-    streams = [[" ".join(nlg_tokens(refs[i])) if i < len(refs) else None for refs in references] for i in range(width)]
-    return sacrebleu.corpus_bleu(hyps, streams, tokenize="none").score / 100
+    width = max(map(len, references))
+    # sacrebleu wants one stream per reference position; None marks a hypothesis with fewer references
+    streams = [[mteval_text(refs[i]) if i < len(refs) else None for refs in references] for i in range(width)]
+    scorer = BLEU(tokenize="13a", smooth_method="exp", lowercase=False)
+    return scorer.corpus_score([mteval_text(h) for h in hypotheses], streams).score / 100
+
+
+def _ngram_counts(tokens: Sequence[str], max_n: int) -> Counter:
+    """Every n-gram of 1..max_n tokens with its count."""
+    return Counter(tuple(tokens[i : i + n]) for n in range(1, max_n + 1) for i in range(len(tokens) - n + 1))
+
+
+def nist_brevity_penalty(ratio: float) -> float:
+    """NIST's length penalty exp(-beta ln(ratio)^2) below ratio 1, beta such that ratio 2/3 gives 0.5."""
+    if ratio >= 1:
+        return 1.0
+    if ratio <= 0:
+        return 0.0
+    beta = math.log(2) / math.log(1.5) ** 2  # -ln(0.5) / ln(3/2)^2
+    return math.exp(-beta * math.log(ratio) ** 2)
 
 
 def nist(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 5) -> float:
-    """Corpus NIST-5 (nltk), the E2E challenge's n. An n longer than every hypothesis adds a 0 term
-    (nltk would divide by zero there), so n is capped at the longest hypothesis."""
-    from nltk.translate.nist_score import corpus_nist
+    """Corpus NIST-5 as mteval-v13a computes it (Doddington 2002) on the 13a tokens, with all references of
+    each hypothesis at once: n-gram information weights from counts over every reference in the corpus, a
+    hypothesis n-gram matching as often as it occurs in any one of its references, and the brevity penalty
+    on the average reference length."""
+    hyps = [mteval_tokens(h) for h in hypotheses]
+    refs = [[mteval_tokens(r) for r in group] for group in references]
+    ref_counts: Counter = Counter()
+    for group in refs:
+        for ref in group:
+            ref_counts.update(_ngram_counts(ref, max_n))
+    ref_words = sum(len(ref) for group in refs for ref in group)
 
-    hyps = [nlg_tokens(h) for h in hypotheses]
-    n = min(max_n, max(map(len, hyps)))
-    if n == 0:
-        return 0.0
-    return float(corpus_nist([[nlg_tokens(r) for r in refs] for refs in references], hyps, n=n))
+    def info(gram: tuple[str, ...]) -> float:
+        # information of the last word given the others: log2(count(w1..wn-1) / count(w1..wn)), with the
+        # number of reference words in place of count() of the empty prefix
+        return math.log2((ref_counts[gram[:-1]] if len(gram) > 1 else ref_words) / ref_counts[gram])
 
-
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    row = [0] * (len(b) + 1)
-    for x in a:
-        previous = 0
-        for j, y in enumerate(b, start=1):
-            previous, row[j] = row[j], previous + 1 if x == y else max(row[j], row[j - 1])
-    return row[-1]
-
-
-def rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
-    """ROUGE-L as the COCO caption scorer computes it: best LCS precision and recall over the references,
-    combined as an F-measure with beta = 1.2, averaged over hypotheses."""
-    scores = []
-    for hyp, refs in zip(hypotheses, references, strict=True):
-        h = nlg_tokens(hyp)
-        lcs = [_lcs(nlg_tokens(r), h) for r in refs]
-        precision = max(n / len(h) if h else 0.0 for n in lcs)
-        recall = max(n / max(1, len(nlg_tokens(r))) for n, r in zip(lcs, refs, strict=True))
-        scores.append(0.0 if precision == 0 or recall == 0 else
-                      (1 + beta**2) * precision * recall / (recall + beta**2 * precision))
-    return float(np.mean(scores))
-
-
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    gained, hyp_ngrams = [0.0] * max_n, [0] * max_n  # per n: summed information of matches; hypothesis n-grams
+    for hyp, group in zip(hyps, refs, strict=True):
+        most: Counter = Counter()
+        for ref in group:
+            most |= _ngram_counts(ref, max_n)  # | keeps each n-gram's largest count over the references
+        for gram, count in _ngram_counts(hyp, max_n).items():
+            if gram in most:
+                gained[len(gram) - 1] += info(gram) * min(count, most[gram])
+        for n in range(1, max_n + 1):
+            hyp_ngrams[n - 1] += max(0, len(hyp) - n + 1)
+    score = sum(g / max(count, 1) for g, count in zip(gained, hyp_ngrams, strict=True))
+    # hypothesis words over (reference words / mean references per hypothesis) = mean hypothesis length over
+    # mean reference length
+    mean_refs = sum(map(len, refs)) / len(refs)
+    return score * nist_brevity_penalty(sum(map(len, hyps)) / (ref_words / mean_refs))
 
 
-def cider(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_n: int = 4, sigma: float = 6.0) -> float:
-    """CIDEr as the COCO caption scorer behind the E2E metrics computes it (its `Cider` class): per n, the
-    similarity of TF-IDF n-gram vectors with the hypothesis weights clipped by the reference's, a Gaussian
-    length penalty (sigma 6; lengths counted in bigrams, as that scorer does), document frequencies over the
-    reference sets; averaged over n and references, x10."""
-    refs_tok = [[nlg_tokens(r) for r in refs] for refs in references]
-    doc_freq: Counter = Counter()
-    for refs in refs_tok:
-        doc_freq.update({gram for r in refs for n in range(1, max_n + 1) for gram in _ngrams(r, n)})
-    log_docs = np.log(float(len(refs_tok)))
+def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """The COCO caption scorer's tokenisation (pycocoevalcap's PTBTokenizer: Stanford CoreNLP 3.4.1, Java):
+    lower-cased PTB tokens without punctuation tokens, space-joined, one string per text."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    def vectors(tokens):
-        vecs = [{g: tf * (log_docs - np.log(max(1.0, doc_freq[g]))) for g, tf in _ngrams(tokens, n).items()}
-                for n in range(1, max_n + 1)]
-        norms = [np.sqrt(sum(v * v for v in vec.values())) for vec in vecs]
-        return vecs, norms, max(0, len(tokens) - 1)  # the scorer's "length": the number of bigrams
-
-    scores = []
-    for hyp, refs in zip(hypotheses, refs_tok, strict=True):
-        hyp_vecs, hyp_norms, hyp_len = vectors(nlg_tokens(hyp))
-        total = np.zeros(max_n)
-        for ref in refs:
-            ref_vecs, ref_norms, ref_len = vectors(ref)
-            penalty = np.exp(-((hyp_len - ref_len) ** 2) / (2 * sigma**2))
-            for n in range(max_n):
-                dot = sum(min(v, ref_vecs[n].get(g, 0.0)) * ref_vecs[n].get(g, 0.0) for g, v in hyp_vecs[n].items())
-                if hyp_norms[n] and ref_norms[n]:
-                    dot /= hyp_norms[n] * ref_norms[n]
-                total[n] += dot * penalty
-        scores.append(10.0 * total.mean() / len(refs))
-    return float(np.mean(scores))
+    tokenized = PTBTokenizer().tokenize({i: [{"caption": text}] for i, text in enumerate(texts)})
+    return [tokenized[i][0] for i in range(len(texts))]
 
 
-def meteor(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> float | None:
-    """METEOR 1.5 through the COCO caption scorer (pycocoevalcap, which runs Java). None, with a warning,
-    where Java or pycocoevalcap is missing: the other scores still come."""
-    if shutil.which("java") is None:
-        warnings.warn("METEOR skipped: no `java` on PATH (install a JRE to get it)", stacklevel=2)
-        return None
-    try:
-        from pycocoevalcap.meteor.meteor import Meteor
-    except ImportError:
-        warnings.warn("METEOR skipped: pycocoevalcap is not installed (pip install pycocoevalcap)", stacklevel=2)
-        return None
-    gts = {i: [" ".join(nlg_tokens(r)) for r in refs] for i, refs in enumerate(references)}
-    res = {i: [" ".join(nlg_tokens(h))] for i, h in enumerate(hypotheses)}
-    score, _ = Meteor().compute_score(gts, res)  # the Java process ends with the object
+def _caption_dicts(hyp_tokens: Sequence[str], ref_tokens: Sequence[Sequence[str]]) -> tuple[dict, dict]:
+    """The caption scorers' input: {i: references} and {i: [hypothesis]}."""
+    return dict(enumerate(map(list, ref_tokens))), {i: [h] for i, h in enumerate(hyp_tokens)}
+
+
+def rouge_l(hyp_tokens: Sequence[str], ref_tokens: Sequence[Sequence[str]]) -> float:
+    """ROUGE-L of the COCO caption scorer on PTB-tokenised text (best LCS precision and recall over the
+    references, F-measure with beta 1.2), averaged over hypotheses."""
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    return float(Rouge().compute_score(*_caption_dicts(hyp_tokens, ref_tokens))[0])
+
+
+def cider(hyp_tokens: Sequence[str], ref_tokens: Sequence[Sequence[str]]) -> float:
+    """CIDEr of the COCO caption scorer on PTB-tokenised text (TF-IDF n-gram cosine for n = 1..4, document
+    frequencies over the reference sets, Gaussian length penalty, x10), averaged over hypotheses."""
+    from pycocoevalcap.cider.cider import Cider
+
+    return float(Cider().compute_score(*_caption_dicts(hyp_tokens, ref_tokens))[0])
+
+
+def meteor(hyp_tokens: Sequence[str], ref_tokens: Sequence[Sequence[str]]) -> float:
+    """Corpus METEOR 1.5 of the COCO caption scorer on PTB-tokenised text (Java; statistics pooled over
+    the corpus, not averaged per hypothesis)."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    score, _ = Meteor().compute_score(*_caption_dicts(hyp_tokens, ref_tokens))  # the Java process ends with it
     return float(score)
 
 
+def caption_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float | None]:
+    """METEOR, ROUGE-L and CIDEr on the PTB tokens, as the E2E scorer computes them; all three None, with a
+    warning, where Java or pycocoevalcap is missing (the PTB tokenizer they rest on runs in Java)."""
+    missing = None if shutil.which("java") else "no `java` on PATH (install a JRE)"
+    if missing is None and importlib.util.find_spec("pycocoevalcap") is None:
+        missing = "pycocoevalcap is not installed (pip install pycocoevalcap)"
+    if missing is not None:
+        warnings.warn(f"METEOR, ROUGE-L and CIDEr skipped: {missing}; `python -m autolora.rescore RUN_DIR` "
+                      "adds them from predictions.txt where Java runs", stacklevel=2)
+        return dict.fromkeys(CAPTION_METRICS)
+    tokens = iter(ptb_tokenize([*hypotheses, *(r for refs in references for r in refs)]))
+    hyp_tokens = [next(tokens) for _ in hypotheses]
+    ref_tokens = [[next(tokens) for _ in refs] for refs in references]
+    return {"meteor": meteor(hyp_tokens, ref_tokens), "rouge_l": rouge_l(hyp_tokens, ref_tokens),
+            "cider": cider(hyp_tokens, ref_tokens)}
+
+
 def e2e_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float | None]:
-    """The E2E challenge's five metrics; METEOR is None where it cannot run."""
+    """The E2E challenge's five metrics as its official scorer computes them (BLEU, METEOR, ROUGE-L on 0-1);
+    METEOR, ROUGE-L and CIDEr are None where Java is missing."""
     if len(hypotheses) != len(references) or not hypotheses:
-        raise ValueError("need one non-empty reference list per hypothesis")
+        raise ValueError("need one reference list per hypothesis")
+    if any(not refs or any(not r.strip() for r in refs) for refs in references):
+        raise ValueError("every hypothesis needs at least one reference and no reference may be blank")
     return {"bleu": bleu(hypotheses, references), "nist": nist(hypotheses, references),
-            "meteor": meteor(hypotheses, references), "rouge_l": rouge_l(hypotheses, references),
-            "cider": cider(hypotheses, references)}
+            **caption_scores(hypotheses, references)}
