@@ -93,13 +93,27 @@ def test_long_sentences_become_windows_and_predictions_come_back_per_word():
 
 def test_entity_f1_by_hand():
     """Gold PER(0-1), LOC(3), ORG(5-6); predicted PER(0-1) right, LOC(3) typed as ORG, ORG cut to (5):
-    strict matches 1 of 3 predicted and 1 of 3 gold -> P = R = F1 = 1/3; 5 of 7 words right."""
+    1 of 3 predicted and 1 of 3 gold match in both modes -> P = R = F1 = 1/3; 5 of 7 words right."""
     gold = [["B-PER", "I-PER", "O", "B-LOC", "O", "B-ORG", "I-ORG"]]
     pred = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-ORG", "O"]]
     scores = metrics.entity_scores(gold, pred, "IOB2")
     assert scores["f1"] == pytest.approx(1 / 3) and scores["precision"] == pytest.approx(1 / 3)
+    assert scores["f1_strict"] == pytest.approx(1 / 3)
     assert scores["token_accuracy"] == pytest.approx(5 / 7)
     assert scores["per_type"]["PER"]["f1"] == 1.0 and scores["per_type"]["LOC"]["support"] == 1
+
+
+def test_conlleval_and_strict_differ_on_ill_formed_tags():
+    """Gold PER(0-1), LOC(3) | ORG(0-1). Predicted 'I-PER I-PER' (I- after O) and 'B-ORG I-LOC' (type change).
+    conlleval (and seqeval's default mode) reads PER(0-1), LOC(3) | ORG(0), LOC(1): 2 of 4 right, 3 gold ->
+    P 1/2, R 2/3, F1 4/7. Strict IOB2 drops both ill-formed I- starts: LOC(3) | ORG(0), 1 of 2 -> P 1/2,
+    R 1/3, F1 2/5. conlleval.pl (2004-01-26) prints found 4, correct 2 and FB1 57.14 on the same lines."""
+    gold = [["B-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "I-ORG", "O"]]
+    pred = [["I-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "I-LOC", "O"]]
+    scores = metrics.entity_scores(gold, pred, "IOB2")
+    assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx((1 / 2, 2 / 3, 4 / 7))
+    assert (scores["precision_strict"], scores["recall_strict"], scores["f1_strict"]) == pytest.approx((1 / 2, 1 / 3, 2 / 5))
+    assert scores["per_type"]["LOC"]["precision"] == pytest.approx(1 / 2) and scores["token_accuracy"] == 0.75
 
 
 def test_tiny_roberta_end_to_end(tmp_path):
@@ -107,7 +121,7 @@ def test_tiny_roberta_end_to_end(tmp_path):
     from autolora.pipeline import run
 
     record = run(compose("debug=tiny", "task=ner/conll2003", f"data.data_dir={FIXTURES}"), tmp_path / "run")
-    assert {"f1", "precision", "recall", "token_accuracy", "per_type"} <= set(record["retrain"]["dev"])
+    assert {"f1", "precision", "recall", "f1_strict", "token_accuracy", "per_type"} <= set(record["retrain"]["dev"])
     lines = (tmp_path / "run" / "predictions.txt").read_text().split("\n")
     assert lines[0].split(" ")[:2] == ["Oslo", "B-LOC"] and len(lines[0].split(" ")) == 3
     assert (tmp_path / "run" / "labels.json").is_file()

@@ -56,23 +56,29 @@ def spearman(labels: Sequence[float], predictions: Sequence[float]) -> float:
 
 
 def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]], scheme: str) -> dict:
-    """seqeval entity precision/recall/F1 in strict mode for the given scheme (IOB2, IOBES, IOE2), the
-    per-type table, and the token (word) accuracy."""
+    """Entity precision/recall/F1 and the per-type table as conlleval.pl counts them (seqeval's default mode:
+    an I- tag after O or after another type starts an entity; what CoNLL results report), the same micro scores
+    in seqeval's strict mode for the data's scheme (`*_strict`: only well-formed entities count), and the token
+    (word) accuracy."""
     from seqeval import scheme as schemes
     from seqeval.metrics import classification_report
 
-    report = classification_report(gold, predicted, mode="strict", scheme=getattr(schemes, scheme),
-                                   output_dict=True, zero_division=0)
-    micro = report.pop("micro avg")
-    for average in ("macro avg", "weighted avg"):
-        report.pop(average, None)
+    def report(**mode) -> tuple[dict, dict]:
+        table = classification_report(gold, predicted, output_dict=True, zero_division=0, **mode)
+        for average in ("macro avg", "weighted avg"):
+            table.pop(average, None)
+        return table.pop("micro avg"), table
+
+    micro, per_type = report()
+    strict, _ = report(mode="strict", scheme=getattr(schemes, scheme))
     flat_gold = [t for sentence in gold for t in sentence]
     flat_pred = [t for sentence in predicted for t in sentence]
     return {
         "f1": float(micro["f1-score"]), "precision": float(micro["precision"]), "recall": float(micro["recall"]),
-        "token_accuracy": accuracy(flat_gold, flat_pred),
+        "f1_strict": float(strict["f1-score"]), "precision_strict": float(strict["precision"]),
+        "recall_strict": float(strict["recall"]), "token_accuracy": accuracy(flat_gold, flat_pred),
         "per_type": {kind: {"precision": float(v["precision"]), "recall": float(v["recall"]),
-                            "f1": float(v["f1-score"]), "support": int(v["support"])} for kind, v in report.items()},
+                            "f1": float(v["f1-score"]), "support": int(v["support"])} for kind, v in per_type.items()},
     }
 
 

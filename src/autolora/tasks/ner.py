@@ -4,7 +4,8 @@ One token per line, the tag in a configured column, blank lines between sentence
 -DOCSTART- document lines (skipped). Labels come from the training file; a tag in the evaluation file
 that training never saw is an error. Each word is labelled on its first sub-token (the rest are
 ignored by the loss); sentences longer than max_length are split into windows of whole words, and
-predictions are stitched back per word. Entity scores are seqeval's, strict mode, in the data's scheme.
+predictions are stitched back per word. Entity scores: metrics.entity_scores (conlleval's counting as
+`f1`, seqeval's strict mode in the data's scheme as `f1_strict`).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ class NerTask:
         return predicted
 
     def score(self, split: Dataset, items: Dataset, predictions: list[list[int]]) -> tuple[dict[str, Any], str]:
-        """seqeval entity P/R/F1 (strict, the data's scheme), per-type table, token accuracy; CoNLL predictions."""
+        """Entity P/R/F1 (conlleval and strict), per-type table, token accuracy; CoNLL predictions."""
         from autolora import metrics
 
         words, gold = list(split["words"]), list(split["tags"])
