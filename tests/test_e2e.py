@@ -159,14 +159,16 @@ def test_caption_metrics_are_reported_missing_without_java(monkeypatch):
         metrics.e2e_scores(["a"], [[" "]])
 
 
-def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path):
+def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     """search -> ranks -> retrain -> generate -> score on tiny GPT-2 and a handful of E2E rows: some c_attn
-    ends with different q and v ranks, and the retrained model (and its peft export) has exactly those."""
+    ends with different q and v ranks, and the retrained model (and its peft export) has exactly those;
+    autolora.rescore on a machine without Java gets BLEU and NIST back from predictions.txt."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
     from autolora.pipeline import run
+    from autolora.rescore import rescore
 
     cfg = compose("debug=tiny", "model=tiny-gpt2", "task=e2e", f"data.data_dir={FIXTURES}", "search.epochs=6",
                   "search.batch_size=2", "search.alpha_lr=0.05", "search.lr=0.01", "task.generation.num_beams=2",
@@ -178,6 +180,11 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path):
     assert set(record["retrain"]["dev"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
     predictions = (tmp_path / "run" / "predictions.txt").read_text().splitlines()
     assert predictions[0] == "source\tgenerated" and len(predictions) == 1 + 2  # two unique test MRs
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.warns(UserWarning, match="METEOR, ROUGE-L and CIDEr skipped"):
+        rescored = rescore(tmp_path / "run", str(FIXTURES))
+    assert {k: rescored["dev"][k] for k in ("bleu", "nist")} == {k: record["retrain"]["dev"][k] for k in ("bleu", "nist")}
+    assert rescored["n_sources"] == 2 and rescored["dev"]["meteor"] is None
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")
     peft_model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
     built = {n: m.r["default"] for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}

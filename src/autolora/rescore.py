@@ -1,11 +1,13 @@
-"""Recompute a generation run's metrics from its predictions, on another machine if need be.
+"""Recompute a run's metrics from its predictions, on another machine if need be.
 
-The GPU machine may lack Java (METEOR) or pycocoevalcap; generation is the expensive part and is not
-repeated. This reads RUN_DIR/predictions.txt and the run's config, reloads the references from the
-data, scores with metrics.e2e_scores and writes RUN_DIR/metrics_rescored.json (the original
-metrics.json is left untouched; `autolora.report` prefers the rescored metrics).
+Generation: the GPU machine may lack Java (METEOR, ROUGE-L and CIDEr need it) or pycocoevalcap, and
+generating is the expensive part, so it is not repeated: this reads RUN_DIR/predictions.txt and the run's
+config, reloads the references from the data and scores with metrics.e2e_scores. Token classification (NER):
+predictions.txt holds `word gold predicted` lines, so no data is needed; scored with metrics.entity_scores.
+Writes RUN_DIR/metrics_rescored.json (the original metrics.json is left untouched; `autolora.report` prefers
+the rescored metrics).
 
-    python -m autolora.rescore RUN_DIR [RUN_DIR ...] --data-dir DIR
+    python -m autolora.rescore RUN_DIR [RUN_DIR ...] [--data-dir DIR]   (DIR: for generation runs)
 """
 
 from __future__ import annotations
@@ -33,10 +35,31 @@ def read_predictions(path: Path) -> dict[str, str]:
     return {source: generated for source, generated in rows[1:]}
 
 
-def rescore(run_dir: Path, data_dir: str) -> dict:
-    """The run's generation metrics recomputed here; returns what was written to metrics_rescored.json."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    task = build_task(config["task"])
+def read_conll_predictions(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """(gold, predicted) tags per sentence from the `word gold predicted` lines the NER task writes."""
+    gold: list[list[str]] = [[]]
+    predicted: list[list[str]] = [[]]
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            if gold[-1]:
+                gold.append([])
+                predicted.append([])
+            continue
+        fields = line.rsplit(" ", 2)  # the tags hold no space; a word might
+        if len(fields) != 3:
+            raise ValueError(f"{path}:{lineno}: expected 'word gold predicted', found {line!r}")
+        gold[-1].append(fields[1])
+        predicted[-1].append(fields[2])
+    if not gold[-1]:
+        gold.pop()
+        predicted.pop()
+    return gold, predicted
+
+
+def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -> tuple[dict, dict]:
+    """The generation metrics of predictions.txt against the references reloaded from data_dir."""
+    if data_dir is None:
+        raise ValueError(f"{run_dir}: a generation run needs --data-dir (its references come from the data)")
     data = DataConfig(source="local", data_dir=data_dir, max_train_samples=1,
                       max_eval_samples=config["data"]["max_eval_samples"])
     split = task.load(data).dev
@@ -49,7 +72,19 @@ def rescore(run_dir: Path, data_dir: str) -> dict:
         raise ValueError(f"{run_dir}: predictions.txt lacks {len(missing)} sources, e.g. {missing[0]!r}")
     sources = list(references)
     scores = metrics.e2e_scores([generated[s] for s in sources], [references[s] for s in sources])
-    payload = {"dev": scores, "n_sources": len(sources), "scored_on": platform.node(), "date": dt.date.today().isoformat(),
+    return scores, {"n_sources": len(sources)}
+
+
+def rescore(run_dir: Path, data_dir: str | None) -> dict:
+    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    task = build_task(config["task"])
+    if task.head == "token_classification":
+        gold, predicted = read_conll_predictions(run_dir / "predictions.txt")
+        scores, counts = metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
+    else:
+        scores, counts = generation_scores(run_dir, task, config, data_dir)
+    payload = {"dev": scores, **counts, "scored_on": platform.node(), "date": dt.date.today().isoformat(),
                "note": "recomputed from predictions.txt by autolora.rescore"}
     write_json(run_dir / "metrics_rescored.json", payload)
     return payload
@@ -58,7 +93,7 @@ def rescore(run_dir: Path, data_dir: str) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data-dir", required=True, help="data.data_dir holding the task's files")
+    parser.add_argument("--data-dir", help="data.data_dir holding the task's files (generation runs)")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
         print(run_dir, rescore(run_dir, args.data_dir)["dev"])
