@@ -148,6 +148,32 @@ def test_caption_metrics_equal_the_official_scorer():
         assert scores[name] == pytest.approx(OFFICIAL_FIXTURE[name], abs=1e-9), name
 
 
+# The official scorer's printout (`measure_scores.py -t`, same set-up as OFFICIAL_FIXTURE, 2026-12-01) for the two
+# committed E2E runs: their predictions.txt outputs against testset_w_refs.csv's references grouped per MR.
+OFFICIAL_COMMITTED = {"e2e-autolora-s0": (0.5786, 6.8393, 0.3807, 0.6464, 1.5737),
+                      "e2e-lora-s0": (0.5780, 7.0121, 0.3836, 0.6470, 1.5852)}
+
+
+@pytest.mark.slow
+@needs_java
+@pytest.mark.parametrize("run", sorted(OFFICIAL_COMMITTED))
+def test_committed_predictions_score_as_the_official_script(run):
+    """The committed E2E predictions (630 MRs, 4,693 references) score as the official script printed them, to
+    its 4 decimals."""
+    from autolora.rescore import read_predictions
+
+    data = shared_data()
+    if data is None or not (data / "e2e").is_dir():
+        pytest.skip("shared E2E data not present")
+    dev = build_task(task_config("e2e")).load(DataConfig("local", str(data), 1, None)).dev
+    references: dict[str, list[str]] = {}
+    for source, target in zip(dev["source"], dev["target"], strict=True):
+        references.setdefault(source, []).append(target)
+    generated = read_predictions(REPO / "results" / "runs" / "e2e" / run / "predictions.txt")
+    scores = metrics.e2e_scores([generated[s] for s in references], list(references.values()))
+    assert tuple(scores.values()) == pytest.approx(OFFICIAL_COMMITTED[run], abs=5.1e-5)
+
+
 def test_caption_metrics_are_reported_missing_without_java(monkeypatch):
     """Without Java, METEOR, ROUGE-L and CIDEr are None with one warning; BLEU and NIST still come."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
