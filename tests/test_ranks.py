@@ -80,7 +80,7 @@ def test_bad_ranks_files_name_the_file_and_key(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(ranks.RanksFileError, match=message):
         ranks.load(path)
-    with pytest.raises(ranks.RanksFileError, match="no such ranks file"):
+    with pytest.raises(ranks.RanksFileError, match="missing.json: file not found"):
         ranks.load(tmp_path / "missing.json")
 
 

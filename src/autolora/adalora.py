@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from autolora.typecheck import check_types
+from autolora.typecheck import at_least, check_ranges, check_types, in_unit_interval
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class AdaLoraSettings:
             raise ValueError("adalora.tinit_ratio + adalora.tfinal_ratio must lie in [0, 1)")
         if self.delta_t < 1:
             raise ValueError(f"adalora.delta_t must be >= 1, got {self.delta_t}")
+        check_ranges([
+            (at_least(self.lr_scale, 0), f"adalora.lr_scale must be finite, got {self.lr_scale}"),
+            (in_unit_interval(self.beta1), f"adalora.beta1 must lie in [0, 1), got {self.beta1}"),
+            (in_unit_interval(self.beta2), f"adalora.beta2 must lie in [0, 1), got {self.beta2}"),
+            (at_least(self.orth_reg_weight, 0), f"adalora.orth_reg_weight must be >= 0, got {self.orth_reg_weight}"),
+        ])
 
 
 def wrap(model: nn.Module, patterns: Sequence[str], cfg: AdaLoraSettings, *, total_steps: int, lora_alpha: float,

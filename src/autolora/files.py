@@ -1,11 +1,16 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename.
+"""Atomic file writes (a temporary file in the same folder, then a rename) and checked reads of users' files.
 
-A reader (or a resumed run) never sees half a file, even after SIGKILL.
+A reader (or a resumed run) never sees half a file, even after SIGKILL. JSON is strict: a NaN or an infinity
+is written as null, so every file parses with any JSON reader. A full disk or a read-only folder becomes an
+OutputError naming the file, never a traceback.
 """
 
 from __future__ import annotations
 
+import codecs
+import errno
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -13,29 +18,97 @@ from pathlib import Path
 from typing import IO, Any
 
 
+class OutputError(OSError):
+    """The file system refused an output (full disk, quota, read-only folder); the message names the file."""
+
+    def __init__(self, code: int | None, message: str):
+        super().__init__(message)
+        self.errno = code
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def output_error(path: Path, err: OSError) -> OutputError:
+    """One line for a failed write: what happened to which file, and that earlier files are whole."""
+    if err.errno in NO_SPACE:  # the atomic rename never happened: the previous version of the file is intact
+        why = "no space left on the device (or the quota is used up)"
+    elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "the folder is read-only or not writable"
+    else:
+        why = err.strerror or str(err)
+    return OutputError(err.errno, f"cannot write {path}: {why}; the files written before it are whole")
+
+
 def write_atomic(path: str | Path, write: Callable[[IO], None], binary: bool = False) -> Path:
     """Call write(f) on a temporary file next to path, fsync it, then rename it over path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OutputError) or err.errno is None:
+            raise
+        raise output_error(path, err) from err
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
+def finite(payload: Any) -> Any:
+    """The payload with every NaN or infinity replaced by None (strict JSON has no NaN)."""
+    if isinstance(payload, float) and not math.isfinite(payload):
+        return None
+    if isinstance(payload, dict):
+        return {key: finite(value) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [finite(value) for value in payload]
+    return payload
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
-    """Pretty JSON, atomically."""
-    return write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2, sort_keys=False) + "\n"))
+    """Pretty, strict JSON (NaN and infinities as null), atomically."""
+    text = json.dumps(finite(payload), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return write_atomic(path, lambda f: f.write(text))
 
 
 def write_text(path: str | Path, text: str) -> Path:
     """Plain text, atomically."""
     return write_atomic(path, lambda f: f.write(text))
+
+
+def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
+    """The text of a user's file as UTF-8 (a BOM is dropped); a missing, unreadable, empty, binary, UTF-16 or
+    otherwise non-UTF-8 file raises `error` with one line naming the file (and the line of a bad byte)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a file") from None
+    except PermissionError:
+        raise error(f"{path}: not readable (permission denied)") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror or err})") from None
+    if not raw:
+        raise error(f"{path}: empty file (0 bytes)")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in raw[:4096]:
+        raise error(f"{path}: UTF-16 or binary, not UTF-8 text; convert it (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 (byte 0x{raw[err.start]:02x}); convert the file to UTF-8 "
+                    "(e.g. iconv -f LATIN1 -t UTF-8)") from None

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from autolora.files import write_json
+from autolora.files import read_text, write_json
 
 # Gates are float32 on the device; a gate equal to the threshold up to float32 rounding (1/3 as
 # float32 vs 1/3 as float64, say) counts as reaching it.
@@ -110,21 +110,29 @@ def save(
     return Path(run_dir) / "ranks.json"
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Read and validate a ranks.json written by save(); returns the whole payload."""
+def load(path: str | Path, max_rank: int | None = None) -> dict[str, Any]:
+    """Read and validate a ranks.json written by save() (or by hand); returns the whole payload.
+
+    Every rank must be an integer in [0, k], k being the file's own "k" when it records one, else max_rank
+    (search.k); at least one rank must be above 0, or there is nothing to retrain."""
     path = Path(path)
     try:
-        payload = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RanksFileError(f"{path}: no such ranks file") from None
+        payload = json.loads(read_text(path, RanksFileError))
     except json.JSONDecodeError as err:
         raise RanksFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     ranks = payload.get("ranks") if isinstance(payload, dict) else None
     if not isinstance(ranks, dict) or not ranks:
         raise RanksFileError(f"{path}: key 'ranks' must be a non-empty mapping of matrix name to rank")
+    k, where = (payload["k"], "the file's k") if "k" in payload else (max_rank, "search.k")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise RanksFileError(f"{path}: key 'k' = {k!r} is not a positive integer")
     for name, rank in ranks.items():
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise RanksFileError(f"{path}: ranks[{name!r}] = {rank!r} is not a non-negative integer")
+        if k is not None and rank > k:
+            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank} is above k = {k} ({where})")
+    if not any(ranks.values()):
+        raise RanksFileError(f"{path}: every rank is 0: no matrix would get LoRA, so there is nothing to retrain")
     return payload
 
 

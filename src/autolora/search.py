@@ -29,7 +29,7 @@ from autolora.layers import ALPHA_NORMS
 from autolora.losses import LossWindow
 from autolora.ranks import default_threshold
 from autolora.rng import GraphSafeStates, ReplayedSeed, dropout_streams
-from autolora.typecheck import check_types
+from autolora.typecheck import at_least, check_ranges, check_types, in_unit_interval, positive_or_none
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
 ForwardLoss = Callable[[Params, Batch], Tensor]  # (parameters by name, batch) -> scalar loss
@@ -76,10 +76,14 @@ class SearchConfig:
             (self.threshold is None or 0 < self.threshold <= 1, f"search.threshold must lie in (0, 1], got {self.threshold}"),
             (0 <= self.min_rank <= self.k, f"search.min_rank must lie in [0, k={self.k}], got {self.min_rank}"),
             (0 <= self.warmup_ratio < 1, f"search.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
+            *[(at_least(getattr(self, key), 0), f"search.{key} must be >= 0, got {getattr(self, key)}")
+              for key in ("lr", "alpha_lr", "weight_decay", "alpha_weight_decay")],
+            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0, f"search.lora_alpha must be > 0, got {self.lora_alpha}"),
+            (in_unit_interval(self.dropout), f"search.dropout must lie in [0, 1), got {self.dropout}"),
+            (positive_or_none(self.max_grad_norm), f"search.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
+            (at_least(self.eta, 0) and at_least(self.fd_eps, 0), "search.eta and search.fd_eps must be finite"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        check_ranges(checks)
 
     @property
     def selection_threshold(self) -> float:

@@ -18,7 +18,7 @@ from autolora.batch import Batch, model_inputs, to_device
 from autolora.checkpoint import Checkpointer, batches_from, resume_loop
 from autolora.distributed import SINGLE, World
 from autolora.losses import LossWindow
-from autolora.typecheck import check_types
+from autolora.typecheck import at_least, check_ranges, check_types, in_unit_interval, positive_or_none
 
 
 @dataclass(frozen=True)
@@ -36,12 +36,16 @@ class RetrainConfig:
 
     def __post_init__(self):
         check_types(self, "retrain")
-        if self.epochs < 1:
-            raise ValueError(f"retrain.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"retrain.batch_size must be >= 1, got {self.batch_size}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"retrain.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        check_ranges([
+            (self.epochs >= 1, f"retrain.epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"retrain.batch_size must be >= 1, got {self.batch_size}"),
+            (in_unit_interval(self.warmup_ratio), f"retrain.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
+            (at_least(self.lr, 0), f"retrain.lr must be >= 0, got {self.lr}"),
+            (at_least(self.weight_decay, 0), f"retrain.weight_decay must be >= 0, got {self.weight_decay}"),
+            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0, f"retrain.lora_alpha must be > 0, got {self.lora_alpha}"),
+            (in_unit_interval(self.dropout), f"retrain.dropout must lie in [0, 1), got {self.dropout}"),
+            (positive_or_none(self.max_grad_norm), f"retrain.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
+        ])
 
 
 def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Optimizer, batch: Batch,

@@ -1,8 +1,9 @@
-"""Type checks for the config dataclasses: a wrong type names its key instead of failing later."""
+"""Type and range checks for the config dataclasses: a wrong value names its key instead of failing later."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -36,3 +37,25 @@ def check_types(instance: Any, prefix: str) -> None:
         value = getattr(instance, field.name)
         if not _accepts(hints[field.name], value):
             raise ValueError(f"{prefix}.{field.name} must be {_name(hints[field.name])}, got {value!r}")
+
+
+def check_ranges(checks: list[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first failed (ok, message) check."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def at_least(value: float, low: float) -> bool:
+    """value >= low and finite (NaN and infinities fail, so `lr=nan` or `lr=inf` are refused too)."""
+    return math.isfinite(value) and value >= low
+
+
+def positive_or_none(value: float | None) -> bool:
+    """None, or a finite value > 0 (max_grad_norm: a negative norm would flip the gradients)."""
+    return value is None or (math.isfinite(value) and value > 0)
+
+
+def in_unit_interval(value: float) -> bool:
+    """0 <= value < 1 (dropout, warmup and budget shares)."""
+    return 0 <= value < 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,40 @@ class DataConfig:
 
 @dataclass
 class Splits:
-    """Raw (untokenised) splits; `origin` says where they came from, for the summary."""
+    """Raw (untokenised) splits; `origin` says where they came from, for the summary; `files` are the files
+    they were read from (none for the hub), whose fingerprint a resumed run compares."""
 
     train: Dataset
     dev: Dataset
     origin: str
+    files: tuple[Path, ...] = ()
+
+
+def fingerprint(splits: Splits) -> dict[str, str]:
+    """What the data is, to notice a change between a kill and a resume: the sha256 of each file read, or of
+    the rows themselves (Arrow stream bytes) for data read from no file (the hub, the datasets cache)."""
+    if splits.files:
+        return {str(Path(path).resolve()): _sha256_file(Path(path)) for path in splits.files}
+    return {f"{splits.origin} ({name} split)": _sha256_rows(split) for name, split in
+            (("train", splits.train), ("dev", splits.dev))}
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_rows(split: Dataset) -> str:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    table = split.data.table  # the rows before any select(): the data as loaded
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
 
 
 class Task(Protocol):
@@ -106,6 +137,20 @@ def local_folder(data: DataConfig, task_name: str, subdir: str, sample: str | No
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {subdir})")
     return folder, f"local {folder}"
+
+
+def load_hub(task_name: str, path: str, name: str | None, local_dir: str):
+    """The hub copy of a task's data (or the local datasets cache of it); an unreachable hub, offline mode
+    without a cached copy, or an unknown dataset id is one DataError saying what to set instead."""
+    from datasets import load_dataset
+    from datasets.exceptions import DatasetsError
+
+    try:
+        return load_dataset(path, name)
+    except (OSError, DatasetsError) as err:  # ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError, ...
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{task_name}: no data.data_dir given, so the data comes from the hub ({path}), which gave "
+                        f"no copy ({reason}); set data.data_dir=<folder holding {local_dir}/>") from None
 
 
 def sample_dir() -> Path:

@@ -10,6 +10,7 @@ hold commas, quotes and, twice in trainset.csv, a line break).
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from autolora import metrics
 from autolora.batch import Batch
-from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
+from autolora.files import read_text
+from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
 
 IGNORE = -100  # label id the loss skips (prompt and padding)
 
@@ -61,11 +63,9 @@ class Generation:
 
 def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
     """Rows of (source, target); errors name the file and the line of the offending record."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     out: dict[str, list[str]] = {"source": [], "target": []}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path, DataError), newline=""))
+    try:
         header = next(reader, None)
         if header is None:
             raise DataError(f"{path}: empty file")
@@ -80,6 +80,8 @@ def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
                 raise DataError(f"{path}:{reader.line_num}: empty {layout.source if not record[src].strip() else layout.target}")
             out["source"].append(record[src].strip())
             out["target"].append(" ".join(record[tgt].split()))  # embedded line breaks, double spaces
+    except csv.Error as err:  # e.g. a field over the csv module's size limit
+        raise DataError(f"{path}:{reader.line_num}: {err}") from None
     if not out["source"]:
         raise DataError(f"{path}: no data rows")
     return out
@@ -109,17 +111,17 @@ class GenerationTask:
         """Train rows and evaluation rows (one per reference) from local CSVs or the hub."""
         located = local_folder(data, self.name, self.local.dir, sample=None)
         if located is None:
-            from datasets import load_dataset
-
-            parts = load_dataset(self.hub.path, self.hub.name)
+            parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
             pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
                                                     "target": list(split[self.hub.target])})
             train, dev, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
+            files = ()
         else:
             folder, origin = located
-            train = Dataset.from_dict(read_csv(folder / self.local.train, self.local))
-            dev = Dataset.from_dict(read_csv(folder / self.local.eval, self.local))
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+            files = (folder / self.local.train, folder / self.local.eval)
+            train = Dataset.from_dict(read_csv(files[0], self.local))
+            dev = Dataset.from_dict(read_csv(files[1], self.local))
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
 
     def prompt_ids(self, tokenizer, source: str) -> list[int]:
         return tokenizer(source + self.separator, add_special_tokens=False)["input_ids"]

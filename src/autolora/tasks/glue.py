@@ -7,6 +7,7 @@ strings. Every row is checked; a bad one stops the run with its file and line.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from transformers import DataCollatorWithPadding
 
 from autolora import metrics
 from autolora.batch import Batch, model_inputs
-from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
+from autolora.files import read_text
+from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,7 @@ class HubLayout:
 
 def read_tsv(path: Path, layout: TsvLayout, labels: tuple[str, ...] | None) -> dict[str, list]:
     """Parse one GLUE TSV into {text_a, [text_b], labels}; labels are class ids or floats (regression)."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig drops MRPC's BOM
+    lines = read_text(path, DataError).split("\n")  # read_text drops MRPC's BOM
     if lines and lines[-1] == "":
         lines.pop()  # the final newline (CoLA's dev.tsv has none)
     columns = lines[0].rstrip("\r").split("\t") if layout.header else list(layout.columns or ())
@@ -72,9 +72,12 @@ def read_tsv(path: Path, layout: TsvLayout, labels: tuple[str, ...] | None) -> d
         raw = fields[where[layout.label]].strip()
         if label_ids is None:
             try:
-                out["labels"].append(float(raw))
+                score = float(raw)
             except ValueError:
                 raise DataError(f"{path}:{lineno}: score {raw!r} is not a number") from None
+            if not math.isfinite(score):  # a NaN score would make the loss NaN (read as divergence) and the metric NaN
+                raise DataError(f"{path}:{lineno}: score {raw!r} is not a finite number")
+            out["labels"].append(score)
         elif raw in label_ids:
             out["labels"].append(label_ids[raw])
         else:
@@ -124,17 +127,16 @@ class GlueTask:
         located = local_folder(data, self.name, self.local.dir, self.sample)
         if located is None:
             train, dev = self._load_hub()
-            origin = f"hub {self.hub.path}/{self.hub.name}"
+            origin, files = f"hub {self.hub.path}/{self.hub.name}", ()
         else:
             folder, origin = located
-            train = Dataset.from_dict(read_tsv(folder / self.local.train, self.local, self.labels))
-            dev = Dataset.from_dict(read_tsv(folder / self.local.dev, self.local, self.labels))
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+            files = (folder / self.local.train, folder / self.local.dev)
+            train = Dataset.from_dict(read_tsv(files[0], self.local, self.labels))
+            dev = Dataset.from_dict(read_tsv(files[1], self.local, self.labels))
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
 
     def _load_hub(self) -> tuple[Dataset, Dataset]:
-        from datasets import load_dataset
-
-        parts = load_dataset(self.hub.path, self.hub.name)
+        parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
         columns = {self.hub.text[0]: "text_a", self.hub.label: "labels"}
         if len(self.hub.text) > 1:
             columns[self.hub.text[1]] = "text_b"

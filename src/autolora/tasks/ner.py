@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForTokenClassification
 
 from autolora.batch import Batch, model_inputs
-from autolora.tasks.base import DataConfig, DataError, Splits, local_folder, truncate
+from autolora.files import read_text
+from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
 
 IGNORE = -100
 SCHEMES = ("IOB2", "IOBES", "IOE2")
@@ -45,8 +46,7 @@ class ColumnLayout:
 
 def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], list[list[str]], list[int]]:
     """(sentences of words, sentences of tags, the line where each sentence starts)."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    text = read_text(path, DataError)
     words, tags, starts = [], [], []
     current_words, current_tags, start = [], [], 0
 
@@ -58,23 +58,22 @@ def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], lis
             current_words.clear()
             current_tags.clear()
 
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                flush()
-                continue
-            fields = line.split(layout.delimiter)
-            if layout.docstart is not None and fields[0] == layout.docstart:
-                flush()
-                continue
-            if len(fields) != layout.columns:
-                raise DataError(f"{path}:{lineno}: expected {layout.columns} fields separated by "
-                                f"{layout.delimiter!r}, found {len(fields)}")
-            if not current_words:
-                start = lineno
-            current_words.append(fields[layout.token_column])
-            current_tags.append(fields[layout.tag_column])
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            flush()
+            continue
+        fields = line.split(layout.delimiter)
+        if layout.docstart is not None and fields[0] == layout.docstart:
+            flush()
+            continue
+        if len(fields) != layout.columns:
+            raise DataError(f"{path}:{lineno}: expected {layout.columns} fields separated by "
+                            f"{layout.delimiter!r}, found {len(fields)}")
+        if not current_words:
+            start = lineno
+        current_words.append(fields[layout.token_column])
+        current_tags.append(fields[layout.tag_column])
     flush()
     if not words:
         raise DataError(f"{path}: no sentences")
@@ -116,11 +115,13 @@ class NerTask:
         located = local_folder(data, self.name, self.local.dir, sample=None)
         if located is None:
             train, dev, origin = self._load_hub()
+            files = ()
         else:
             folder, origin = located
             train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
             self.labels = label_list(train_tags)
             eval_path = folder / self.local.eval
+            files = (folder / self.local.train, eval_path)
             eval_words, eval_tags, starts = read_columns(eval_path, self.local)
             known = set(self.labels)
             for sentence, first_line in zip(eval_tags, starts, strict=True):
@@ -129,14 +130,12 @@ class NerTask:
                         raise DataError(f"{eval_path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
             train = Dataset.from_dict({"words": train_words, "tags": train_tags})
             dev = Dataset.from_dict({"words": eval_words, "tags": eval_tags})
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
 
     def _load_hub(self):
-        from datasets import load_dataset
-
         if self.hub is None:
             raise DataError(f"{self.name} has no hub copy configured: set data.data_dir=<folder with {self.local.dir}/>")
-        parts = load_dataset(self.hub["path"], self.hub["name"])
+        parts = load_hub(self.name, self.hub["path"], self.hub["name"], self.local.dir)
         names = parts["train"].features[self.hub["tags"]].feature.names
         self.labels = list(names)
 
