@@ -108,7 +108,7 @@ def _stop_worker(rank: int, size: int, port: int, out: str) -> None:
     try:
         for step in range(1, 51):
             if rank == 1 and step == 7:
-                checkpoint.stop_signal = signal.SIGTERM  # what the signal handler records
+                checkpoint.stop.signum = signal.SIGTERM  # what the signal handler records
             checkpoint.after_step("search", step, 50, model, {"w": optimizer}, schedule, {})
     except Interrupted as stop:
         stopped = stop.step

@@ -213,7 +213,7 @@ def test_a_requeued_slurm_job_continues_from_its_checkpoint(tmp_path, monkeypatc
     run_dir = tmp_path / "run"
     assert launch("search", 5, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path).returncode == -9
     refused = launch("none", 0, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path)
-    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert refused.returncode == 2 and "already holds an unfinished run" in refused.stderr
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     again = launch("none", 0, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]

@@ -67,7 +67,7 @@ def test_same_seed_same_ranks_and_metrics(tmp_path):
 def test_a_run_directory_is_never_reused(tmp_path):
     """A second run into the same directory stops before doing anything."""
     run_in(tmp_path, "method=lora")
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="already holds a finished run"):
         run_in(tmp_path, "method=lora")
 
 

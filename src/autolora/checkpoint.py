@@ -9,9 +9,14 @@ the same steps as an uninterrupted one and ends with identical ranks and metrics
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
+import os
+import pickle
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,12 +34,52 @@ FILENAME = "checkpoint.pt"
 STOP_POLL = 20  # data-parallel processes agree on a stop request every this many steps (one host sync)
 
 
-class Interrupted(Exception):  # noqa: N818 - it is a stop, not an error
-    """SIGINT/SIGTERM arrived; the loop saved a checkpoint and stopped at a step boundary."""
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, phase: str, step: int, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} during the {phase} at step {step}")
-        self.phase, self.step, self.signum = phase, step, signum
+
+class Interrupted(Exception):  # noqa: N818 - it is a stop, not an error
+    """SIGINT/SIGTERM/SIGHUP arrived; the run stopped at a safe point, its state saved (or nothing to save)."""
+
+    def __init__(self, signum: int, *, where: str, saved: bool, step: int | None = None, started: bool = True):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}")
+        self.signum, self.saved, self.step, self.started = signum, saved, step, started
+
+
+class CorruptCheckpoint(ValueError):
+    """checkpoint.pt exists but cannot be read; the message says what to do."""
+
+
+class StopFlag:
+    """A stop request (SIGINT, SIGTERM, SIGHUP), acted on at the next safe point: a step boundary, or a point
+    between phases. The handler only records the signal: an exception raised from a handler lands inside
+    whatever library code runs (datasets hashes functions under a bare `except:` and would swallow it, and
+    other code could be left half-updated). A second signal takes the default action: stop at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame=None) -> None:
+        if self.signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        # os.write, not print: a handler may run in the middle of another write to sys.stderr
+        os.write(2, f"autolora-run: {signal.Signals(signum).name} received: stopping at the next safe point "
+                    "(send it again to stop at once, without saving)\n".encode())
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopFlag]:
+        """Route SIGINT/SIGTERM/SIGHUP to this flag for the duration (main thread only: Python's rule)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self.handle) for sig in SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class Diverged(Exception):  # noqa: N818
@@ -91,26 +136,17 @@ def restore_trainable(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
 
 
 class Checkpointer:
-    """Saves a loop's state every `every` steps and when SIGINT/SIGTERM asked it to stop; keeps the
-    phase's wall time across resumes. Data parallel: every process reads it, the main process writes it,
-    and all stop at the same step (they agree on a stop request every STOP_POLL steps)."""
+    """Saves a loop's state every `every` steps, at the end of the loop and when a signal asked it to stop;
+    keeps the phase's wall time across resumes. Data parallel: every process reads it, the main process
+    writes it, and all stop at the same step (they agree on a stop request every STOP_POLL steps)."""
 
-    def __init__(self, run_dir: Path, every: int, world: World = SINGLE, device: torch.device | None = None):
+    def __init__(self, run_dir: Path, every: int, world: World = SINGLE, device: torch.device | None = None,
+                 stop: StopFlag | None = None):
         self.path = Path(run_dir) / FILENAME
         self.every = every
         self.world, self.device = world, device or torch.device("cpu")
-        self.stop_signal: int | None = None
-        self.in_loop = False  # signals are deferred to the next step boundary only inside a loop
+        self.stop = stop or StopFlag()
         self.prior_s, self.started = 0.0, time.perf_counter()
-
-    def handle_signal(self, signum: int, frame=None) -> None:
-        """Inside a loop: stop at the next step boundary (after saving). Elsewhere: stop now."""
-        if self.in_loop:
-            self.stop_signal = signum
-            return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
 
     def start_phase(self, phase: str) -> None:
         """Start the phase clock, continuing from a saved state of this phase."""
@@ -125,7 +161,14 @@ class Checkpointer:
         """The saved state of `phase`, or None when there is none (or it belongs to another phase)."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, OSError) as err:
+            raise CorruptCheckpoint(f"{self.path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}"
+                                    "); move it away to restart this phase from its first step") from None
+        if not isinstance(state, dict) or state.get("phase") not in ("search", "retrain"):
+            raise CorruptCheckpoint(f"{self.path} is not a checkpoint of this program; move it away to restart "
+                                    "this phase from its first step")
         return state if state["phase"] == phase else None
 
     def save(self, phase: str, step: int, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -140,22 +183,38 @@ class Checkpointer:
         write_atomic(self.path, lambda f: f.write(buffer.getvalue()), binary=True)
 
     def after_step(self, phase: str, step: int, total: int, model, optimizers, schedule, extra) -> None:
-        """Save when due or asked to stop; raise Interrupted after saving for a stop request."""
-        stop = self.stop_signal
+        """Save when due, at the loop's end (a stop during the evaluation that follows then loses nothing) or
+        when asked to stop; raise Interrupted after saving for a stop request."""
+        stop = self.stop.signum
         if self.world.distributed:
             stop = self.world.agree_on_stop(stop, self.device) if step % STOP_POLL == 0 or step == total else None
-        if stop is not None or (step % self.every == 0 and step < total):
+        if stop is not None or step % self.every == 0 or step == total:
             self.save(phase, step, model, optimizers, schedule, extra)
         if stop is not None:
-            raise Interrupted(phase, step, stop)
-        self.in_loop = step < total
+            raise Interrupted(stop, where=f"during the {phase} at step {step}", saved=True, step=step)
+
+    def safe_point(self, where: str, started: bool = True) -> None:
+        """Between phases: stop here if a signal asked for it (every process at the same point). What is on
+        disk is the run's state: the last checkpoint, ranks.json, the finished outputs. `started`: False before
+        the run folder is claimed (nothing written, nothing to resume)."""
+        stop = self.stop.signum
+        if self.world.distributed and started:  # before the claim the processes may not have met yet
+            stop = self.world.agree_on_stop(stop, self.device)
+        if stop is not None:
+            raise Interrupted(stop, where=where, saved=started and self.path.is_file(), started=started)
+
+    def without_saving(self) -> Checkpointer:
+        """The same stop handling for a loop whose state cannot be saved (AdaLoRA's allocator): it stops at a
+        step boundary, saves nothing and a resume restarts it."""
+        view = copy.copy(self)
+        view.save = lambda *args, **kwargs: None
+        view.load = lambda phase: None
+        return view
 
 
 def resume_loop(checkpoint: Checkpointer | None, phase: str, model: nn.Module,
                 optimizers: Mapping[str, torch.optim.Optimizer], schedule) -> tuple[int, dict[str, Any]]:
     """Restore a loop from its checkpoint: returns (steps already done, the saved extras) or (0, {})."""
-    if checkpoint is not None:
-        checkpoint.in_loop = True
     saved = checkpoint.load(phase) if checkpoint is not None else None
     if saved is None:
         return 0, {}

@@ -81,6 +81,27 @@ def resolve_location(location: str) -> str:
     return str(folder)
 
 
+def check_location(cfg: ModelConfig) -> None:
+    """A local model.path (or model.tokenizer) must be a saved model: a folder holding config.json (or the
+    GGUF file). Checked before anything loads, so a wrong path is not reported as a hub or network error.
+    A location that does not exist and reads like a hub id (org/name) is left to transformers."""
+    for key, location in (("model.path", cfg.path), ("model.tokenizer", cfg.tokenizer)):
+        if location is None or location == GPT2_BPE:
+            continue
+        folder = Path(resolve_location(location)).expanduser()
+        local = folder.exists() or location.startswith(("/", ".", "~")) or location.count("/") > 1
+        if not local:
+            continue
+        if not folder.is_dir():
+            raise ValueError(f"{key}={location}: no such folder" if not folder.exists() else
+                             f"{key}={location}: a file, not a folder holding a saved model")
+        needed = cfg.gguf_file if key == "model.path" and cfg.gguf_file else "config.json"
+        if key == "model.path" and not (folder / needed).is_file():
+            raise ValueError(f"{key}={location}: no {needed} there (not a saved transformers model)")
+        if key == "model.tokenizer" and not any(folder.iterdir()):
+            raise ValueError(f"{key}={location}: an empty folder")
+
+
 def load_tokenizer(cfg: ModelConfig, split_words: bool = False):
     """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token).
 

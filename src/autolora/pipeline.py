@@ -10,14 +10,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import math
 import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,14 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autolora import adalora, export, graphs
+from autolora import adalora, export, graphs, rundir
 from autolora import ranks as ranks_io
 from autolora.batch import pad_to_bucket
-from autolora.checkpoint import Checkpointer
+from autolora.checkpoint import Checkpointer, StopFlag
 from autolora.distributed import SINGLE, World
 from autolora.files import write_atomic, write_json, write_text
 from autolora.inject import inject, target_names
@@ -45,10 +43,9 @@ from autolora.models import (
     store_frozen_linears_in,
 )
 from autolora.search import search
-from autolora.settings import ConfigError, Settings, _node, build_settings, check_compatible
+from autolora.settings import ConfigError, Settings, check_config
 from autolora.summary import flat_summary, summary_text
-from autolora.tasks import build_task
-from autolora.tasks.base import search_split
+from autolora.tasks.base import DataError, fingerprint, search_split
 from autolora.tracking import Tracker, open_tracker, prune_events
 from autolora.train import train
 
@@ -86,17 +83,6 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "datasets": datasets.__version__}
-
-
-def claim_run_dir(run_dir: Path) -> Path:
-    """Mark the directory as this run's; a directory that already holds a run is never reused."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(run_dir / ".autolora-run", "x") as marker:
-            marker.write(f"{time.time()}\n")
-    except FileExistsError:
-        raise ConfigError(f"{run_dir} already holds a run; choose another hydra.run.dir") from None
-    return run_dir
 
 
 class Job:
@@ -171,7 +157,10 @@ class Job:
                           world=self.world, compile_mode=self.compile["search"])
         gates = searched.gates
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
-        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
+        self.checkpoint.safe_point("after the search loop, before its evaluation")
+        dev = self.evaluate(model)[0] if s.evaluate else {}
+        self.checkpoint.safe_point("after the search's evaluation")
+        record = {"dev": dev, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
                   "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture,
                   **ranks_io.search_diagnostics(gates, s.selection_threshold)}  # gate spread, noise warning
@@ -209,10 +198,12 @@ class Job:
             return self.task.loss(outputs, batch) + a.orth_reg_weight * adalora.orthogonality_penalty(peft_model)
 
         steps = train(peft_model, loader, r, compute_loss=loss, autocast=self.autocast, device=self.settings.device,
-                      log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=None,
-                      progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate,
-                      world=self.world).steps
+                      log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2,
+                      checkpoint=self.checkpoint.without_saving(), progress=self.settings.progress,
+                      on_update=peft_model.base_model.update_and_allocate, world=self.world).steps
+        self.checkpoint.safe_point("after the AdaLoRA loop, before its evaluation")
         dev, predictions = self.evaluate(peft_model)
+        self.checkpoint.safe_point("after the AdaLoRA evaluation")
         record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
                   **self.phase_cost()}
         if predictions is not None:
@@ -226,7 +217,7 @@ class Job:
             return {name: s.lora_r for name in target_names(model, s.model.targets)}
         if found is not None:
             return dict(found)
-        return ranks_io.load(s.search.ranks_file)["ranks"]  # inject() checks the keys against the model
+        return ranks_io.load(s.search.ranks_file, max_rank=s.search.k)["ranks"]  # inject() checks the keys
 
     def run_retrain(self, found: Mapping[str, int] | None, tracker):
         """Fresh backbone and head, plain LoRA at the retrain ranks, train on the whole training set, evaluate."""
@@ -241,7 +232,9 @@ class Job:
                         autocast=self.autocast, device=self.settings.device, log=tracker.log,
                         log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
                         progress=self.settings.progress, world=self.world, compile_mode=self.compile["retrain"])
+        self.checkpoint.safe_point("after the retrain loop, before its evaluation")
         dev, predictions = self.evaluate(model)
+        self.checkpoint.safe_point("after the retrain's evaluation")
         record = {"dev": dev, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
                   **self.phase_cost(), "capture": trained.capture}
         if predictions is not None:
@@ -307,41 +300,6 @@ def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
     return save_dir(job.run_dir / "adapter", peft_model.save_pretrained)
 
 
-IGNORED_ON_RESUME = ("resume", "progress")
-
-
-def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs."""
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            diffs += config_differences(a, b, f"{name}.")
-        elif a != b and name not in IGNORED_ON_RESUME:
-            diffs.append(name)
-    return diffs
-
-
-def resume_dir(hydra_dir: Path, resolved: Mapping[str, Any]) -> Path:
-    """The run to continue: Hydra's run dir if it holds one (hydra.run.dir=<run>), else the newest
-    unfinished run with the same config beside it (the same command again, plus resume=true)."""
-    if (hydra_dir / "config.yaml").is_file():
-        candidates = [hydra_dir]
-    else:
-        beside = [p.parent for p in hydra_dir.parent.glob("*/config.yaml") if not (p.parent / "metrics.json").exists()]
-        candidates = sorted(beside, key=lambda p: p.stat().st_mtime, reverse=True)
-    for candidate in candidates:
-        if (candidate / "metrics.json").exists():
-            raise ConfigError(f"{candidate} holds a finished run (metrics.json): nothing to resume")
-        diffs = config_differences(yaml.safe_load((candidate / "config.yaml").read_text()), resolved)
-        if not diffs:
-            return candidate
-        if candidate == hydra_dir:
-            raise ConfigError(f"resume=true: the config differs from the run in {candidate} at {diffs[:5]}")
-    raise ConfigError(f"resume=true: no unfinished run with this config in {hydra_dir.parent}; "
-                      "point at it with hydra.run.dir=<run dir> resume=true")
-
-
 def resume_position(job: Job) -> tuple[str, int]:
     """(phase, steps done) a resumed run continues from, for pruning events logged after it."""
     saved = job.checkpoint.load("retrain") or job.checkpoint.load("search")
@@ -351,56 +309,73 @@ def resume_position(job: Job) -> tuple[str, int]:
     return ("retrain" if searched else "search"), 0
 
 
-@contextlib.contextmanager
-def stop_at_step_boundaries(checkpoint: Checkpointer):
-    """SIGINT/SIGTERM save a checkpoint at the next step boundary instead of killing the run mid-step."""
-    previous = {sig: signal.signal(sig, checkpoint.handle_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = False,
+        hydra_files: Mapping[str, str] | None = None, stop: StopFlag | None = None) -> dict[str, Any] | None:
+    """The whole pipeline for one composed config; returns the metrics written to metrics.json (None for a
+    finished sweep point that a resumed sweep skips).
 
-
-def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]:
-    """The whole pipeline for one composed config; returns the metrics written to metrics.json.
-
-    Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's run_dir
-    is the run's, and only rank 0 writes files, logs and progress bars."""
+    Order: every check that needs only the config, the folder and the data files, then the folder is claimed
+    (rundir.claim, under its lock), then models load. `hydra_files` (name -> YAML) go to run_dir/.hydra of a
+    new run. Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's
+    run_dir is the run's, and only rank 0 writes files, logs and progress bars."""
     datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
     if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
-    settings = build_settings(cfg)
+    settings, task = check_config(cfg)
     if world.distributed:
         settings = distributed_settings(settings, world)
-    try:
-        task = build_task(_node(cfg, "task"))
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
-    check_compatible(settings.model, task)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
-    if settings.search.ranks_file is not None:
-        ranks_io.load(settings.search.ranks_file)  # a bad file fails now, not after loading the model
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    if requeued(run_dir):
-        settings = dataclasses.replace(settings, resume=True)
-    run_dir = world.share_outcome(lambda: resume_dir(run_dir, resolved) if settings.resume else claim_run_dir(run_dir),
-                                  ConfigError)
-    seed_everything(settings.seed)
-    splits = task.load(settings.data)  # data errors surface here, before any model is loaded
-    tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
-    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
-    if task.max_length < minimum:
-        raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
-                          f"(at least {minimum}: its special tokens plus two text tokens)")
-    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
-              Checkpointer(run_dir, settings.checkpoint_every, world, settings.device), world)
+    decided = world.share_outcome(lambda: rundir.plan(run_dir, resolved, settings.resume, sweep), ConfigError)
+    if decided.action == "skip":
+        print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
+        return None
+    with (stop or StopFlag()).installed() as stop:
+        checkpoint = Checkpointer(run_dir, settings.checkpoint_every, world, settings.device, stop)
+        seed_everything(settings.seed)
+        splits = task.load(settings.data)  # data errors surface here, before any model is loaded
+        check_labels(splits)
+        tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+        minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+        if task.max_length < minimum:
+            raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
+                              f"(at least {minimum}: its special tokens plus two text tokens)")
+        checkpoint.safe_point("before the run started", started=False)
+        first_files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
+                       **{f".hydra/{name}": text for name, text in (hydra_files or {}).items()}}
+        lock = None
+
+        def take() -> None:
+            nonlocal lock
+            lock = rundir.claim(decided, fingerprint(splits), first_files)
+
+        world.share_outcome(take, ConfigError)
+        try:
+            job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
+                      checkpoint, world)
+            return run_job(job, decided.action == "resume", resolved, splits)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def check_labels(splits) -> None:
+    """Numeric labels (regression scores) must be finite: a NaN would read as divergence in training and give
+    a NaN metric; files are checked line by line when read, this covers data from the hub."""
+    for name, split in (("train", splits.train), ("dev", splits.dev)):
+        if "labels" in split.column_names and split.features["labels"].dtype.startswith("float"):
+            bad = [i for i, value in enumerate(split["labels"]) if not math.isfinite(value)]
+            if bad:
+                raise DataError(f"{splits.origin}: {name} row {bad[0] + 1} has a non-finite score ({len(bad)} rows in all)")
+
+
+def run_job(job: Job, resumed: bool, resolved: Mapping[str, Any], splits) -> dict[str, Any]:
+    """The claimed run: events, tracker, the phases, the summary."""
+    settings, task, run_dir, world = job.settings, job.task, job.run_dir, job.world
     if not world.is_main:
         return run_phases(job, Tracker(None), {})
-    if settings.resume:
+    if resumed:
         prune_events(run_dir / "events.jsonl", *resume_position(job))
-    else:
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     if getattr(task, "labels", None):  # class id -> label, as the model's head numbers them
         write_json(run_dir / "labels.json", list(task.labels))
     tracker = open_tracker(settings.logger, run_dir, resolved,
@@ -421,40 +396,49 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     return record
 
 
-def requeued(run_dir: Path) -> bool:
-    """A SLURM job that submitit requeued (timeout, preemption) runs the same job in the same directory
-    again: it continues from the checkpoint instead of refusing the directory."""
-    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and (run_dir / "config.yaml").is_file() \
-        and not (run_dir / "metrics.json").is_file()
-
-
 def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, Any]:
     """Search (or the saved ranks), retrain or AdaLoRA, evaluate; the main process writes the outputs."""
     settings, run_dir, main = job.settings, job.run_dir, job.world.is_main
-    with stop_at_step_boundaries(job.checkpoint):
-        found = None
-        if settings.method == "autolora" and settings.search.ranks_file is None:
-            if (run_dir / "ranks.json").is_file():  # resumed after a finished search
-                saved = ranks_io.load(run_dir / "ranks.json")
-                found, record["search"] = saved["ranks"], saved["search"]
-            else:
-                found, record["search"] = job.run_search(tracker)
-        elif settings.method == "autolora":
-            record["ranks_file"] = settings.search.ranks_file
-        if settings.method == "adalora":
-            model, ranks, record["retrain"] = job.run_adalora(tracker)
-            if main:
-                record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+    job.checkpoint.safe_point("before the first phase")
+    found = None
+    if settings.method == "autolora" and settings.search.ranks_file is None:
+        if (run_dir / "ranks.json").is_file():  # resumed after a finished search (a new run starts in an empty folder)
+            saved = ranks_io.load(run_dir / "ranks.json")
+            found, record["search"] = saved["ranks"], saved["search"]
         else:
-            model, ranks, record["retrain"] = job.run_retrain(found, tracker)
-            if main:
-                record["adapter"] = str(save_adapter(job, model, ranks))
-        record["ranks"] = dict(ranks)
+            found, record["search"] = job.run_search(tracker)
+        if not any(found.values()):
+            raise ConfigError(f"the search kept no component: every rank is 0 at threshold "
+                              f"{settings.search.selection_threshold:g}, so there is nothing to retrain; "
+                              f"{run_dir / 'ranks.json'} holds the search and its metrics; lower search.threshold "
+                              "or set search.min_rank >= 1")
+    elif settings.method == "autolora":
+        record["ranks_file"] = settings.search.ranks_file
+    if settings.method == "adalora":
+        model, ranks, record["retrain"] = job.run_adalora(tracker)
         if main:
-            record["figures"] = [str(save_rank_figure(job, ranks))]
-            write_json(run_dir / "metrics.json", record)
-            tracker.summary(flat_summary(record), ranks)
+            record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+    else:
+        model, ranks, record["retrain"] = job.run_retrain(found, tracker)
+        if main:
+            record["adapter"] = str(save_adapter(job, model, ranks))
+    record["ranks"] = dict(ranks)
+    if main:
+        warn_undefined_metrics(record)
+        record["figures"] = [str(save_rank_figure(job, ranks))]
+        write_json(run_dir / "metrics.json", record)
+        tracker.summary(flat_summary(record), ranks)
     return record
+
+
+def warn_undefined_metrics(record: Mapping[str, Any]) -> None:
+    """A NaN dev metric (a correlation of constant predictions, say) is written as null; say so once."""
+    for phase in ("search", "retrain"):
+        dev = (record.get(phase) or {}).get("dev") or {}
+        undefined = [k for k, v in dev.items() if isinstance(v, float) and not math.isfinite(v)]
+        if undefined:
+            print(f"autolora-run: warning: {phase} dev {', '.join(undefined)} undefined (NaN: constant predictions "
+                  "or constant gold scores); written as null", file=sys.stderr)
 
 
 def distributed_settings(settings: Settings, world: World) -> Settings:

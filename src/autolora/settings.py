@@ -71,6 +71,11 @@ def build_settings(cfg: DictConfig) -> Settings:
         for key in ("seed", "log_every", "checkpoint_every", "pad_to_multiple"):
             if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
                 raise ConfigError(f"{key} must be an integer, got {cfg[key]!r}")
+        for key in ("resume", "progress"):  # `resume=no` is the string 'no', which bool() would read as true
+            if not isinstance(cfg[key], bool):
+                raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
+        if not 0 <= cfg.seed < 2**32:  # NumPy's seed range
+            raise ConfigError(f"seed must lie in [0, 2^32), got {cfg.seed}")
         if cfg.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {cfg.method!r}")
         if cfg.lora.r < 1:
@@ -90,7 +95,7 @@ def build_settings(cfg: DictConfig) -> Settings:
         device = resolve_device(cfg.device)
         check_compile(cfg.compile, device)
         return Settings(
-            method=cfg.method, seed=cfg.seed, resume=bool(cfg.resume), checkpoint_every=cfg.checkpoint_every,
+            method=cfg.method, seed=cfg.seed, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
             device=device, precision=resolve_precision(cfg.precision, device), compile=cfg.compile,
             pad_to_multiple=cfg.pad_to_multiple,
             log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
@@ -100,6 +105,29 @@ def build_settings(cfg: DictConfig) -> Settings:
         )
     except (ValueError, TypeError) as err:
         raise ConfigError(str(err)) from None
+
+
+def check_config(cfg: DictConfig):
+    """Every check that needs only the config and the files it names, before any data or model is loaded:
+    the settings, the task, the model/task rule, search.ranks_file, a local model.path. Returns
+    (settings, task)."""
+    from autolora import ranks as ranks_io
+    from autolora.models import check_location
+    from autolora.tasks import build_task
+
+    settings = build_settings(cfg)
+    try:
+        task = build_task(_node(cfg, "task"))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
+    check_compatible(settings.model, task)
+    if settings.method == "autolora" and settings.search.ranks_file is not None:
+        ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)
+    try:
+        check_location(settings.model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return settings, task
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,15 +176,36 @@ def group_options(group: str) -> list[str]:
     return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
 
 
-def check_overrides(args: list[str]) -> None:
-    """Unknown group options and keys, bad override syntax: one ConfigError line before Hydra starts."""
+@dataclass(frozen=True)
+class Point:
+    """One job of a command: its overrides (a sweep's values expanded), its composed config (hydra node
+    included) and how messages name it ('' for a single run)."""
+
+    overrides: tuple[str, ...]
+    cfg: DictConfig
+    label: str
+
+
+NOT_JOBS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+
+
+def runs_jobs(args: list[str]) -> bool:
+    """Whether the command runs jobs (not --cfg, --help, --info, ...)."""
+    return not any(arg in NOT_JOBS for arg in args)
+
+
+def check_overrides(args: list[str]) -> list[Point]:
+    """Unknown group options and keys, bad override syntax, then every check of `check_config` for every job of
+    the command (each point of a -m sweep, hydra.sweeper.params included): one ConfigError line naming the
+    point, before Hydra starts. Returns the jobs ([] for another config tree, which Hydra checks)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.startswith(("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")) for a in args):
-        return  # a different config tree: Hydra checks it
+        return []
     words, skip = [], False
     for arg in args:
         if skip or arg.startswith("-"):
@@ -177,14 +226,51 @@ def check_overrides(args: list[str]) -> None:
                 if value is not None and str(value) not in known:
                     raise ConfigError(f"unknown {group} {str(value)!r}; choose one of: {', '.join(known)}")
         plain.append(f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else override.input_line)
+
+    def composed(job: list[str], label: str) -> DictConfig:
+        try:
+            return compose("config", overrides=job, return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as err:
+            message = " ".join(str(err).split())
+            unknown = re.match(r"Could not override '([^']+)'", message)
+            if unknown:  # Hydra suggests '+key=...', which struct mode would then reject
+                message = f"unknown config key '{unknown.group(1)}' (`autolora-run --cfg job` lists the keys)"
+            raise ConfigError(f"{label}: {message}" if label else message) from None
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="check"):
+        first = composed(plain, "")
+        multirun = "-m" in args or "--multirun" in args or str(first.hydra.mode) == "RunMode.MULTIRUN"
+        if not multirun:
+            jobs, swept = [words], set()
+        else:
+            jobs, swept = sweep_points(first, words, OverridesParser.create(GlobalHydra.instance().config_loader()))
+        points = []
+        for number, job in enumerate(jobs):
+            label = ""
+            if multirun:
+                shown = " ".join(o for o in job if o.split("=", 1)[0] in swept)
+                label = f"sweep point {number} of {len(jobs)}" + (f" ({shown})" if shown else "")
+            cfg = first if not multirun else composed(job, label)
+            if runs_jobs(args):
+                try:
+                    check_config(cfg)
+                except (ValueError, FileNotFoundError) as err:  # ConfigError, RanksFileError, a missing package
+                    raise ConfigError(f"{label}: {err}" if label else str(err)) from None
+            points.append(Point(tuple(job), cfg, label))
+    return points
+
+
+def sweep_points(first: DictConfig, words: list[str], parser) -> tuple[list[list[str]], set[str]]:
+    """The jobs of a -m sweep as Hydra's basic sweeper makes them (hydra.sweeper.params, then the command's
+    overrides; the cartesian product of the swept values), and the keys that vary."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    params = OmegaConf.select(first, "hydra.sweeper.params") or {}
     try:
-        with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="check"):
-            compose("config", overrides=plain, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        message = " ".join(str(err).split())
-        unknown = re.match(r"Could not override '([^']+)'", message)
-        if unknown:  # Hydra suggests '+key=...', which struct mode would then reject
-            message = f"unknown config key '{unknown.group(1)}' (`autolora-run --cfg job` lists the keys)"
-        raise ConfigError(message) from None
-
-
+        overrides = parser.parse_overrides([f"{key}={value}" for key, value in params.items()] + words)
+        jobs = BasicSweeper.split_arguments(overrides, None)[0]
+    except HydraException as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    return jobs, swept
