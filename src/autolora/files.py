@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,12 @@ class OutputError(OSError):
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-def output_error(path: Path, err: OSError) -> OutputError:
-    """One line for a failed write: what happened to which file, and that earlier files are whole."""
+def output_error(path: Path, err: Exception) -> OutputError:
+    """One line for a failed write: what happened to which file, and that earlier files are whole. `err` is an
+    OSError or a library's own error that carries the OS error in its text (safetensors: "os error 28")."""
+    if not isinstance(err, OSError):
+        code = re.search(r"os error (\d+)", str(err))
+        err = OSError(int(code.group(1)) if code else None, str(err))
     if err.errno in NO_SPACE:  # the atomic rename never happened: the previous version of the file is intact
         why = "no space left on the device (or the quota is used up)"
     elif err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):

@@ -25,17 +25,20 @@ import datasets
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers import AutoConfig
 
 from autolora import adalora, export, graphs, rundir
 from autolora import ranks as ranks_io
 from autolora.batch import pad_to_bucket
 from autolora.checkpoint import Checkpointer, StopFlag
 from autolora.distributed import SINGLE, World
-from autolora.files import write_atomic, write_json, write_text
-from autolora.inject import inject, target_names
+from autolora.files import output_error, write_atomic, write_json, write_text
+from autolora.inject import check_rank_keys, inject, target_names
 from autolora.models import (
+    HEAD_CLASSES,
     four_d_attention_mask,
     load_model,
     load_tokenizer,
@@ -273,7 +276,11 @@ def save_dir(target: Path, write) -> Path:
     staging, stale = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
     for leftover in (staging, stale):  # left by a killed run
         shutil.rmtree(leftover, ignore_errors=True)
-    write(staging)
+    try:
+        write(staging)
+    except (OSError, SafetensorError) as err:  # a full disk: safetensors reports it as its own error type
+        shutil.rmtree(staging, ignore_errors=True)
+        raise output_error(target, err) from err
     if target.exists():  # a resumed run killed after this rename but before metrics.json: replace it
         target.rename(stale)
     staging.rename(target)
@@ -327,6 +334,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
     resolved = OmegaConf.to_container(cfg, resolve=True)
     decided = world.share_outcome(lambda: rundir.plan(run_dir, resolved, settings.resume, sweep), ConfigError)
+    run_dir = decided.path  # rank 0's folder on every process: all read its checkpoint
     if decided.action == "skip":
         print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
         return None
@@ -335,11 +343,18 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
         seed_everything(settings.seed)
         splits = task.load(settings.data)  # data errors surface here, before any model is loaded
         check_labels(splits)
-        tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+        try:
+            tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+        except OSError as err:
+            if err.errno is not None:  # a file-system error, not transformers' "cannot find/connect" (errno None)
+                raise
+            where = settings.model.tokenizer or settings.model.path
+            raise ConfigError(f"tokenizer of model {settings.model.name} ({where}): {str(err).splitlines()[0]}") from None
         minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
         if task.max_length < minimum:
             raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
                               f"(at least {minimum}: its special tokens plus two text tokens)")
+        check_architecture(settings, task)
         checkpoint.safe_point("before the run started", started=False)
         first_files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
                        **{f".hydra/{name}": text for name, text in (hydra_files or {}).items()}}
@@ -357,6 +372,31 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
         finally:
             if lock is not None:
                 lock.release()
+
+
+def check_architecture(settings: Settings, task) -> None:
+    """The model, built from its config on the meta device (no weights, no memory), has the matrices the model
+    config targets, and a ranks file names exactly those: a model.path of another architecture, or a ranks
+    file of another model, is refused before the run folder is claimed."""
+    cfg = settings.model
+    kwargs = {} if task.head == "causal_lm" else {"num_labels": task.num_labels}
+    try:
+        if cfg.is_random:
+            config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
+        else:
+            gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+            config = AutoConfig.from_pretrained(resolve_location(cfg.path), **gguf, **kwargs)
+        with torch.device("meta"):
+            skeleton = HEAD_CLASSES[task.head].from_config(config)
+    except (OSError, ValueError, KeyError) as err:  # unreachable hub id, unknown model_type, ...
+        raise ConfigError(f"model.path={cfg.path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    try:
+        names = target_names(skeleton, cfg.targets)
+    except ValueError as err:
+        raise ConfigError(f"{err}: model.path={cfg.path} holds a {config.model_type} model, which model={cfg.name} "
+                          "does not describe; choose the model config of that architecture (model=...)") from None
+    if settings.method == "autolora" and settings.search.ranks_file is not None:
+        check_rank_keys(names, ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)["ranks"])
 
 
 def check_labels(splits) -> None:

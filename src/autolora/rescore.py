@@ -15,23 +15,32 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import io
 import platform
+import sys
 from pathlib import Path
 
 import yaml
 
 from autolora import metrics
-from autolora.files import write_json
+from autolora.files import read_text, write_json
 from autolora.tasks import build_task
 from autolora.tasks.base import DataConfig
 
 
+class RescoreError(ValueError):
+    """A folder that cannot be rescored; the message names it and what is wrong."""
+
+
 def read_predictions(path: Path) -> dict[str, str]:
     """source -> generated text, from the TSV the generation task writes."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    rows = list(csv.reader(io.StringIO(read_text(path, RescoreError), newline=""), delimiter="\t",
+                           quoting=csv.QUOTE_NONE))
     if not rows or rows[0] != ["source", "generated"]:
-        raise ValueError(f"{path}: expected a 'source<TAB>generated' header")
+        raise RescoreError(f"{path}: expected a 'source<TAB>generated' header")
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise RescoreError(f"{path}:{lineno}: expected 2 tab-separated fields, found {len(row)}")
     return {source: generated for source, generated in rows[1:]}
 
 
@@ -39,7 +48,7 @@ def read_conll_predictions(path: Path) -> tuple[list[list[str]], list[list[str]]
     """(gold, predicted) tags per sentence from the `word gold predicted` lines the NER task writes."""
     gold: list[list[str]] = [[]]
     predicted: list[list[str]] = [[]]
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(read_text(path, RescoreError).splitlines(), start=1):
         if not line.strip():
             if gold[-1]:
                 gold.append([])
@@ -75,10 +84,28 @@ def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -
     return scores, {"n_sources": len(sources)}
 
 
+def run_config(run_dir: Path) -> dict:
+    """The resolved config a run saved in its folder (checked: a folder, a readable YAML mapping with task and data)."""
+    if not run_dir.is_dir():
+        raise RescoreError(f"{run_dir}: no such folder")
+    try:
+        config = yaml.safe_load(read_text(run_dir / "config.yaml", RescoreError))
+    except yaml.YAMLError:
+        raise RescoreError(f"{run_dir / 'config.yaml'}: not YAML") from None
+    if not isinstance(config, dict) or not isinstance(config.get("task"), dict) or not isinstance(config.get("data"), dict):
+        raise RescoreError(f"{run_dir / 'config.yaml'}: not the config of a run (no task and data sections)")
+    return config
+
+
 def rescore(run_dir: Path, data_dir: str | None) -> dict:
     """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    task = build_task(config["task"])
+    config = run_config(run_dir)
+    if config["task"].get("family") not in ("generation", "ner"):
+        raise RescoreError(f"{run_dir}: a {config['task'].get('family')!r} run; rescore scores generation and NER runs only")
+    try:
+        task = build_task(config["task"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise RescoreError(f"{run_dir / 'config.yaml'}: task: {err}") from None
     if task.head == "token_classification":
         gold, predicted = read_conll_predictions(run_dir / "predictions.txt")
         scores, counts = metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
@@ -95,8 +122,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data-dir", help="data.data_dir holding the task's files (generation runs)")
     args = parser.parse_args(argv)
-    for run_dir in args.runs:
-        print(run_dir, rescore(run_dir, args.data_dir)["dev"])
+    failed = 0
+    for run_dir in args.runs:  # one bad folder is reported and skipped; the others are still scored
+        try:
+            print(run_dir, rescore(run_dir, args.data_dir)["dev"])
+        except ValueError as err:  # RescoreError, DataError, and the scorers' own checks of their input
+            print(f"rescore: error: {err}", file=sys.stderr)
+            failed += 1
+    if failed:
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ throwaway Hydra folder and exit with the same status.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import errno
@@ -52,8 +53,9 @@ def _say(message: str) -> None:
         print(f"autolora-run: {message}", file=sys.stderr)
 
 
-def _job(cfg: DictConfig, stop: StopFlag, invocation: str) -> None:
-    """One job (the run, or one point of a sweep): its outcome as an exit status and one line."""
+def _job(cfg: DictConfig, stop: StopFlag, invocation: str, new_folders: set[Path]) -> None:
+    """One job (the run, or one point of a sweep): its outcome as an exit status and one line. A refused job
+    removes the empty folder Hydra made for it (`new_folders`: those that did not exist before the command)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -76,8 +78,9 @@ def _job(cfg: DictConfig, stop: StopFlag, invocation: str) -> None:
     except OSError as err:
         if err.errno not in FILE_SYSTEM:
             raise
-        where = str(err) if isinstance(err, OutputError) else f"cannot write {err.filename}: {err.strerror}"
-        status, message = 2, f"error: {where}; free space (or fix the folder) and continue with {again} resume=true"
+        where = str(err) if isinstance(err, OutputError) else f"cannot write {err.filename or run_dir}: {err.strerror}"
+        status, message = 2, (f"error: {where}; free space (or make the folder writable) and run the command again, "
+                              f"with {again} resume=true if the run had started")
     except Exception as err:  # a crash (a bug) in one point of a sweep must not end the other points
         if not in_sweep:
             raise
@@ -85,6 +88,9 @@ def _job(cfg: DictConfig, stop: StopFlag, invocation: str) -> None:
         status, message = 1, f"crashed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     finally:
         distributed.shutdown()
+    if status and run_dir in new_folders and WORLD.is_main:
+        with contextlib.suppress(OSError):  # not empty: the run had started, keep it
+            run_dir.rmdir()
     if status:
         _say(message)
     if in_sweep and WORLD.is_main:
@@ -113,27 +119,33 @@ def resolved(point: Point) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(point.cfg, [k for k in point.cfg if k != "hydra"]), resolve=True)
 
 
-def pin(key: str, value: Path) -> None:
-    """Hand Hydra the folder checked here (so `${now:...}` is not evaluated a second time)."""
-    if SAFE_PATH.match(str(value)):
-        sys.argv = [a for a in sys.argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
+def pin(key: str, value: Path) -> bool:
+    """Hand Hydra the folder checked here (so `${now:...}` is not evaluated a second time); False when the
+    path would need quoting as an override (then Hydra computes it again)."""
+    if not SAFE_PATH.match(str(value)):
+        return False
+    sys.argv = [a for a in sys.argv if not a.startswith(f"{key}=")] + [f"{key}={value}"]
+    return True
 
 
-def check_folders(points: list[Point], words: list[str]) -> Path | None:
+def check_folders(points: list[Point], words: list[str], new_folders: set[Path]) -> Path | None:
     """Before Hydra starts: every job's folder may be written as the command asks (rundir.plan); resume=true
-    without hydra.run.dir picks the newest unfinished run with this config. Returns a sweep's folder."""
+    without hydra.run.dir picks the newest unfinished run with this config. Adds the folders that do not
+    exist yet to `new_folders`; returns a sweep's folder."""
     resume = points[0].cfg.resume is True
     if not points[0].label:  # a single run
         folder = output_dir(points[0], None)
         if folder is None:
             return None
         if resume and not any(w.startswith("hydra.run.dir=") for w in words):
-            folder = rundir.newest_unfinished(folder.parent, resolved(points[0]))
+            parent = folder.parent
+            folder = rundir.newest_unfinished(parent, resolved(points[0]))
             if folder is None:
-                raise ConfigError(f"resume=true: no unfinished run with this config in {output_dir(points[0], None).parent}; "
+                raise ConfigError(f"resume=true: no unfinished run with this config in {parent}; "
                                   "point at it with hydra.run.dir=<run dir> resume=true")
-            pin("hydra.run.dir", folder)
         rundir.plan(folder, resolved(points[0]), resume)
+        if pin("hydra.run.dir", folder) and not folder.exists():
+            new_folders.add(folder)
         return None
     folders = [output_dir(point, number) for number, point in enumerate(points)]
     if None in folders:
@@ -146,7 +158,8 @@ def check_folders(points: list[Point], words: list[str]) -> Path | None:
         except ConfigError as err:
             raise ConfigError(f"{point.label}: {err}") from None
     sweep_dir = Path(str(points[0].cfg.hydra.sweep.dir)).absolute()
-    pin("hydra.sweep.dir", sweep_dir)
+    if pin("hydra.sweep.dir", sweep_dir):
+        new_folders.update(folder for folder in folders if not folder.exists())
     return sweep_dir
 
 
@@ -161,9 +174,9 @@ def main() -> None:
             in_sweep = bool(points) and bool(points[0].label)
             if WORLD.distributed and in_sweep:
                 raise ConfigError("under torchrun a command runs one job; sweep outside it (-m with hydra/launcher=...)")
-            sweep_dir = None
+            sweep_dir, new_folders = None, set()
             if points and runs_jobs(args) and WORLD.is_main:
-                sweep_dir = check_folders(points, [a for a in args if not a.startswith("-")])
+                sweep_dir = check_folders(points, [a for a in args if not a.startswith("-")], new_folders)
         except ConfigError as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
@@ -176,7 +189,7 @@ def main() -> None:
                 f"hydra.run.dir={scratch}", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
 
         def task(cfg: DictConfig) -> None:
-            _job(cfg, stop, invocation)
+            _job(cfg, stop, invocation, new_folders)
 
         try:
             hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)()

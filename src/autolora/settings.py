@@ -65,8 +65,9 @@ def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg[key], resolve=True)
 
 
-def build_settings(cfg: DictConfig) -> Settings:
-    """DictConfig -> frozen dataclasses; any invalid value becomes a ConfigError naming its key."""
+def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
+    """DictConfig -> frozen dataclasses; any invalid value becomes a ConfigError naming its key. here=False:
+    the job runs elsewhere (a SLURM node), so `device` is checked for its form only, not against this host."""
     try:
         for key in ("seed", "log_every", "checkpoint_every", "pad_to_multiple"):
             if not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
@@ -92,8 +93,8 @@ def build_settings(cfg: DictConfig) -> Settings:
             **{**model, "head_modules": tuple(model["head_modules"])},
             targets=TargetConfig(tuple(targets["modules"]), tuple(targets["split"]), tuple(targets["parts"])),
         )
-        device = resolve_device(cfg.device)
-        check_compile(cfg.compile, device)
+        device = resolve_device(cfg.device) if here else placeholder_device(cfg.device)
+        check_compile(cfg.compile, device if here else None)
         return Settings(
             method=cfg.method, seed=cfg.seed, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
             device=device, precision=resolve_precision(cfg.precision, device), compile=cfg.compile,
@@ -107,15 +108,15 @@ def build_settings(cfg: DictConfig) -> Settings:
         raise ConfigError(str(err)) from None
 
 
-def check_config(cfg: DictConfig):
+def check_config(cfg: DictConfig, here: bool = True):
     """Every check that needs only the config and the files it names, before any data or model is loaded:
     the settings, the task, the model/task rule, search.ranks_file, a local model.path. Returns
-    (settings, task)."""
+    (settings, task). here=False: checked before launch, maybe on another host than the job's (no device check)."""
     from autolora import ranks as ranks_io
     from autolora.models import check_location
     from autolora.tasks import build_task
 
-    settings = build_settings(cfg)
+    settings = build_settings(cfg, here)
     try:
         task = build_task(_node(cfg, "task"))
     except (ValueError, KeyError, TypeError) as err:
@@ -141,12 +142,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_compile(mode: str, device: torch.device) -> None:
-    """compile must name a mode; graphs and inductor need a CUDA device (the rest is checked per phase)."""
+def check_compile(mode: str, device: torch.device | None) -> None:
+    """compile must name a mode; graphs and inductor need a CUDA device (the rest is checked per phase; device
+    None: checked away from the job's host, so the mode's name only)."""
     if mode not in COMPILE_MODES:
         raise ConfigError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
-    if mode in ("graphs", "inductor") and device.type != "cuda":
+    if mode in ("graphs", "inductor") and device is not None and device.type != "cuda":
         raise ConfigError(f"compile={mode} captures CUDA graphs: it needs device=cuda (or compile=auto / off)")
+
+
+def placeholder_device(name: str) -> torch.device:
+    """The CPU, after checking the form of `name` only (for checks made away from the job's host)."""
+    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", str(name)):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {name!r}")
+    return torch.device("cpu")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -253,7 +262,7 @@ def check_overrides(args: list[str]) -> list[Point]:
             cfg = first if not multirun else composed(job, label)
             if runs_jobs(args):
                 try:
-                    check_config(cfg)
+                    check_config(cfg, here=False)  # the device is checked by the job, where it runs
                 except (ValueError, FileNotFoundError) as err:  # ConfigError, RanksFileError, a missing package
                     raise ConfigError(f"{label}: {err}" if label else str(err)) from None
             points.append(Point(tuple(job), cfg, label))
