@@ -675,3 +675,32 @@ def test_all_zero_ranks_after_the_search_keep_the_search_and_end_in_one_line(tmp
     saved = json.loads((run_dir / "ranks.json").read_text())
     assert set(saved["ranks"].values()) == {0} and "accuracy" in saved["search"]["dev"]
     assert not (run_dir / "metrics.json").exists() and not any(e[0] == "retrain" for e in events(run_dir))
+
+
+def test_read_text_names_every_unreadable_file(tmp_path, monkeypatch):
+    """The one reader of users' text files: missing, folder, unreadable (permission), empty, UTF-16, binary and
+    non-UTF-8 files each give one line naming the file (and the line of the bad byte); a BOM is dropped."""
+    from pathlib import Path
+
+    from autolora.files import read_text
+
+    cases = {"bom.tsv": b"\xef\xbb\xbfa\tb\n", "latin.tsv": b"ok\nstill ok\ncaf\xe9\n", "utf16.tsv": "a\tb\n".encode("utf-16"),
+             "binary.bin": b"PK\x03\x04\x00\x00", "empty.tsv": b""}
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+    assert read_text(tmp_path / "bom.tsv") == "a\tb\n"
+    for name, message in [("latin.tsv", r"latin.tsv:3: not UTF-8 \(byte 0xe9\)"), ("utf16.tsv", "UTF-16 or binary"),
+                          ("binary.bin", "UTF-16 or binary"), ("empty.tsv", r"empty file \(0 bytes\)"),
+                          ("missing.tsv", "missing.tsv: file not found"), (".", "is a folder, not a file")]:
+        with pytest.raises(KeyError, match=message):
+            read_text(tmp_path / name, KeyError)
+    real = Path.read_bytes
+
+    def denied(path):
+        if path.name == "bom.tsv":
+            raise PermissionError(13, "Permission denied")
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 000 does not stop root, who runs CI containers
+    with pytest.raises(ValueError, match=r"bom.tsv: not readable \(permission denied\)"):
+        read_text(tmp_path / "bom.tsv")

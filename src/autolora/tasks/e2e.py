@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 from autolora import metrics
 from autolora.batch import Batch
 from autolora.files import read_text
-from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
+from autolora.tasks.base import (
+    DataConfig,
+    DataError,
+    Splits,
+    load_hub,
+    local_folder,
+    map_fingerprint,
+    truncate,
+)
 
 IGNORE = -100  # label id the loss skips (prompt and padding)
 
@@ -139,7 +147,8 @@ class GenerationTask:
                 out["labels"].append(([IGNORE] * len(prompt) + answer)[: self.max_length])
             return out
 
-        encoded = split.map(tokenize, batched=True, remove_columns=split.column_names)
+        encoded = split.map(tokenize, batched=True, remove_columns=split.column_names,
+                            new_fingerprint=map_fingerprint(split))
         empty = [i for i, labels in enumerate(encoded["labels"]) if all(t == IGNORE for t in labels)]
         if empty:
             raise DataError(f"task.max_length={self.max_length} leaves no reference token in {len(empty)} training "

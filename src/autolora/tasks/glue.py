@@ -24,7 +24,15 @@ from transformers import DataCollatorWithPadding
 from autolora import metrics
 from autolora.batch import Batch, model_inputs
 from autolora.files import read_text
-from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
+from autolora.tasks.base import (
+    DataConfig,
+    DataError,
+    Splits,
+    load_hub,
+    local_folder,
+    map_fingerprint,
+    truncate,
+)
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ class GlueTask:
             return tokenizer(*args, truncation=True, max_length=self.max_length)
 
         text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
-        return split.map(tokenize, batched=True, remove_columns=text_columns)
+        return split.map(tokenize, batched=True, remove_columns=text_columns, new_fingerprint=map_fingerprint(split))
 
     def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
         """Dynamic padding to the longest sequence of the batch."""
