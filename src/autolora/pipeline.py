@@ -124,8 +124,14 @@ class Job:
         return batch
 
     def fresh_model(self):
-        return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
-                          self.settings.seed).to(self.settings.device)
+        try:
+            model = load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                               self.settings.seed)
+        except OSError as err:
+            if err.errno is not None:  # a file-system error, not transformers' "no weights there" (errno None)
+                raise
+            raise ConfigError(f"model.path={self.settings.model.path}: {str(err).splitlines()[0]}") from None
+        return model.to(self.settings.device)
 
     def ready_to_train(self, model: nn.Module) -> nn.Module:
         """Under bf16 autocast, store the frozen matmul weights in bf16 once instead of casting them on every
@@ -341,20 +347,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
     with (stop or StopFlag()).installed() as stop:
         checkpoint = Checkpointer(run_dir, settings.checkpoint_every, world, settings.device, stop)
         seed_everything(settings.seed)
-        splits = task.load(settings.data)  # data errors surface here, before any model is loaded
-        check_labels(splits)
-        try:
-            tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
-        except OSError as err:
-            if err.errno is not None:  # a file-system error, not transformers' "cannot find/connect" (errno None)
-                raise
-            where = settings.model.tokenizer or settings.model.path
-            raise ConfigError(f"tokenizer of model {settings.model.name} ({where}): {str(err).splitlines()[0]}") from None
-        minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
-        if task.max_length < minimum:
-            raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
-                              f"(at least {minimum}: its special tokens plus two text tokens)")
-        check_architecture(settings, task)
+        splits, tokenizer = load_inputs(settings, task)
         checkpoint.safe_point("before the run started", started=False)
         first_files = {"config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
                        **{f".hydra/{name}": text for name, text in (hydra_files or {}).items()}}
@@ -374,27 +367,49 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
                 lock.release()
 
 
+def load_inputs(settings: Settings, task):
+    """(splits, tokenizer), checked: data rows, the tokenizer against task.max_length, the model's architecture
+    and a ranks file against it. Everything here runs before the run folder is claimed and a model loads."""
+    splits = task.load(settings.data)
+    check_labels(splits)
+    try:
+        tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+    except OSError as err:
+        if err.errno is not None:  # a file-system error, not transformers' "cannot find/connect" (errno None)
+            raise
+        where = settings.model.tokenizer or settings.model.path
+        raise ConfigError(f"tokenizer of model {settings.model.name} ({where}): {str(err).splitlines()[0]}") from None
+    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if task.max_length < minimum:
+        raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
+                          f"(at least {minimum}: its special tokens plus two text tokens)")
+    check_architecture(settings, task)
+    return splits, tokenizer
+
+
 def check_architecture(settings: Settings, task) -> None:
     """The model, built from its config on the meta device (no weights, no memory), has the matrices the model
     config targets, and a ranks file names exactly those: a model.path of another architecture, or a ranks
     file of another model, is refused before the run folder is claimed."""
     cfg = settings.model
+    if cfg.gguf_file:  # its config is read from the whole GGUF file (seconds); the packaged GGUF models match
+        return
     kwargs = {} if task.head == "causal_lm" else {"num_labels": task.num_labels}
+    where = f"model.path={cfg.path}" if cfg.path else f"model {cfg.name} (random init)"
     try:
         if cfg.is_random:
             config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
         else:
-            gguf = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-            config = AutoConfig.from_pretrained(resolve_location(cfg.path), **gguf, **kwargs)
+            config = AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
         with torch.device("meta"):
             skeleton = HEAD_CLASSES[task.head].from_config(config)
     except (OSError, ValueError, KeyError) as err:  # unreachable hub id, unknown model_type, ...
-        raise ConfigError(f"model.path={cfg.path}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise ConfigError(f"{where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     try:
         names = target_names(skeleton, cfg.targets)
     except ValueError as err:
-        raise ConfigError(f"{err}: model.path={cfg.path} holds a {config.model_type} model, which model={cfg.name} "
-                          "does not describe; choose the model config of that architecture (model=...)") from None
+        raise ConfigError(f"{err}: {where} is a {config.model_type} model, which model={cfg.name} does not "
+                          "describe; choose the model config of that architecture (model=...)") from None
     if settings.method == "autolora" and settings.search.ranks_file is not None:
         check_rank_keys(names, ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)["ranks"])
 

@@ -1,4 +1,5 @@
-"""The run config as frozen dataclasses, checked before any heavy work; override checks for the CLI.
+"""The run config as frozen dataclasses, checked before any heavy work; override checks for the CLI (every job
+of a command, each point of a -m sweep, before Hydra starts).
 
 Only this module and the pipeline see a DictConfig. Every problem becomes a ConfigError naming its key.
 """
