@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from transformers import AutoConfig
 
-from autolora import adalora, export, graphs, rundir
+from autolora import adalora, export, graphs, runfolder
 from autolora import ranks as ranks_io
 from autolora.batch import pad_to_bucket
 from autolora.checkpoint import Checkpointer, StopFlag
@@ -328,7 +328,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
     finished sweep point that a resumed sweep skips).
 
     Order: every check that needs only the config, the folder and the data files, then the folder is claimed
-    (rundir.claim, under its lock), then models load. `hydra_files` (name -> YAML) go to run_dir/.hydra of a
+    (runfolder.claim, under its lock), then models load. `hydra_files` (name -> YAML) go to run_dir/.hydra of a
     new run. Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's
     run_dir is the run's, and only rank 0 writes files, logs and progress bars."""
     datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
@@ -339,7 +339,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
         settings = distributed_settings(settings, world)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    decided = world.share_outcome(lambda: rundir.plan(run_dir, resolved, settings.resume, sweep), ConfigError)
+    decided = world.share_outcome(lambda: runfolder.plan(run_dir, resolved, settings.resume, sweep), ConfigError)
     run_dir = decided.path  # rank 0's folder on every process: all read its checkpoint
     if decided.action == "skip":
         print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
@@ -355,7 +355,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
 
         def take() -> None:
             nonlocal lock
-            lock = rundir.claim(decided, fingerprint(splits), first_files)
+            lock = runfolder.claim(decided, fingerprint(splits), first_files)
 
         world.share_outcome(take, ConfigError)
         try:

@@ -1,7 +1,7 @@
 """Console script `autolora-run` (Hydra entrypoint): bad input ends with one line and exit status 2.
 
 Before Hydra starts, main() checks every job of the command (each point of a -m sweep: config, ranks file,
-model folder) and the folder each will write (rundir.plan, read only), so a refused command changes nothing.
+model folder) and the folder each will write (runfolder.plan, read only), so a refused command changes nothing.
 Hydra itself writes nothing into a run folder (hydra.output_subdir is null; its log file opens on first
 use): the run writes .hydra/ once it has claimed the folder. Signals are recorded from the start and acted
 on at safe points (checkpoint.StopFlag).
@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from autolora import distributed, rundir, sweep
+from autolora import distributed, runfolder, sweep
 from autolora import ranks as ranks_io
 from autolora.checkpoint import CorruptCheckpoint, Diverged, Interrupted, StopFlag
 from autolora.files import NO_SPACE, OutputError
@@ -129,7 +129,7 @@ def pin(key: str, value: Path) -> bool:
 
 
 def check_folders(points: list[Point], words: list[str], new_folders: set[Path]) -> Path | None:
-    """Before Hydra starts: every job's folder may be written as the command asks (rundir.plan); resume=true
+    """Before Hydra starts: every job's folder may be written as the command asks (runfolder.plan); resume=true
     without hydra.run.dir picks the newest unfinished run with this config. Adds the folders that do not
     exist yet to `new_folders`; returns a sweep's folder."""
     resume = points[0].cfg.resume is True
@@ -139,11 +139,11 @@ def check_folders(points: list[Point], words: list[str], new_folders: set[Path])
             return None
         if resume and not any(w.startswith("hydra.run.dir=") for w in words):
             parent = folder.parent
-            folder = rundir.newest_unfinished(parent, resolved(points[0]))
+            folder = runfolder.newest_unfinished(parent, resolved(points[0]))
             if folder is None:
                 raise ConfigError(f"resume=true: no unfinished run with this config in {parent}; "
                                   "point at it with hydra.run.dir=<run dir> resume=true")
-        rundir.plan(folder, resolved(points[0]), resume)
+        runfolder.plan(folder, resolved(points[0]), resume)
         if pin("hydra.run.dir", folder) and not folder.exists():
             new_folders.add(folder)
         return None
@@ -154,7 +154,7 @@ def check_folders(points: list[Point], words: list[str], new_folders: set[Path])
         if folders.count(folder) > 1:
             raise ConfigError(f"{point.label}: its folder {folder} is also another point's (hydra.sweep.subdir)")
         try:
-            rundir.plan(folder, resolved(point), point.cfg.resume is True, sweep=True)
+            runfolder.plan(folder, resolved(point), point.cfg.resume is True, sweep=True)
         except ConfigError as err:
             raise ConfigError(f"{point.label}: {err}") from None
     sweep_dir = Path(str(points[0].cfg.hydra.sweep.dir)).absolute()

@@ -1,4 +1,4 @@
-"""The run directory: which folder a run may write, the lock that makes it one run's, what a resume continues.
+"""The run folder a job writes: whether it may (new, resume, skip), the lock that makes it one run's, what a resume continues.
 
 Rules: a new run starts only in a new or empty folder, so it never reads, trusts or deletes what someone
 else put there. A resume continues only a folder that this program marked as its own (MARKER), that is

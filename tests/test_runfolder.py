@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from autolora import rundir
-from autolora.rundir import Plan, RunLock, check_same_data, claim, plan
+from autolora import runfolder
+from autolora.runfolder import Plan, RunLock, check_same_data, claim, plan
 from autolora.settings import ConfigError
 
 CONFIG = {"seed": 0, "search": {"k": 8}, "resume": False}
@@ -22,7 +22,7 @@ def own_run(folder, config=CONFIG, finished=False, data=None):
     import yaml
 
     folder.mkdir(parents=True)
-    (folder / rundir.MARKER).write_text(json.dumps({"created": "x", "data": data or {}}))
+    (folder / runfolder.MARKER).write_text(json.dumps({"created": "x", "data": data or {}}))
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     if finished:
         (folder / "metrics.json").write_text("{}")
@@ -34,7 +34,7 @@ def test_a_new_run_takes_only_a_new_or_empty_folder(tmp_path):
     file, ours or someone's, is refused with what it holds."""
     assert plan(tmp_path / "absent", CONFIG, resume=False) == Plan("new", tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / rundir.LOCK).write_text("")
+    (tmp_path / "empty" / runfolder.LOCK).write_text("")
     assert plan(tmp_path / "empty", CONFIG, resume=False).action == "new"
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -74,9 +74,9 @@ def test_a_garbage_config_is_one_error_and_skipped_among_siblings(tmp_path):
     (broken / "config.yaml").write_bytes(b"\xff\xfe: [")
     with pytest.raises(ConfigError, match="config.yaml cannot be read as a config"):
         plan(broken, CONFIG, resume=True)
-    assert rundir.newest_unfinished(tmp_path / "runs", CONFIG) is None
+    assert runfolder.newest_unfinished(tmp_path / "runs", CONFIG) is None
     good = own_run(tmp_path / "runs" / "good")
-    assert rundir.newest_unfinished(tmp_path / "runs", CONFIG) == good
+    assert runfolder.newest_unfinished(tmp_path / "runs", CONFIG) == good
 
 
 def test_unwritable_places_are_refused_before_anything_is_made(tmp_path):
@@ -84,14 +84,14 @@ def test_unwritable_places_are_refused_before_anything_is_made(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     with pytest.raises(ConfigError, match="is a file, not a folder"):
-        rundir.check_writable(a_file)
+        runfolder.check_writable(a_file)
     with pytest.raises(ConfigError, match="a_file is a file, not a folder"):
-        rundir.check_writable(a_file / "deeper" / "run")
+        runfolder.check_writable(a_file / "deeper" / "run")
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         with pytest.raises(ConfigError, match="cannot write in .*locked"):
-            rundir.check_writable(locked / "run")
+            runfolder.check_writable(locked / "run")
 
 
 def test_the_lock_admits_one_process_and_a_dead_holder_leaves_no_stale_lock(tmp_path):
@@ -102,7 +102,7 @@ def test_the_lock_admits_one_process_and_a_dead_holder_leaves_no_stale_lock(tmp_
         RunLock(tmp_path).acquire()
     first.release()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (tmp_path / rundir.LOCK).write_text(f"host x pid {dead.stdout.strip()} since then\n")  # left by a SIGKILL
+    (tmp_path / runfolder.LOCK).write_text(f"host x pid {dead.stdout.strip()} since then\n")  # left by a SIGKILL
     RunLock(tmp_path).acquire().release()
 
 
@@ -114,10 +114,10 @@ def test_without_flock_a_live_holder_is_detected_by_pid(tmp_path, monkeypatch):
     def no_flock(fd, operation):
         raise OSError(errno.ENOLCK, "no locks")
 
-    monkeypatch.setattr(rundir.fcntl, "flock", no_flock)
+    monkeypatch.setattr(runfolder.fcntl, "flock", no_flock)
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        (tmp_path / rundir.LOCK).write_text(f"host {socket.gethostname()} pid {holder.pid} since now\n")
+        (tmp_path / runfolder.LOCK).write_text(f"host {socket.gethostname()} pid {holder.pid} since now\n")
         with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
             RunLock(tmp_path).acquire()
     finally:
@@ -131,7 +131,7 @@ def test_claim_writes_the_marker_and_first_files_and_a_resume_refuses_changed_da
     folder = tmp_path / "run"
     lock = claim(Plan("new", folder), {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}, {"config.yaml": "seed: 0\n"})
     lock.release()
-    assert json.loads((folder / rundir.MARKER).read_text())["data"] == {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}
+    assert json.loads((folder / runfolder.MARKER).read_text())["data"] == {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}
     assert (folder / "config.yaml").read_text() == "seed: 0\n"
     claim(Plan("resume", folder), {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}, {}).release()
     with pytest.raises(ConfigError, match=r"data changed since the run started: /data/train.tsv changed"):
