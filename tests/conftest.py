@@ -28,12 +28,13 @@ def shared_data() -> Path | None:
 
 
 @pytest.fixture
-def glue_dir() -> Path:
-    """The shared GLUE folder; tests that need it skip (with the reason) where it is absent."""
+def glue_root() -> Path:
+    """The shared data folder holding glue/ (data.data_dir's meaning); tests that need it skip (with the
+    reason) where it is absent."""
     data = shared_data()
     if data is None or not (data / "glue").is_dir():
         pytest.skip("shared GLUE data not present (set AUTOLORA_TEST_DATA to a folder holding glue/)")
-    return data / "glue"
+    return data
 
 
 def tiny_roberta(num_labels: int = 2, dtype=torch.float32, seed: int = 0, layers: int = 2) -> RobertaForSequenceClassification:

@@ -28,7 +28,7 @@ def fixture_data(limit=None) -> DataConfig:
 def test_official_csv_quirks():
     """CRLF, quoted headers, a line break inside a quoted reference and '£'/'é' all parse."""
     splits = build_task(task_config("e2e")).load(fixture_data())
-    assert len(splits.train) == 4 and len(splits.dev) == 3
+    assert len(splits.train) == 4 and len(splits.test) == 3 and splits.dev is None  # scored on test
     assert list(splits.train["target"])[2] == "Café Rouge costs more than £30. It is pricey."
     assert list(splits.train["source"])[3] == "name[Zizzi]"
 
@@ -39,8 +39,8 @@ def test_shared_e2e_counts():
     if data is None or not (data / "e2e").is_dir():
         pytest.skip("shared E2E data not present")
     splits = build_task(task_config("e2e")).load(DataConfig("local", str(data), None, None))
-    assert len(splits.train) == 42061 and len(splits.dev) == 4693
-    assert len(set(splits.dev["source"])) == 630
+    assert len(splits.train) == 42061 and len(splits.test) == 4693
+    assert len(set(splits.test["source"])) == 630
 
 
 def test_malformed_record_names_file_and_line(tmp_path):
@@ -203,7 +203,8 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     ranks = json.loads((tmp_path / "run" / "ranks.json").read_text())["ranks"]
     layers = {name.split(":")[0] for name in ranks}
     assert any(ranks[f"{layer}:q"] != ranks[f"{layer}:v"] for layer in layers), ranks
-    assert set(record["retrain"]["dev"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
+    assert record["retrain"]["eval_split"] == "test" and "dev" not in record["retrain"]
+    assert set(record["retrain"]["test"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
     predictions = (tmp_path / "run" / "predictions.txt").read_text().splitlines()
     assert predictions[0] == "source\tgenerated" and len(predictions) == 1 + 2  # two unique test MRs
     monkeypatch.setattr(shutil, "which", lambda name: None)

@@ -18,8 +18,8 @@ TINY = ["debug=tiny"]
 
 
 def glue_files(root, train: str, dev: str = "0\ta\tb\tentailment\n"):
-    """An RTE folder with the given data rows under the official header."""
-    folder = root / "RTE"
+    """A glue/RTE folder (data.data_dir's layout) with the given data rows under the official header."""
+    folder = root / "glue" / "RTE"
     folder.mkdir(parents=True, exist_ok=True)
     header = "index\tsentence1\tsentence2\tlabel\n"
     (folder / "train.tsv").write_text(header + train)
@@ -38,11 +38,11 @@ def bad_inputs(tmp_path):
     malformed = glue_files(tmp_path / "bad", GOOD_ROWS + "9\tonly two\n")
     unknown_label = glue_files(tmp_path / "lab", GOOD_ROWS + "9\ta\tb\tmaybe\n")
     return [
-        ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, glue/cola"),
+        ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, generation, glue/cola"),
         ("unknown model", ["model=bert-tiny"], r"unknown model 'bert-tiny'; choose one of: gpt2"),
         ("unknown method", [*TINY, "method=grid"], r"method must be one of \('autolora', 'lora', 'adalora'\), got 'grid'"),
         ("unknown key", ["search.kk=3"], r"unknown config key 'search.kk'"),
-        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/RTE: no such folder"),
+        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/glue/RTE: no such folder"),
         ("missing file", [*TINY, "task=glue/rte", f"data.data_dir={glue_files(tmp_path / 'nofile', GOOD_ROWS, None)}"],
          r"RTE/dev.tsv: file not found"),
         ("malformed row", [*TINY, "task=glue/rte", f"data.data_dir={malformed}"],

@@ -91,11 +91,11 @@ def test_console_script_errors_are_one_line_with_status_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_job_its_own_directory(tmp_path, glue_dir):
+def test_multirun_gives_each_job_its_own_directory(tmp_path, glue_root):
     """`-m task=glue/rte,glue/mrpc seed=0,1`: four jobs, four run directories, four metrics.json."""
     result = subprocess.run(
         [sys.executable, str(REPO / "run.py"), "-m", *TINY, "task=glue/rte,glue/mrpc", "seed=0,1",
-         f"data.data_dir={glue_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         f"data.data_dir={glue_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     found = sorted((tmp_path / "sweep").glob("*/metrics.json"))

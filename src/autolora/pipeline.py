@@ -41,9 +41,11 @@ from autolora.models import (
     four_d_attention_mask,
     load_model,
     load_tokenizer,
+    resolve_auto,
     resolve_location,
     store_frozen_linears_in,
 )
+from autolora.quiet import silence_libraries
 from autolora.search import search
 from autolora.settings import ConfigError, Settings, _node, build_settings, check_compatible
 from autolora.summary import flat_summary, summary_text
@@ -102,11 +104,12 @@ def claim_run_dir(run_dir: Path) -> Path:
 class Job:
     """One run: the settings, the task and its data, the checkpointer and the run directory."""
 
-    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer,
-                 world: World = SINGLE):
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, evaluation: Mapping[str, Any],
+                 checkpoint: Checkpointer, world: World = SINGLE):
         self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
         self.compile = compile_modes(settings, world)
-        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
+        self.tokenizer, self.train = tokenizer, train  # tokenised
+        self.evaluation = dict(evaluation)  # split name (dev, test) -> raw rows; the last is the headline split
         self.checkpoint = checkpoint
         self.autocast = autocast_for(settings)
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
@@ -135,8 +138,15 @@ class Job:
         return batch
 
     def fresh_model(self):
-        return load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
-                          self.settings.seed).to(self.settings.device)
+        """The backbone with the task's head; the modules its checkpoint lacks (the new head, DistilBERT's
+        pre_classifier) join the trained heads."""
+        model, new = load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                                self.settings.seed)
+        self.heads = tuple(dict.fromkeys([*self.heads, *new]))
+        if self.task.head != "causal_lm" and not self.heads:
+            raise ConfigError(f"{self.settings.model.name} has no new head module and model.head_modules is empty: "
+                              f"name the classifier to train, e.g. model.head_modules=[classifier]")
+        return model.to(self.settings.device)
 
     def ready_to_train(self, model: nn.Module) -> nn.Module:
         """Under bf16 autocast, store the frozen matmul weights in bf16 once instead of casting them on every
@@ -145,14 +155,20 @@ class Job:
             store_frozen_linears_in(model, torch.bfloat16)
         return model
 
-    def evaluate(self, model) -> tuple[dict[str, float | None], str | None]:
-        """The task's metrics on the raw dev split, and its predictions as text (or None). Data parallel:
-        each process predicts every N-th item, the main process scores them all (others return {})."""
-        items = self.task.eval_items(self.dev, self.tokenizer)
-        mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
-                                 autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
-        predictions = self.world.gather_interleaved(mine)
-        return self.task.score(self.dev, items, predictions) if self.world.is_main else ({}, None)
+    def evaluate(self, model) -> tuple[dict[str, Any], str | None]:
+        """{"eval_split": the headline split, <split>: its metrics, ...} over the evaluation splits (dev, test),
+        and the headline split's predictions as text (or None). Data parallel: each process predicts every
+        N-th item, the main process scores them all (the others return no metrics)."""
+        scores: dict[str, Any] = {}
+        text = None
+        for split, rows in self.evaluation.items():
+            items = self.task.eval_items(rows, self.tokenizer)
+            mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
+                                     autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+            predictions = self.world.gather_interleaved(mine)
+            if self.world.is_main:
+                scores[split], text = self.task.score(rows, items, predictions)
+        return {"eval_split": list(self.evaluation)[-1], **scores}, text
 
     def run_search(self, tracker) -> tuple[dict[str, int], dict[str, Any]]:
         """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
@@ -171,7 +187,7 @@ class Job:
                           world=self.world, compile_mode=self.compile["search"])
         gates = searched.gates
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
-        record = {"dev": self.evaluate(model)[0] if s.evaluate else {}, "steps": s.epochs * len(train_loader),
+        record = {**(self.evaluate(model)[0] if s.evaluate else {}), "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
                   "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture,
                   **ranks_io.search_diagnostics(gates, s.selection_threshold)}  # gate spread, noise warning
@@ -212,8 +228,8 @@ class Job:
                       log=tracker.log, log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=None,
                       progress=self.settings.progress, on_update=peft_model.base_model.update_and_allocate,
                       world=self.world).steps
-        dev, predictions = self.evaluate(peft_model)
-        record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
+        scores, predictions = self.evaluate(peft_model)
+        record = {**scores, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
                   **self.phase_cost()}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
@@ -241,8 +257,8 @@ class Job:
                         autocast=self.autocast, device=self.settings.device, log=tracker.log,
                         log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
                         progress=self.settings.progress, world=self.world, compile_mode=self.compile["retrain"])
-        dev, predictions = self.evaluate(model)
-        record = {"dev": dev, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
+        scores, predictions = self.evaluate(model)
+        record = {**scores, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
                   **self.phase_cost(), "capture": trained.capture}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
@@ -304,7 +320,21 @@ def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
     else:
         config.base_model_name_or_path = resolve_location(cfg.path)
     peft_model = export.to_peft(model, config)
-    return save_dir(job.run_dir / "adapter", peft_model.save_pretrained)
+    return write_adapter(job, peft_model.save_pretrained)
+
+
+def write_adapter(job: Job, save_weights) -> Path:
+    """The adapter folder: peft's files, the tokenizer and (classification, NER) labels.json, the class names in
+    id order, so that AutoPeftModelFor<head>.from_pretrained(folder, num_labels=len(labels)) loads it anywhere."""
+    labels = getattr(job.task, "labels", None)
+
+    def fill(folder: Path) -> None:
+        save_weights(folder)
+        job.tokenizer.save_pretrained(folder)
+        if labels:
+            write_json(folder / "labels.json", list(labels))
+
+    return save_dir(job.run_dir / "adapter", fill)
 
 
 IGNORED_ON_RESUME = ("resume", "progress")
@@ -367,16 +397,17 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
 
     Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's run_dir
     is the run's, and only rank 0 writes files, logs and progress bars."""
-    datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
     if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     settings = build_settings(cfg)
+    silence_libraries(settings.verbose)
     if world.distributed:
         settings = distributed_settings(settings, world)
     try:
         task = build_task(_node(cfg, "task"))
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
+    settings = dataclasses.replace(settings, model=resolve_auto(settings.model, task.head))  # no weights read
     check_compatible(settings.model, task)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
     if settings.search.ranks_file is not None:
@@ -393,7 +424,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
     if task.max_length < minimum:
         raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
                           f"(at least {minimum}: its special tokens plus two text tokens)")
-    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
+    job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.scored(),
               Checkpointer(run_dir, settings.checkpoint_every, world, settings.device), world)
     if not world.is_main:
         return run_phases(job, Tracker(None), {})
@@ -407,12 +438,15 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE) -> dict[str, Any]
                            run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
     record: dict[str, Any] = {
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
-        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
+        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train),
+        **{f"n_{split}": len(rows) for split, rows in job.evaluation.items()},
         "device": device_name(settings.device), "precision": settings.precision, "compile": job.compile,
         "git_commit": git_commit(),
         "versions": versions(), "command": " ".join(sys.argv), "processes": world.size,
         "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),  # the report's date
     }
+    if tracker.where() is not None:
+        record["wandb"] = tracker.where()
     try:
         record = run_phases(job, tracker, record)
     finally:
@@ -441,10 +475,12 @@ def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, 
                 found, record["search"] = job.run_search(tracker)
         elif settings.method == "autolora":
             record["ranks_file"] = settings.search.ranks_file
+        record["ranks_from"] = {"lora": "uniform", "adalora": "adalora"}.get(
+            settings.method, "search" if found is not None else "ranks_file")
         if settings.method == "adalora":
             model, ranks, record["retrain"] = job.run_adalora(tracker)
             if main:
-                record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+                record["adapter"] = str(write_adapter(job, model.save_pretrained))
         else:
             model, ranks, record["retrain"] = job.run_retrain(found, tracker)
             if main:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import json
 import platform
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -
         raise ValueError(f"{run_dir}: a generation run needs --data-dir (its references come from the data)")
     data = DataConfig(source="local", data_dir=data_dir, max_train_samples=1,
                       max_eval_samples=config["data"]["max_eval_samples"])
-    split = task.load(data).dev
+    split = list(task.load(data).scored().values())[-1]  # the headline split (E2E: test)
     references: dict[str, list[str]] = {}
     for source, target in zip(split["source"], split["target"], strict=True):
         references.setdefault(source, []).append(target)
@@ -76,15 +77,18 @@ def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -
 
 
 def rescore(run_dir: Path, data_dir: str | None) -> dict:
-    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json."""
+    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json,
+    the scores under the name of the run's headline split (metrics.json retrain.eval_split: test for NER, E2E)."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    split = json.loads((run_dir / "metrics.json").read_text())["retrain"].get("eval_split", "dev")
     task = build_task(config["task"])
     if task.head == "token_classification":
         gold, predicted = read_conll_predictions(run_dir / "predictions.txt")
         scores, counts = metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
     else:
         scores, counts = generation_scores(run_dir, task, config, data_dir)
-    payload = {"dev": scores, **counts, "scored_on": platform.node(), "date": dt.date.today().isoformat(),
+    payload = {"eval_split": split, split: scores, **counts, "scored_on": platform.node(),
+               "date": dt.date.today().isoformat(),
                "note": "recomputed from predictions.txt by autolora.rescore"}
     write_json(run_dir / "metrics_rescored.json", payload)
     return payload
@@ -96,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", help="data.data_dir holding the task's files (generation runs)")
     args = parser.parse_args(argv)
     for run_dir in args.runs:
-        print(run_dir, rescore(run_dir, args.data_dir)["dev"])
+        payload = rescore(run_dir, args.data_dir)
+        print(run_dir, payload[payload["eval_split"]])
 
 
 if __name__ == "__main__":

@@ -21,12 +21,12 @@ from omegaconf import DictConfig
 from autolora import distributed
 from autolora import ranks as ranks_io
 from autolora.checkpoint import Diverged, Interrupted
-from autolora.inject import RankKeyError
+from autolora.inject import RankKeyError, TargetError
 from autolora.pipeline import run
-from autolora.settings import ConfigError, check_overrides, config_dir
+from autolora.settings import ConfigError, check_overrides, config_dir, expand_overrides
 from autolora.tasks.base import DataError
 
-USER_ERRORS = (ConfigError, DataError, RankKeyError, ranks_io.RanksFileError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, RankKeyError, TargetError, ranks_io.RanksFileError, FileNotFoundError)
 
 
 WORLD = distributed.from_environment()
@@ -57,6 +57,7 @@ def _job(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
+    sys.argv[1:] = expand_overrides(sys.argv[1:])  # model.path=<folder> alone selects model=local
     try:
         check_overrides(sys.argv[1:])
         if WORLD.distributed and {"-m", "--multirun"} & set(sys.argv[1:]):

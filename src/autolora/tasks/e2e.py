@@ -85,41 +85,18 @@ def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
     return out
 
 
-@dataclass(frozen=True)
-class GenerationTask:
-    """Data-to-text generation with a causal LM (E2E NLG)."""
+class TextGeneration:
+    """The family: rows {source, target} -> a causal LM trained on source + separator + target, scored by
+    generating once per unique source (metrics.e2e_scores). E2E and your own files (tasks/own.py) share it;
+    subclasses set name, separator, max_length, label_smoothing and generation."""
 
-    name: str
-    local: CsvLayout
-    hub: HubCsv
+    head = "causal_lm"
+    main_metric = "bleu"
+    num_labels = 0
     separator: str
     max_length: int
     label_smoothing: float
     generation: Generation
-    main_metric: str = "bleu"
-    head: str = "causal_lm"
-    num_labels: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> GenerationTask:
-        return cls(cfg["name"], CsvLayout(**cfg["local"]), HubCsv(**cfg["hub"]), cfg["separator"], cfg["max_length"],
-                   cfg["label_smoothing"], Generation(**cfg["generation"]))
-
-    def load(self, data: DataConfig) -> Splits:
-        """Train rows and evaluation rows (one per reference) from local CSVs or the hub."""
-        located = local_folder(data, self.name, self.local.dir, sample=None)
-        if located is None:
-            from datasets import load_dataset
-
-            parts = load_dataset(self.hub.path, self.hub.name)
-            pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
-                                                    "target": list(split[self.hub.target])})
-            train, dev, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
-        else:
-            folder, origin = located
-            train = Dataset.from_dict(read_csv(folder / self.local.train, self.local))
-            dev = Dataset.from_dict(read_csv(folder / self.local.eval, self.local))
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin)
 
     def prompt_ids(self, tokenizer, source: str) -> list[int]:
         return tokenizer(source + self.separator, add_special_tokens=False)["input_ids"]
@@ -205,3 +182,37 @@ class GenerationTask:
                 outputs.append(" ".join(text.split("\n")[0].split()))
         model.train(was_training)
         return outputs
+
+
+@dataclass(frozen=True)
+class GenerationTask(TextGeneration):
+    """E2E NLG (official CSVs or the hub copy)."""
+
+    name: str
+    local: CsvLayout
+    hub: HubCsv
+    separator: str
+    max_length: int
+    label_smoothing: float
+    generation: Generation
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> GenerationTask:
+        return cls(cfg["name"], CsvLayout(**cfg["local"]), HubCsv(**cfg["hub"]), cfg["separator"], cfg["max_length"],
+                   cfg["label_smoothing"], Generation(**cfg["generation"]))
+
+    def load(self, data: DataConfig) -> Splits:
+        """Train rows and test rows (one per reference) from local CSVs or the hub."""
+        located = local_folder(data, self.name, self.local.dir, sample=None)
+        if located is None:
+            from datasets import load_dataset
+
+            parts = load_dataset(self.hub.path, self.hub.name)
+            pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
+                                                    "target": list(split[self.hub.target])})
+            train, test, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
+        else:
+            folder, origin = located
+            train = Dataset.from_dict(read_csv(folder / self.local.train, self.local))
+            test = Dataset.from_dict(read_csv(folder / self.local.eval, self.local))
+        return Splits(truncate(train, data.max_train_samples), None, origin, test=truncate(test, data.max_eval_samples))

@@ -88,8 +88,71 @@ def read_tsv(path: Path, layout: TsvLayout, labels: tuple[str, ...] | None) -> d
     return out
 
 
+class SentenceClassification:
+    """The family: rows {text_a, [text_b], labels} -> a sequence classifier (or a regressor when `labels` is
+    None). GLUE and your own files (tasks/own.py) share it; subclasses set name, labels, metrics, max_length."""
+
+    head = "sequence_classification"
+    labels: tuple[str, ...] | None  # label names in class-id order; None for regression
+    metrics: tuple[str, ...]
+    max_length: int
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def encode(self, split: Dataset, tokenizer) -> Dataset:
+        """Tokenise (truncating to max_length); keeps only model inputs and labels."""
+        pair = "text_b" in split.column_names
+
+        def tokenize(rows):
+            args = (rows["text_a"], rows["text_b"]) if pair else (rows["text_a"],)
+            return tokenizer(*args, truncation=True, max_length=self.max_length)
+
+        text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
+        return split.map(tokenize, batched=True, remove_columns=text_columns)
+
+    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
+        """Dynamic padding to the longest sequence of the batch."""
+        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def loss(self, outputs: Any, batch: Batch) -> Tensor:
+        """Cross-entropy, or mean squared error for regression (STS-B); computed in float32."""
+        logits = outputs.logits.float()
+        if self.labels is None:
+            return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
+        return F.cross_entropy(logits, batch["labels"])
+
+    @torch.no_grad()
+    def eval_items(self, split: Dataset, tokenizer) -> Dataset:
+        """The units predictions are made for: the encoded rows of the evaluation split."""
+        return self.encode(split, tokenizer)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, items: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
+                batch_size: int) -> list[np.ndarray]:
+        """The logits of each item (float32, on the host)."""
+        loader = DataLoader(items, batch_size=batch_size, collate_fn=self.collate(tokenizer))
+        was_training = model.training
+        model.eval()
+        outputs = []
+        for batch in loader:
+            with autocast():
+                logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
+            outputs.extend(logits.float().cpu().numpy())
+        model.train(was_training)
+        return outputs
+
+    def score(self, split: Dataset, items: Dataset, predictions: list[np.ndarray]) -> tuple[dict[str, float], None]:
+        """Metrics of an evaluation split: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
+        logits, gold = np.stack(predictions), np.asarray(items["labels"])
+        if self.labels is None:
+            return metrics.regression_scores(gold, logits[:, 0]), None
+        return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics), None
+
+
 @dataclass(frozen=True)
-class GlueTask:
+class GlueTask(SentenceClassification):
     """One GLUE task: sentence(-pair) classification or regression (STS-B)."""
 
     name: str
@@ -100,7 +163,6 @@ class GlueTask:
     main_metric: str
     max_length: int
     sample: str | None  # folder of a packaged sample under autolora/data, if any
-    head: str = "sequence_classification"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GlueTask:
@@ -114,10 +176,6 @@ class GlueTask:
         if task.main_metric not in task.metrics:
             raise ValueError(f"task.main_metric {task.main_metric!r} is not in task.metrics {list(task.metrics)}")
         return task
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.labels is None else len(self.labels)
 
     def load(self, data: DataConfig) -> Splits:
         """Train and dev splits from local TSVs, the packaged sample or the hub."""
@@ -144,52 +202,3 @@ class GlueTask:
             return split.remove_columns([c for c in split.column_names if c not in columns.values()])
 
         return standard(parts["train"]), standard(parts[self.hub.dev_split])
-
-    def encode(self, split: Dataset, tokenizer) -> Dataset:
-        """Tokenise (truncating to max_length); keeps only model inputs and labels."""
-        pair = "text_b" in split.column_names
-
-        def tokenize(rows):
-            args = (rows["text_a"], rows["text_b"]) if pair else (rows["text_a"],)
-            return tokenizer(*args, truncation=True, max_length=self.max_length)
-
-        text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
-        return split.map(tokenize, batched=True, remove_columns=text_columns)
-
-    def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
-        """Dynamic padding to the longest sequence of the batch."""
-        return DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
-    def loss(self, outputs: Any, batch: Batch) -> Tensor:
-        """Cross-entropy, or mean squared error for regression (STS-B); computed in float32."""
-        logits = outputs.logits.float()
-        if self.labels is None:
-            return F.mse_loss(logits.squeeze(-1), batch["labels"].float())
-        return F.cross_entropy(logits, batch["labels"])
-
-    @torch.no_grad()
-    def eval_items(self, split: Dataset, tokenizer) -> Dataset:
-        """The units predictions are made for: the encoded dev rows."""
-        return self.encode(split, tokenizer)
-
-    @torch.no_grad()
-    def predict(self, model: nn.Module, items: Dataset, tokenizer, *, device: torch.device, autocast: Callable,
-                batch_size: int) -> list[np.ndarray]:
-        """The logits of each item (float32, on the host)."""
-        loader = DataLoader(items, batch_size=batch_size, collate_fn=self.collate(tokenizer))
-        was_training = model.training
-        model.eval()
-        outputs = []
-        for batch in loader:
-            with autocast():
-                logits = model(**{k: v.to(device) for k, v in model_inputs(batch).items()}).logits
-            outputs.extend(logits.float().cpu().numpy())
-        model.train(was_training)
-        return outputs
-
-    def score(self, split: Dataset, items: Dataset, predictions: list[np.ndarray]) -> tuple[dict[str, float], None]:
-        """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
-        logits, gold = np.stack(predictions), np.asarray(items["labels"])
-        if self.labels is None:
-            return metrics.regression_scores(gold, logits[:, 0]), None
-        return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics), None
