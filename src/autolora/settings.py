@@ -66,7 +66,7 @@ class Settings:
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
     try:
-        return OmegaConf.to_container(cfg[key], resolve=True)
+        return OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:  # a ??? in conf/, e.g. task.train_file of your own data
         name = err.full_key if err.full_key.startswith(f"{key}.") else f"{key}.{err.full_key}"
         raise ConfigError(f"{name} is required: add {name}=... to the command") from None
@@ -175,7 +175,7 @@ def expand_overrides(args: list[str]) -> list[str]:
     """model.path=<folder> without model=<option> means model=local: everything else from the folder."""
     keys = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg and not arg.startswith("-")}
     if "model.path" in keys and "model" not in keys:
-        return ["model=local", *args]
+        return [*args, "model=local"]  # last: a flag such as -m may come first, positional overrides after it
     return list(args)
 
 
