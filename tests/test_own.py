@@ -148,7 +148,6 @@ def test_old_glue_folder_rule_is_read_with_a_warning(tmp_path, caplog):
 def test_task_file_outside_the_package_via_searchpath(tmp_path):
     """A user's task file in their own folder, found through hydra.searchpath: the override check accepts it
     and it composes on top of text_classification."""
-    from conftest import compose
 
     from autolora.settings import ConfigError, check_overrides
 
