@@ -53,6 +53,12 @@ def test_no_matching_target_is_one_line_listing_the_linear_layers(model_folders)
                      "sequence_classification")
 
 
+def test_a_folder_that_is_no_model_is_one_line(tmp_path):
+    """model.path at a folder without config.json (or a typo) stops before any weights, naming the key."""
+    with pytest.raises(FileNotFoundError, match=rf"model.path={tmp_path}: not a model folder saved with save_pretrained"):
+        resolve_auto(local_model(tmp_path), "sequence_classification")
+
+
 def test_distilbert_folder_trains_its_new_pre_classifier(tmp_path, model_folders, monkeypatch, capfd):
     """The console path end to end: the run folder is outputs/<task>/<folder name>/<method>/<time>, the
     modules the checkpoint lacks (classifier and pre_classifier) are trained and saved with the adapter, and

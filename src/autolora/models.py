@@ -158,7 +158,12 @@ def architecture(cfg: ModelConfig):
     if cfg.is_random:
         return AutoConfig.for_model(**dict(cfg.config))
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
-    return AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
+    try:
+        return AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
+    except (OSError, ValueError) as err:  # no such folder or hub id, offline, no config.json, unknown model_type
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"model.path={cfg.path}: not a model folder saved with save_pretrained (config.json) "
+                                f"nor a reachable hub id ({reason})") from None
 
 
 def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:

@@ -337,7 +337,7 @@ def write_adapter(job: Job, save_weights) -> Path:
     return save_dir(job.run_dir / "adapter", fill)
 
 
-IGNORED_ON_RESUME = ("resume", "progress")
+IGNORED_ON_RESUME = ("resume", "progress", "verbose")  # they change what is shown, not results
 
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
