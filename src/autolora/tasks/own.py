@@ -24,6 +24,15 @@ from autolora.tasks.ner import SCHEMES, ColumnLayout, TokenTagging, check_known_
 from autolora.typecheck import check_types
 
 
+TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")  # metrics.entity_scores
+GENERATION_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")  # metrics.e2e_scores
+
+
+def _check_main(name: str, known: tuple[str, ...]) -> None:
+    if name not in known:
+        raise ValueError(f"task.main_metric must be one of {list(known)}, got {name!r}")
+
+
 @dataclass(frozen=True)
 class OwnFiles:
     """The task keys naming your files: train, optional dev and test, and the held-out share of train."""
@@ -185,14 +194,16 @@ class TokenClassificationTask(TokenTagging):
     conll: ConllColumns
     scheme: str
     max_length: int
+    main_metric: str
     labels: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TokenClassificationTask:
         if cfg["scheme"] not in SCHEMES:
             raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
+        _check_main(cfg["main_metric"], TOKEN_METRICS)
         return cls(cfg["name"], OwnFiles.from_config(cfg), cfg["tokens_column"], cfg["tags_column"],
-                   ConllColumns(**cfg["conll"]), cfg["scheme"], cfg["max_length"])
+                   ConllColumns(**cfg["conll"]), cfg["scheme"], cfg["max_length"], cfg["main_metric"])
 
     def load(self, data: DataConfig) -> Splits:
         """Sentences {words, tags}; the tag names come from the training file."""
@@ -244,11 +255,14 @@ class GenerationFilesTask(TextGeneration):
     max_length: int
     label_smoothing: float
     generation: Generation
+    main_metric: str
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> GenerationFilesTask:
+        _check_main(cfg["main_metric"], GENERATION_METRICS)
         return cls(cfg["name"], OwnFiles.from_config(cfg), cfg["source_column"], cfg["target_column"],
-                   cfg["separator"], cfg["max_length"], cfg["label_smoothing"], Generation(**cfg["generation"]))
+                   cfg["separator"], cfg["max_length"], cfg["label_smoothing"], Generation(**cfg["generation"]),
+                   cfg["main_metric"])
 
     def load(self, data: DataConfig) -> Splits:
         """Rows {source, target}; a held-out dev split keeps every reference of a source together."""
