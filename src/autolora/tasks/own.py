@@ -23,7 +23,6 @@ from autolora.tasks.glue import SentenceClassification
 from autolora.tasks.ner import SCHEMES, ColumnLayout, TokenTagging, check_known_tags, label_list, read_columns
 from autolora.typecheck import check_types
 
-
 TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")  # metrics.entity_scores
 GENERATION_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")  # metrics.e2e_scores
 
@@ -67,8 +66,8 @@ class OwnFiles:
             train, dev = train.select(kept), train.select(held)
             origin += f" (dev: {len(held)} rows held out, task.dev_fraction={self.dev_fraction}, split_seed {self.split_seed})"
         limit = data.max_eval_samples
-        return Splits(truncate(train, data.max_train_samples), dev and truncate(dev, limit), origin,
-                      test=test and truncate(test, limit))
+        return Splits(truncate(train, data.max_train_samples), None if dev is None else truncate(dev, limit), origin,
+                      test=None if test is None else truncate(test, limit))
 
 
 @dataclass
