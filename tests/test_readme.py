@@ -30,7 +30,7 @@ def blocks_after(marker: str, language: str) -> list[str]:
 
 
 def readme_commands() -> tuple[dict[str, str], list[list[str]]]:
-    """(the VAR=value lines, the autolora-run argument lists) of the own-data block; continuations joined."""
+    """(the VAR=value lines, the commands as word lists) of the own-data block; continuations joined."""
     [block] = blocks_after("own-data commands", "bash")
     variables, commands = {}, []
     for line in block.replace("\\\n", " ").splitlines():
@@ -39,9 +39,7 @@ def readme_commands() -> tuple[dict[str, str], list[list[str]]]:
             name, value = line.split("=", 1)
             variables[name] = value
         elif line:
-            words = shlex.split(line)
-            assert words[0] == "autolora-run", line
-            commands.append(words[1:])
+            commands.append(shlex.split(line))
     return variables, commands
 
 
@@ -49,9 +47,12 @@ def readme_commands() -> tuple[dict[str, str], list[list[str]]]:
 def readme_runs(tmp_path_factory, model_folders):
     """Every command of the README's own-data block, run through the console script's main() in a scratch
     working directory; the README's DATA, MODEL and DECODER lines point at the fixtures and tiny folders."""
+    from autolora import report
     from autolora.run import main
 
     variables, commands = readme_commands()
+    assert {tuple(words[:3]) if words[0] == "python" else words[0] for words in commands} == {
+        "autolora-run", ("python", "-m", "autolora.report")}
     assert set(variables) == {"DATA", "MODEL", "DECODER"} and variables["DATA"] == "tests/fixtures/own"
     values = {"DATA": str(REPO / variables["DATA"]), "MODEL": str(model_folders["my-bert"]),
               "DECODER": str(model_folders["my-gpt2"])}
@@ -61,8 +62,11 @@ def readme_runs(tmp_path_factory, model_folders):
         patch.setattr(metrics, "meteor", lambda hypotheses, references: None)  # Java start-up: 17 s a call
         for words in commands:
             args = [re.sub(r"\$([A-Z]+)", lambda m: values[m.group(1)], word) for word in words]
+            if args[0] == "python":  # python -m autolora.report FOLDER ...
+                assert report.main(args[3:]) == 0
+                continue
             extra = GENERATION_BUDGET if "task=generation" in args else []
-            patch.setattr(sys, "argv", ["autolora-run", *args, *BUDGET, *extra])
+            patch.setattr(sys, "argv", ["autolora-run", *args[1:], *BUDGET, *extra])
             main()
     return work, len(commands)
 
@@ -76,7 +80,7 @@ def test_readme_commands_run_as_written(readme_runs):
     """Classification, regression, CoNLL NER and JSONL generation with local model folders, each in
     outputs/<task.name>/<model folder>/autolora/, and the two-seed sweep of two methods in multirun/."""
     work, count = readme_runs
-    assert count == 5
+    assert count == 6
     single = {path.split("/")[0]: m for path, m in runs_under(work / "outputs").items()}
     assert set(single) == {"reviews", "similarity", "people_places", "menu"}
     assert all(path.split("/")[1:3] in (["my-bert", "autolora"], ["my-gpt2", "autolora"])
@@ -115,3 +119,15 @@ def test_readme_adapter_snippets_run_as_written(readme_runs, index, task):
         assert [w for w, _ in pairs] == ["Ada", "Okoro", "moved", "to", "Tartu"] and {t for _, t in pairs} <= set(labels)
     else:
         assert labels is None and printed.getvalue().endswith("\n")  # generated text printed (any, untrained)
+
+
+def test_readme_report_is_a_task_by_method_table(readme_runs):
+    """The README's report command leaves a task x method pivot of the sweep: AutoLoRA and LoRA r=8 columns,
+    mean ± std over the two seeds, and numeric mean/std columns in the CSV."""
+    work, _ = readme_runs
+    page = (work / "multirun" / "report" / "multirun.md").read_text()
+    row = next(line for line in page.splitlines() if line.startswith("| reviews"))
+    assert row.count("±") >= 2, row
+    assert "AutoLoRA" in page and "LoRA r=8" in page
+    header = (work / "multirun" / "report" / "multirun.csv").read_text().splitlines()[0]
+    assert "accuracy_mean" in header and "accuracy_std" in header
