@@ -114,7 +114,7 @@ class TextGeneration:
                 out["labels"].append(([IGNORE] * len(prompt) + answer)[: self.max_length])
             return out
 
-        encoded = split.map(tokenize, batched=True, remove_columns=split.column_names)
+        encoded = Dataset.from_dict(tokenize(split[:]))  # not Dataset.map: it pickles the tokenizer to fingerprint
         empty = [i for i, labels in enumerate(encoded["labels"]) if all(t == IGNORE for t in labels)]
         if empty:
             raise DataError(f"task.max_length={self.max_length} leaves no reference token in {len(empty)} training "

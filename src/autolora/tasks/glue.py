@@ -102,15 +102,11 @@ class SentenceClassification:
         return 1 if self.labels is None else len(self.labels)
 
     def encode(self, split: Dataset, tokenizer) -> Dataset:
-        """Tokenise (truncating to max_length); keeps only model inputs and labels."""
-        pair = "text_b" in split.column_names
-
-        def tokenize(rows):
-            args = (rows["text_a"], rows["text_b"]) if pair else (rows["text_a"],)
-            return tokenizer(*args, truncation=True, max_length=self.max_length)
-
-        text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
-        return split.map(tokenize, batched=True, remove_columns=text_columns)
+        """Tokenise (truncating to max_length); keeps only model inputs and labels. One tokenizer call on the
+        whole split, not Dataset.map: map fingerprints its function by pickling the tokenizer (~1 s a call)."""
+        texts = [list(split[c]) for c in ("text_a", "text_b") if c in split.column_names]
+        encoded = tokenizer(*texts, truncation=True, max_length=self.max_length)
+        return Dataset.from_dict({**encoded, "labels": list(split["labels"])})
 
     def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
         """Dynamic padding to the longest sequence of the batch."""
