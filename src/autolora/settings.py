@@ -161,11 +161,17 @@ def method_label(method: str, lora_r: int, target_r: int, search: str | None) ->
     return method if search in (None, "default") else f"{method}_{search}"
 
 
+def one_folder(name: str) -> str:
+    """${autolora.one_folder:...}: a sweep job's overrides as one folder name (task=glue/rte -> task=glue-rte)."""
+    return str(name).replace("/", "-")
+
+
 def register_resolvers() -> None:
     """The config's own interpolations. Registered when this module is imported, since Hydra's launchers
     resolve the config again in their job processes (which import autolora.run, hence this module)."""
     OmegaConf.register_new_resolver("autolora.folder", folder_name, replace=True)
     OmegaConf.register_new_resolver("autolora.method", method_label, replace=True)
+    OmegaConf.register_new_resolver("autolora.one_folder", one_folder, replace=True)
 
 
 register_resolvers()
