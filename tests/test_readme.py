@@ -17,8 +17,8 @@ from autolora import metrics
 
 README = (REPO / "README.md").read_text()
 # appended to every README command: a few CPU seconds each, no W&B
-BUDGET = ["logger=none", "device=cpu", "progress=false", "search.epochs=1", "retrain.epochs=1", "search.batch_size=8",
-          "retrain.batch_size=8"]
+BUDGET = ["logger=none", "device=cpu", "progress=false", "data.max_train_samples=8", "search.epochs=1",
+          "retrain.epochs=1", "search.batch_size=8", "retrain.batch_size=8"]
 GENERATION_BUDGET = ["search.evaluate=false", "task.generation.num_beams=1", "task.generation.max_new_tokens=4"]
 
 
