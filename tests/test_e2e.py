@@ -165,9 +165,9 @@ def test_committed_predictions_score_as_the_official_script(run):
     data = shared_data()
     if data is None or not (data / "e2e").is_dir():
         pytest.skip("shared E2E data not present")
-    dev = build_task(task_config("e2e")).load(DataConfig("local", str(data), 1, None)).dev
+    test = build_task(task_config("e2e")).load(DataConfig("local", str(data), 1, None)).test  # E2E is scored on test
     references: dict[str, list[str]] = {}
-    for source, target in zip(dev["source"], dev["target"], strict=True):
+    for source, target in zip(test["source"], test["target"], strict=True):
         references.setdefault(source, []).append(target)
     generated = read_predictions(REPO / "results" / "runs" / "e2e" / run / "predictions.txt")
     scores = metrics.e2e_scores([generated[s] for s in references], list(references.values()))
