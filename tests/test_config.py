@@ -26,7 +26,9 @@ def options(group: str) -> list[str]:
 def test_every_option_composes_and_validates(group, option):
     """Each option file composes with the rest and passes the dataclass checks and the model/task rule."""
     partner = {"model": "task=e2e", "task": "model=tiny-gpt2"} if option in ("e2e", "tiny-gpt2") else {}
-    cfg = compose(f"{group}={option}", *([partner[group]] if group in partner else []))
+    needs = {"local": ["model.path=/models/my-bert"], "text_classification": ["task.train_file=x.csv"],
+             "token_classification": ["task.train_file=x.conll"], "generation": ["task.train_file=x.jsonl"]}
+    cfg = compose(f"{group}={option}", *([partner[group]] if group in partner else []), *needs.get(option, []))
     settings = build_settings(cfg)
     task = build_task(OmegaConf.to_container(cfg.task, resolve=True))
     check_compatible(settings.model, task)

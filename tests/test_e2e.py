@@ -28,7 +28,7 @@ def fixture_data(limit=None) -> DataConfig:
 def test_official_csv_quirks():
     """CRLF, quoted headers, a line break inside a quoted reference and '£'/'é' all parse."""
     splits = build_task(task_config("e2e")).load(fixture_data())
-    assert len(splits.train) == 4 and len(splits.dev) == 3
+    assert len(splits.train) == 4 and len(splits.test) == 3 and splits.dev is None  # scored on test
     assert list(splits.train["target"])[2] == "Café Rouge costs more than £30. It is pricey."
     assert list(splits.train["source"])[3] == "name[Zizzi]"
 
@@ -39,8 +39,8 @@ def test_shared_e2e_counts():
     if data is None or not (data / "e2e").is_dir():
         pytest.skip("shared E2E data not present")
     splits = build_task(task_config("e2e")).load(DataConfig("local", str(data), None, None))
-    assert len(splits.train) == 42061 and len(splits.dev) == 4693
-    assert len(set(splits.dev["source"])) == 630
+    assert len(splits.train) == 42061 and len(splits.test) == 4693
+    assert len(set(splits.test["source"])) == 630
 
 
 def test_malformed_record_names_file_and_line(tmp_path):
@@ -165,9 +165,9 @@ def test_committed_predictions_score_as_the_official_script(run):
     data = shared_data()
     if data is None or not (data / "e2e").is_dir():
         pytest.skip("shared E2E data not present")
-    dev = build_task(task_config("e2e")).load(DataConfig("local", str(data), 1, None)).dev
+    test = build_task(task_config("e2e")).load(DataConfig("local", str(data), 1, None)).test  # E2E is scored on test
     references: dict[str, list[str]] = {}
-    for source, target in zip(dev["source"], dev["target"], strict=True):
+    for source, target in zip(test["source"], test["target"], strict=True):
         references.setdefault(source, []).append(target)
     generated = read_predictions(REPO / "results" / "runs" / "e2e" / run / "predictions.txt")
     scores = metrics.e2e_scores([generated[s] for s in references], list(references.values()))
@@ -188,7 +188,8 @@ def test_caption_metrics_are_reported_missing_without_java(monkeypatch):
 def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     """search -> ranks -> retrain -> generate -> score on tiny GPT-2 and a handful of E2E rows: some c_attn
     ends with different q and v ranks, and the retrained model (and its peft export) has exactly those;
-    autolora.rescore on a machine without Java gets BLEU and NIST back from predictions.txt."""
+    autolora.rescore on a machine without Java gets BLEU and NIST back from predictions.txt, under "test".
+    (The run itself skips the Java scorers' start-up, seconds a call; test_meteor_* and the rescore run them.)"""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
@@ -197,20 +198,24 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     from autolora.rescore import rescore
 
     cfg = compose("debug=tiny", "model=tiny-gpt2", "task=e2e", f"data.data_dir={FIXTURES}", "search.epochs=6",
-                  "search.batch_size=2", "search.alpha_lr=0.05", "search.lr=0.01", "task.generation.num_beams=2",
-                  "task.generation.max_new_tokens=8")
-    record = run(cfg, tmp_path / "run")
+                  "search.evaluate=false", "search.batch_size=2", "search.alpha_lr=0.05", "search.lr=0.01",
+                  "task.generation.num_beams=2", "task.generation.max_new_tokens=8")
+    with monkeypatch.context() as patch:
+        patch.setattr(metrics, "caption_scores", lambda hypotheses, references: dict.fromkeys(metrics.CAPTION_METRICS))
+        record = run(cfg, tmp_path / "run")
     ranks = json.loads((tmp_path / "run" / "ranks.json").read_text())["ranks"]
     layers = {name.split(":")[0] for name in ranks}
     assert any(ranks[f"{layer}:q"] != ranks[f"{layer}:v"] for layer in layers), ranks
-    assert set(record["retrain"]["dev"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
+    assert record["retrain"]["eval_split"] == "test" and "dev" not in record["retrain"]
+    assert set(record["retrain"]["test"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
     predictions = (tmp_path / "run" / "predictions.txt").read_text().splitlines()
     assert predictions[0] == "source\tgenerated" and len(predictions) == 1 + 2  # two unique test MRs
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.warns(UserWarning, match="METEOR, ROUGE-L and CIDEr skipped"):
         rescored = rescore(tmp_path / "run", str(FIXTURES))
-    assert {k: rescored["dev"][k] for k in ("bleu", "nist")} == {k: record["retrain"]["dev"][k] for k in ("bleu", "nist")}
-    assert rescored["n_sources"] == 2 and rescored["dev"]["meteor"] is None
+    assert rescored["eval_split"] == "test"
+    assert {k: rescored["test"][k] for k in ("bleu", "nist")} == {k: record["retrain"]["test"][k] for k in ("bleu", "nist")}
+    assert rescored["n_sources"] == 2 and rescored["test"]["meteor"] is None
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")
     peft_model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
     built = {n: m.r["default"] for n, m in peft_model.base_model.model.named_modules() if isinstance(m, LoraLayer)}

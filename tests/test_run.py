@@ -50,10 +50,11 @@ def test_full_pipeline_writes_the_run_directory(tmp_path):
 def test_lora_method_and_ranks_file_skip_the_search(tmp_path):
     """method=lora uses lora.r everywhere; search.ranks_file retrains at the ranks of an earlier run."""
     record, _ = run_in(tmp_path, "method=lora", "lora.r=3", name="lora")
-    assert set(record["ranks"].values()) == {3} and "search" not in record
+    assert set(record["ranks"].values()) == {3} and "search" not in record and record["ranks_from"] == "uniform"
     first, first_dir = run_in(tmp_path, "search.k=4", name="search")
     second, _ = run_in(tmp_path, f"search.ranks_file={first_dir / 'ranks.json'}", name="reuse")
     assert second["ranks"] == first["ranks"] and "search" not in second
+    assert (first["ranks_from"], second["ranks_from"]) == ("search", "ranks_file")
 
 
 def test_same_seed_same_ranks_and_metrics(tmp_path):
@@ -91,17 +92,20 @@ def test_console_script_errors_are_one_line_with_status_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_gives_each_job_its_own_directory(tmp_path, glue_dir):
-    """`-m task=glue/rte,glue/mrpc seed=0,1`: four jobs, four run directories, four metrics.json."""
+def test_multirun_gives_each_job_its_own_directory(tmp_path, glue_root):
+    """`-m task=glue/rte,glue/mrpc seed=0,1`: four jobs, four run directories named by number and overrides
+    (data.data_dir left out), four metrics.json."""
     result = subprocess.run(
         [sys.executable, str(REPO / "run.py"), "-m", *TINY, "task=glue/rte,glue/mrpc", "seed=0,1",
-         f"data.data_dir={glue_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         f"data.data_dir={glue_root}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     found = sorted((tmp_path / "sweep").glob("*/metrics.json"))
-    assert [p.parent.name for p in found] == ["0", "1", "2", "3"]
-    combos = {(json.loads(p.read_text())["task"], json.loads(p.read_text())["seed"]) for p in found}
-    assert combos == {("glue/rte", 0), ("glue/rte", 1), ("glue/mrpc", 0), ("glue/mrpc", 1)}
+    combos = {p.parent.name: (json.loads(p.read_text())["task"], json.loads(p.read_text())["seed"]) for p in found}
+    assert set(combos.values()) == {("glue/rte", 0), ("glue/rte", 1), ("glue/mrpc", 0), ("glue/mrpc", 1)}
+    assert sorted(name.split("_", 1)[0] for name in combos) == ["0", "1", "2", "3"]
+    assert all(name.split("_", 1)[1] == f"debug=tiny,seed={seed},task={task.replace('/', '-')}"
+               for name, (task, seed) in combos.items())
 
 
 @pytest.mark.slow

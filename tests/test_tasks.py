@@ -11,7 +11,7 @@ from autolora.models import resolve_location
 from autolora.tasks import build_task
 from autolora.tasks.base import DataConfig, DataError, search_split
 
-FIXTURES = REPO / "tests" / "fixtures" / "glue"
+FIXTURES = REPO / "tests" / "fixtures"  # data.data_dir: holds glue/CoLA/, glue/MNLI/, ...
 ALL_GLUE = ["cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte"]
 SHARED = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "rte": 2490}  # full train sizes (MANIFEST)
 
@@ -21,10 +21,10 @@ def local(data_dir: Path, limit: int | None = 5) -> DataConfig:
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
-def test_shared_glue_files_load(name, glue_dir):
+def test_shared_glue_files_load(name, glue_root):
     """A few rows of every GLUE task present in ../shared/data load with the right label type."""
     task = build_task(task_config(f"glue/{name}"))
-    splits = task.load(local(glue_dir))
+    splits = task.load(local(glue_root))
     assert len(splits.train) == 5 and len(splits.dev) == 5
     labels = list(splits.train["labels"]) + list(splits.dev["labels"])
     if name == "stsb":
@@ -36,16 +36,16 @@ def test_shared_glue_files_load(name, glue_dir):
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
-def test_shared_glue_files_have_the_official_row_counts(name, glue_dir):
+def test_shared_glue_files_have_the_official_row_counts(name, glue_root):
     """The full training files parse without a single bad row (counts from MANIFEST.md)."""
     task = build_task(task_config(f"glue/{name}"))
-    assert len(task.load(local(glue_dir, limit=None)).train) == SHARED[name]
+    assert len(task.load(local(glue_root, limit=None)).train) == SHARED[name]
 
 
-def test_mrpc_bom_and_quotes(glue_dir):
+def test_mrpc_bom_and_quotes(glue_root):
     """MRPC's BOM does not leak into the label column; bare double quotes stay in the text."""
     task = build_task(task_config("glue/mrpc"))
-    train = task.load(local(glue_dir, limit=None)).train
+    train = task.load(local(glue_root, limit=None)).train
     assert any('"' in text for text in train["text_a"])
 
 
@@ -64,10 +64,10 @@ def test_official_layout_fixtures(name, labels):
 
 
 def _broken(tmp_path: Path, text: str) -> DataConfig:
-    (tmp_path / "RTE").mkdir()
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
     header = "index\tsentence1\tsentence2\tlabel\n"
-    (tmp_path / "RTE" / "train.tsv").write_text(header + text)
-    (tmp_path / "RTE" / "dev.tsv").write_text(header + "0\ta\tb\tentailment\n")
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_text(header + text)
+    (tmp_path / "glue" / "RTE" / "dev.tsv").write_text(header + "0\ta\tb\tentailment\n")
     return local(tmp_path, limit=None)
 
 
@@ -86,13 +86,13 @@ def test_bad_rows_name_file_and_line(tmp_path, rows, message):
 def test_missing_column_folder_and_file(tmp_path):
     """A header without the label column, a missing task folder and a missing file are named."""
     task = build_task(task_config("glue/rte"))
-    with pytest.raises(DataError, match=r"RTE.*no such folder"):
+    with pytest.raises(DataError, match=r"glue/RTE: no such folder"):
         task.load(local(tmp_path))
-    (tmp_path / "RTE").mkdir()
-    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tgold\n0\ta\tb\tentailment\n")
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tgold\n0\ta\tb\tentailment\n")
     with pytest.raises(DataError, match=r"train.tsv:1: missing column\(s\) \['label'\]"):
         task.load(local(tmp_path))
-    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    (tmp_path / "glue" / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
     with pytest.raises(DataError, match=r"dev.tsv: file not found"):
         task.load(local(tmp_path))
 

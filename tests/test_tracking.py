@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
 
 from autolora.tracking import LoggerConfig, open_tracker
 
@@ -26,3 +32,21 @@ def test_wandb_offline_writes_its_run_into_the_run_directory(tmp_path, monkeypat
     tracker.close()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+@pytest.mark.slow
+def test_wandb_output_log_holds_no_library_noise(tmp_path, model_folders):
+    """A console run with W&B offline on a pretrained folder: W&B's copy of the output (output.log) holds no
+    load report, weight-loading bar or warning, and the summary names the offline run and its sync command."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "TQDM_DISABLE")}
+    own = REPO / "tests" / "fixtures" / "own"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), "task=text_classification", f"data.data_dir={own}",
+         "task.train_file=reviews.csv", "task.text_columns=[review]", "task.label_column=sentiment",
+         f"model.path={model_folders['my-bert']}", "logger=wandb", "device=cpu", "search.epochs=1", "retrain.epochs=1",
+         f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [log] = (tmp_path / "run" / "wandb").glob("offline-run-*/files/output.log")
+    for noise in ("LOAD REPORT", "Loading weights", "Warning", "MISSING"):
+        assert noise not in log.read_text() and noise not in done.stdout + done.stderr, noise
+    assert f"wandb sync {log.parents[1]}" in done.stdout

@@ -19,17 +19,21 @@ class RankKeyError(ValueError):
     """The ranks given do not name exactly the model's target matrices."""
 
 
+class TargetError(ValueError):
+    """model.targets names no projection of the model; the message lists its linear layers."""
+
+
 @dataclass(frozen=True)
 class TargetConfig:
     """Which projections get LoRA: peft-style name suffixes, plus the slices of a fused projection."""
 
-    modules: tuple[str, ...]  # e.g. ("query", "value") or ("c_attn",)
+    modules: tuple[str, ...] | None  # e.g. ("query", "value") or ("c_attn",); None: peft's default (models.resolve_auto)
     split: tuple[str, ...]  # equal output slices of a fused projection, e.g. ("q", "k", "v"); () if not fused
     parts: tuple[str, ...]  # the slices that get LoRA, e.g. ("q", "v"); () if not fused
 
     def __post_init__(self):
-        if not self.modules:
-            raise ValueError("model.targets.modules is empty: name at least one projection to adapt")
+        if self.modules is not None and not self.modules:
+            raise ValueError("model.targets.modules is empty: name at least one projection to adapt (or null: peft's default)")
         unknown = set(self.parts) - set(self.split)
         if unknown or bool(self.split) != bool(self.parts):
             raise ValueError(f"model.targets.parts {list(self.parts)} must be a non-empty subset of split {list(self.split)}")
@@ -47,6 +51,8 @@ def _matches(module_name: str, patterns: Sequence[str]) -> bool:
 
 def find_targets(model: nn.Module, targets: TargetConfig) -> dict[str, list[tuple[str, int, int]]]:
     """module path -> [(part, start, stop)] of every projection to adapt, in model order."""
+    if targets.modules is None:
+        raise ValueError("model.targets.modules is null: models.resolve_auto fills it in before injection")
     found: dict[str, list[tuple[str, int, int]]] = {}
     for name, module in model.named_modules():
         if isinstance(module, SelectableLoRA) or not _matches(name, targets.modules):
@@ -60,8 +66,17 @@ def find_targets(model: nn.Module, targets: TargetConfig) -> dict[str, list[tupl
         width = out_features // len(targets.split)
         found[name] = [(p, i * width, (i + 1) * width) for i, p in enumerate(targets.split) if p in targets.parts]
     if not found:
-        raise ValueError(f"no module of {type(model).__name__} matches model.targets.modules={list(targets.modules)}")
+        raise TargetError(f"no module of {type(model).__name__} matches model.targets.modules={list(targets.modules)}; "
+                          f"its linear layers: {', '.join(linear_layers(model))}")
     return found
+
+
+def linear_layers(model: nn.Module) -> list[str]:
+    """The distinct last names of the model's linear projections (what model.targets.modules can name)."""
+    from transformers.pytorch_utils import Conv1D
+
+    names = [name.rpartition(".")[2] for name, m in model.named_modules() if isinstance(m, nn.Linear | Conv1D)]
+    return list(dict.fromkeys(names))
 
 
 def target_names(model: nn.Module, targets: TargetConfig) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc", "macro_f1")
 REGRESSION_METRICS = ("pearson", "spearman")
 
 
@@ -32,6 +32,11 @@ def accuracy(labels: Sequence[int], predictions: Sequence[int]) -> float:
 def binary_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
     """F1 of the positive class (label 1), as GLUE reports for MRPC and QQP."""
     return float(f1_score(labels, predictions, pos_label=1, average="binary", zero_division=0))
+
+
+def macro_f1(labels: Sequence[int], predictions: Sequence[int]) -> float:
+    """Unweighted mean of the per-class F1 scores (any number of classes)."""
+    return float(f1_score(labels, predictions, average="macro", zero_division=0))
 
 
 def mcc(labels: Sequence[int], predictions: Sequence[int]) -> float:
@@ -83,8 +88,8 @@ def entity_scores(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[st
 
 
 def classification_scores(labels: Sequence[int], predictions: Sequence[int], names: Sequence[str]) -> dict[str, float]:
-    """The named classification metrics (accuracy, f1, mcc)."""
-    table = {"accuracy": accuracy, "f1": binary_f1, "mcc": mcc}
+    """The named classification metrics (accuracy, f1, mcc, macro_f1)."""
+    table = {"accuracy": accuracy, "f1": binary_f1, "mcc": mcc, "macro_f1": macro_f1}
     return {name: table[name](labels, predictions) for name in names}
 
 

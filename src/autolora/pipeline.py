@@ -28,7 +28,6 @@ from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from transformers import AutoConfig
 
 from autolora import adalora, export, graphs, runfolder
 from autolora import ranks as ranks_io
@@ -39,12 +38,14 @@ from autolora.files import output_error, write_atomic, write_json, write_text
 from autolora.inject import check_rank_keys, inject, target_names
 from autolora.models import (
     HEAD_CLASSES,
+    architecture,
     four_d_attention_mask,
     load_model,
     load_tokenizer,
     resolve_location,
     store_frozen_linears_in,
 )
+from autolora.quiet import silence_libraries
 from autolora.search import search
 from autolora.settings import ConfigError, Settings, check_config
 from autolora.summary import flat_summary, summary_text
@@ -91,11 +92,12 @@ def versions() -> dict[str, str]:
 class Job:
     """One run: the settings, the task and its data, the checkpointer and the run directory."""
 
-    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, dev, checkpoint: Checkpointer,
-                 world: World = SINGLE):
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, evaluation: Mapping[str, Any],
+                 checkpoint: Checkpointer, world: World = SINGLE):
         self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
         self.compile = compile_modes(settings, world)
-        self.tokenizer, self.train, self.dev = tokenizer, train, dev  # train tokenised, dev raw
+        self.tokenizer, self.train = tokenizer, train  # tokenised
+        self.evaluation = dict(evaluation)  # split name (dev, test) -> raw rows; the last is the headline split
         self.checkpoint = checkpoint
         self.autocast = autocast_for(settings)
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
@@ -124,13 +126,19 @@ class Job:
         return batch
 
     def fresh_model(self):
+        """The backbone with the task's head; the modules its checkpoint lacks (the new head, DistilBERT's
+        pre_classifier) join the trained heads."""
         try:
-            model = load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
-                               self.settings.seed)
+            model, new = load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                                    self.settings.seed)
         except OSError as err:
             if err.errno is not None:  # a file-system error, not transformers' "no weights there" (errno None)
                 raise
             raise ConfigError(f"model.path={self.settings.model.path}: {str(err).splitlines()[0]}") from None
+        self.heads = tuple(dict.fromkeys([*self.heads, *new]))
+        if self.task.head != "causal_lm" and not self.heads:
+            raise ConfigError(f"{self.settings.model.name} has no new head module and model.head_modules is empty: "
+                              f"name the classifier to train, e.g. model.head_modules=[classifier]")
         return model.to(self.settings.device)
 
     def ready_to_train(self, model: nn.Module) -> nn.Module:
@@ -140,14 +148,20 @@ class Job:
             store_frozen_linears_in(model, torch.bfloat16)
         return model
 
-    def evaluate(self, model) -> tuple[dict[str, float | None], str | None]:
-        """The task's metrics on the raw dev split, and its predictions as text (or None). Data parallel:
-        each process predicts every N-th item, the main process scores them all (others return {})."""
-        items = self.task.eval_items(self.dev, self.tokenizer)
-        mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
-                                 autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
-        predictions = self.world.gather_interleaved(mine)
-        return self.task.score(self.dev, items, predictions) if self.world.is_main else ({}, None)
+    def evaluate(self, model) -> tuple[dict[str, Any], str | None]:
+        """{"eval_split": the headline split, <split>: its metrics, ...} over the evaluation splits (dev, test),
+        and the headline split's predictions as text (or None). Data parallel: each process predicts every
+        N-th item, the main process scores them all (the others return no metrics)."""
+        scores: dict[str, Any] = {}
+        text = None
+        for split, rows in self.evaluation.items():
+            items = self.task.eval_items(rows, self.tokenizer)
+            mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
+                                     autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+            predictions = self.world.gather_interleaved(mine)
+            if self.world.is_main:
+                scores[split], text = self.task.score(rows, items, predictions)
+        return {"eval_split": list(self.evaluation)[-1], **scores}, text
 
     def run_search(self, tracker) -> tuple[dict[str, int], dict[str, Any]]:
         """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
@@ -167,9 +181,9 @@ class Job:
         gates = searched.gates
         found = ranks_io.select_ranks(gates, s.selection_threshold, s.min_rank)
         self.checkpoint.safe_point("after the search loop, before its evaluation")
-        dev = self.evaluate(model)[0] if s.evaluate else {}
+        scores = self.evaluate(model)[0] if s.evaluate else {}
         self.checkpoint.safe_point("after the search's evaluation")
-        record = {"dev": dev, "steps": s.epochs * len(train_loader),
+        record = {**scores, "steps": s.epochs * len(train_loader),
                   "n_train": len(tr_idx), "n_val": len(val_idx), "trainable_params": trainable(model),
                   "threshold": s.selection_threshold, **self.phase_cost(), "capture": searched.capture,
                   **ranks_io.search_diagnostics(gates, s.selection_threshold)}  # gate spread, noise warning
@@ -211,9 +225,9 @@ class Job:
                       checkpoint=self.checkpoint.without_saving(), progress=self.settings.progress,
                       on_update=peft_model.base_model.update_and_allocate, world=self.world).steps
         self.checkpoint.safe_point("after the AdaLoRA loop, before its evaluation")
-        dev, predictions = self.evaluate(peft_model)
+        scores, predictions = self.evaluate(peft_model)
         self.checkpoint.safe_point("after the AdaLoRA evaluation")
-        record = {"dev": dev, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
+        record = {**scores, "steps": steps, "n_train": len(self.train), "trainable_params": trainable(peft_model),
                   **self.phase_cost()}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
@@ -242,9 +256,9 @@ class Job:
                         log_every=self.settings.log_every, seed=self.seed + 2, checkpoint=self.checkpoint,
                         progress=self.settings.progress, world=self.world, compile_mode=self.compile["retrain"])
         self.checkpoint.safe_point("after the retrain loop, before its evaluation")
-        dev, predictions = self.evaluate(model)
+        scores, predictions = self.evaluate(model)
         self.checkpoint.safe_point("after the retrain's evaluation")
-        record = {"dev": dev, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
+        record = {**scores, "steps": trained.steps, "n_train": len(self.train), "trainable_params": trainable(model),
                   **self.phase_cost(), "capture": trained.capture}
         if predictions is not None:
             write_text(self.run_dir / "predictions.txt", predictions)
@@ -310,7 +324,21 @@ def save_adapter(job: Job, model, ranks: Mapping[str, int]) -> Path:
     else:
         config.base_model_name_or_path = resolve_location(cfg.path)
     peft_model = export.to_peft(model, config)
-    return save_dir(job.run_dir / "adapter", peft_model.save_pretrained)
+    return write_adapter(job, peft_model.save_pretrained)
+
+
+def write_adapter(job: Job, save_weights) -> Path:
+    """The adapter folder: peft's files, the tokenizer and (classification, NER) labels.json, the class names in
+    id order, so that AutoPeftModelFor<head>.from_pretrained(folder, num_labels=len(labels)) loads it anywhere."""
+    labels = getattr(job.task, "labels", None)
+
+    def fill(folder: Path) -> None:
+        save_weights(folder)
+        job.tokenizer.save_pretrained(folder)
+        if labels:
+            write_json(folder / "labels.json", list(labels))
+
+    return save_dir(job.run_dir / "adapter", fill)
 
 
 def resume_position(job: Job) -> tuple[str, int]:
@@ -331,10 +359,10 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
     (runfolder.claim, under its lock), then models load. `hydra_files` (name -> YAML) go to run_dir/.hydra of a
     new run. Data parallel (world.size > 1, under torchrun): every process trains on its shard; rank 0's
     run_dir is the run's, and only rank 0 writes files, logs and progress bars."""
-    datasets.disable_progress_bars()  # tokenising is quick; our own bars show the long work
     if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     settings, task = check_config(cfg)
+    silence_libraries(settings.verbose)
     if world.distributed:
         settings = distributed_settings(settings, world)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
@@ -359,7 +387,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
 
         world.share_outcome(take, ConfigError)
         try:
-            job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.dev,
+            job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.scored(),
                       checkpoint, world)
             return run_job(job, decided.action == "resume", resolved, splits)
         finally:
@@ -394,13 +422,11 @@ def check_architecture(settings: Settings, task) -> None:
     cfg = settings.model
     if cfg.gguf_file:  # its config is read from the whole GGUF file (seconds); the packaged GGUF models match
         return
-    kwargs = {} if task.head == "causal_lm" else {"num_labels": task.num_labels}
     where = f"model.path={cfg.path}" if cfg.path else f"model {cfg.name} (random init)"
+    config = architecture(cfg)  # no weights; a path that holds no model is one line (FileNotFoundError)
+    if task.head != "causal_lm":
+        config.num_labels = task.num_labels
     try:
-        if cfg.is_random:
-            config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
-        else:
-            config = AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
         with torch.device("meta"):
             skeleton = HEAD_CLASSES[task.head].from_config(config)
     except (OSError, ValueError, KeyError) as err:  # unreachable hub id, unknown model_type, ...
@@ -417,7 +443,7 @@ def check_architecture(settings: Settings, task) -> None:
 def check_labels(splits) -> None:
     """Numeric labels (regression scores) must be finite: a NaN would read as divergence in training and give
     a NaN metric; files are checked line by line when read, this covers data from the hub."""
-    for name, split in (("train", splits.train), ("dev", splits.dev)):
+    for name, split in (("train", splits.train), *splits.scored().items()):
         if "labels" in split.column_names and split.features["labels"].dtype.startswith("float"):
             bad = [i for i, value in enumerate(split["labels"]) if not math.isfinite(value)]
             if bad:
@@ -437,12 +463,15 @@ def run_job(job: Job, resumed: bool, resolved: Mapping[str, Any], splits) -> dic
                            run_name=f"{task.name}-{settings.model.name}-{settings.method}-s{settings.seed}")
     record: dict[str, Any] = {
         "task": task.name, "model": settings.model.name, "method": settings.method, "seed": settings.seed,
-        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train), "n_dev": len(job.dev),
+        "main_metric": task.main_metric, "data": splits.origin, "n_train": len(job.train),
+        **{f"n_{split}": len(rows) for split, rows in job.evaluation.items()},
         "device": device_name(settings.device), "precision": settings.precision, "compile": job.compile,
         "git_commit": git_commit(),
         "versions": versions(), "command": " ".join(sys.argv), "processes": world.size,
         "started_at": dt.datetime.now().astimezone().isoformat(timespec="seconds"),  # the report's date
     }
+    if tracker.where() is not None:
+        record["wandb"] = tracker.where()
     try:
         record = run_phases(job, tracker, record)
     finally:
@@ -469,10 +498,12 @@ def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, 
                               "or set search.min_rank >= 1")
     elif settings.method == "autolora":
         record["ranks_file"] = settings.search.ranks_file
+    record["ranks_from"] = {"lora": "uniform", "adalora": "adalora"}.get(
+        settings.method, "search" if found is not None else "ranks_file")
     if settings.method == "adalora":
         model, ranks, record["retrain"] = job.run_adalora(tracker)
         if main:
-            record["adapter"] = str(save_dir(run_dir / "adapter", model.save_pretrained))
+            record["adapter"] = str(write_adapter(job, model.save_pretrained))
     else:
         model, ranks, record["retrain"] = job.run_retrain(found, tracker)
         if main:

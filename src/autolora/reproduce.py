@@ -8,7 +8,7 @@ files of every finished run are copied to results/runs/NAME/ with their provenan
 `autolora.report` writes results/NAME.md, .csv and figures.
 
     python -m autolora.reproduce --matrix smoke
-    python -m autolora.reproduce --matrix minilm --data-dir /data   # GLUE reads /data/glue, others /data
+    python -m autolora.reproduce --matrix minilm --data-dir /data   # /data holds glue/, conll2003/, e2e/ ...
 """
 
 from __future__ import annotations
@@ -38,21 +38,9 @@ def load_matrix(name: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def experiment_task(experiment: str) -> str:
-    """The task an experiment file selects (its `override /task: ...` default)."""
-    path = config_dir() / "experiment" / f"{experiment}.yaml"
-    for entry in yaml.safe_load(path.read_text()).get("defaults", []):
-        if isinstance(entry, dict) and "override /task" in entry:
-            return entry["override /task"]
-    raise SystemExit(f"reproduce: {path} selects no task (expected 'override /task: ...' in its defaults)")
-
-
-def data_override(experiment: str, data_dir: str | None) -> list[str]:
-    """GLUE task folders sit in DATA_DIR/glue; E2E and NER folders in DATA_DIR itself."""
-    if data_dir is None:
-        return []
-    glue = experiment_task(experiment).startswith("glue/")
-    return [f"data.data_dir={Path(data_dir) / 'glue' if glue else Path(data_dir)}"]
+def data_override(data_dir: str | None) -> list[str]:
+    """data.data_dir=DATA_DIR for every experiment: the folder holding glue/, conll2003/, e2e/, ..."""
+    return [] if data_dir is None else [f"data.data_dir={data_dir}"]
 
 
 def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
@@ -65,7 +53,7 @@ def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = 
         for experiment in experiments:
             for spec, overrides in matrix.get(group, {}).items():
                 args = ["-m", f"experiment={experiment}", *overrides, *matrix.get("overrides", []),
-                        *data_override(experiment, data_dir), f"hydra.sweep.dir={root / experiment / spec}",
+                        *data_override(data_dir), f"hydra.sweep.dir={root / experiment / spec}",
                         *([f"hydra/launcher={launcher}"] if launcher else [])]
                 planned.append((experiment, spec, args))
     return planned

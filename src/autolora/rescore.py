@@ -16,6 +16,7 @@ import argparse
 import csv
 import datetime as dt
 import io
+import json
 import platform
 import sys
 from pathlib import Path
@@ -26,6 +27,8 @@ from autolora import metrics
 from autolora.files import read_text, write_json
 from autolora.tasks import build_task
 from autolora.tasks.base import DataConfig
+
+RESCORABLE = ("generation", "generation_files", "ner", "token_classification")  # task families with predictions.txt
 
 
 class RescoreError(ValueError):
@@ -71,7 +74,7 @@ def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -
         raise ValueError(f"{run_dir}: a generation run needs --data-dir (its references come from the data)")
     data = DataConfig(source="local", data_dir=data_dir, max_train_samples=1,
                       max_eval_samples=config["data"]["max_eval_samples"])
-    split = task.load(data).dev
+    split = list(task.load(data).scored().values())[-1]  # the headline split (E2E: test)
     references: dict[str, list[str]] = {}
     for source, target in zip(split["source"], split["target"], strict=True):
         references.setdefault(source, []).append(target)
@@ -97,21 +100,34 @@ def run_config(run_dir: Path) -> dict:
     return config
 
 
+def headline_split(run_dir: Path) -> str:
+    """The split a finished run's scores are headlined under (metrics.json retrain.eval_split; dev for old runs)."""
+    try:
+        record = json.loads(read_text(run_dir / "metrics.json", RescoreError))
+        return record["retrain"].get("eval_split", "dev")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise RescoreError(f"{run_dir / 'metrics.json'}: not the metrics of a finished run") from None
+
+
 def rescore(run_dir: Path, data_dir: str | None) -> dict:
-    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json."""
+    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json,
+    the scores under the name of the run's headline split (metrics.json retrain.eval_split: test for NER, E2E)."""
     config = run_config(run_dir)
-    if config["task"].get("family") not in ("generation", "ner"):
-        raise RescoreError(f"{run_dir}: a {config['task'].get('family')!r} run; rescore scores generation and NER runs only")
+    if config["task"].get("family") not in RESCORABLE:
+        raise RescoreError(f"{run_dir}: a {config['task'].get('family')!r} run; rescore scores generation and "
+                           "token-classification runs only")
     try:
         task = build_task(config["task"])
     except (ValueError, KeyError, TypeError) as err:
         raise RescoreError(f"{run_dir / 'config.yaml'}: task: {err}") from None
+    split = headline_split(run_dir)
     if task.head == "token_classification":
         gold, predicted = read_conll_predictions(run_dir / "predictions.txt")
         scores, counts = metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
     else:
         scores, counts = generation_scores(run_dir, task, config, data_dir)
-    payload = {"dev": scores, **counts, "scored_on": platform.node(), "date": dt.date.today().isoformat(),
+    payload = {"eval_split": split, split: scores, **counts, "scored_on": platform.node(),
+               "date": dt.date.today().isoformat(),
                "note": "recomputed from predictions.txt by autolora.rescore"}
     write_json(run_dir / "metrics_rescored.json", payload)
     return payload
@@ -125,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     failed = 0
     for run_dir in args.runs:  # one bad folder is reported and skipped; the others are still scored
         try:
-            print(run_dir, rescore(run_dir, args.data_dir)["dev"])
+            payload = rescore(run_dir, args.data_dir)
+            print(run_dir, payload[payload["eval_split"]])
         except ValueError as err:  # RescoreError, DataError, and the scorers' own checks of their input
             print(f"rescore: error: {err}", file=sys.stderr)
             failed += 1

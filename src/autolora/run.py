@@ -35,12 +35,13 @@ from autolora import distributed, runfolder, sweep
 from autolora import ranks as ranks_io
 from autolora.checkpoint import CorruptCheckpoint, Diverged, Interrupted, StopFlag
 from autolora.files import NO_SPACE, OutputError
-from autolora.inject import RankKeyError
+from autolora.inject import RankKeyError, TargetError
 from autolora.pipeline import run
-from autolora.settings import ConfigError, Point, check_overrides, config_dir, runs_jobs
+from autolora.settings import ConfigError, Point, check_overrides, config_dir, expand_overrides, runs_jobs
 from autolora.tasks.base import DataError
 
-USER_ERRORS = (ConfigError, DataError, RankKeyError, ranks_io.RanksFileError, FileNotFoundError, CorruptCheckpoint)
+USER_ERRORS = (ConfigError, DataError, RankKeyError, TargetError, ranks_io.RanksFileError, FileNotFoundError,
+               CorruptCheckpoint)
 FILE_SYSTEM = (*NO_SPACE, errno.EACCES, errno.EPERM, errno.EROFS)  # the run cannot write where it was sent
 SAFE_PATH = re.compile(r"^[\w./@%+:-]+$")  # a path that needs no quoting as a Hydra override value
 
@@ -165,6 +166,7 @@ def check_folders(points: list[Point], words: list[str], new_folders: set[Path])
 
 def main() -> None:
     """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
+    sys.argv[1:] = expand_overrides(sys.argv[1:])  # model.path=<folder> alone selects model=local
     args = sys.argv[1:]
     stop = StopFlag()
     invocation = f"{dt.datetime.now():%Y-%m-%d_%H-%M-%S}-{os.getpid()}"

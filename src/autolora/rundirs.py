@@ -134,7 +134,8 @@ def run_date(path: Path, metrics: Mapping[str, Any]) -> str:
 def _parse(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> Run:
     retrain, search = metrics["retrain"], metrics.get("search")  # no search: LoRA, AdaLoRA, given ranks
     rescored = path / "metrics_rescored.json"  # autolora.rescore: the same predictions scored again
-    scores = _load(rescored, json.loads)["dev"] if rescored.is_file() else retrain["dev"]
+    scored = _load(rescored, json.loads) if rescored.is_file() else retrain
+    scores = scored[scored.get("eval_split", "dev")]  # the headline split (test for NER, E2E); older runs: dev
     gates, threshold = _gates(path, metrics)
     if gates is not None and not all(isinstance(g, list) and g and all(isinstance(x, int | float) for x in g)
                                      for g in gates.values()):
@@ -149,7 +150,7 @@ def _parse(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) ->
         ranks=ranks, gates=gates, threshold=None if threshold is None else float(threshold),
         trainable_params=int(retrain["trainable_params"]),
         search_s=None if search is None else float(search["wall_time_s"]), retrain_s=float(retrain["wall_time_s"]),
-        budget={"n_train": metrics.get("n_train"), "n_dev": metrics.get("n_dev"),
+        budget={"n_train": metrics.get("n_train"), "n_dev": metrics.get("n_dev"), "n_test": metrics.get("n_test"),
                 "search steps": None if search is None else search.get("steps"), "retrain steps": retrain.get("steps")},
         config=flat_config(config, str(config["method"])),
         provenance={"command": metrics.get("command"), "commit": metrics.get("git_commit"),

@@ -27,7 +27,7 @@ from autolora.files import write_json, write_text
 from autolora.settings import ConfigError
 
 MARKER, LOCK, FINISHED, CONFIG = ".autolora-run", ".autolora-lock", "metrics.json", "config.yaml"
-IGNORED_ON_RESUME = ("resume", "progress")
+IGNORED_ON_RESUME = ("resume", "progress", "verbose")  # they change what is shown, not results
 NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)  # file systems without flock (some NFS/Lustre mounts)
 
 

@@ -6,13 +6,16 @@ Only this module and the pipeline see a DictConfig. Every problem becomes a Conf
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from autolora.adalora import AdaLoraSettings
 from autolora.graphs import COMPILE_MODES
@@ -53,6 +56,7 @@ class Settings:
     pad_to_multiple: int  # batches are padded to a multiple of this length (batch.pad_to_bucket)
     log_every: int
     progress: bool
+    verbose: bool  # show library load reports, progress bars of library internals and known warnings
     lora_r: int
     model: ModelConfig
     data: DataConfig
@@ -63,7 +67,11 @@ class Settings:
 
 
 def _node(cfg: DictConfig, key: str) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg[key], resolve=True)
+    try:
+        return OmegaConf.to_container(cfg[key], resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:  # a ??? in conf/, e.g. task.train_file of your own data
+        name = err.full_key if err.full_key.startswith(f"{key}.") else f"{key}.{err.full_key}"
+        raise ConfigError(f"{name} is required: add {name}=... to the command") from None
 
 
 def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
@@ -90,9 +98,10 @@ def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
             raise ConfigError(f"pad_to_multiple must be >= 1, got {cfg.pad_to_multiple}")
         model = _node(cfg, "model")
         targets = model.pop("targets")
+        modules = targets["modules"] if targets["modules"] is None else tuple(targets["modules"])
         model = ModelConfig(
             **{**model, "head_modules": tuple(model["head_modules"])},
-            targets=TargetConfig(tuple(targets["modules"]), tuple(targets["split"]), tuple(targets["parts"])),
+            targets=TargetConfig(modules, tuple(targets["split"]), tuple(targets["parts"])),
         )
         device = resolve_device(cfg.device) if here else placeholder_device(cfg.device)
         check_compile(cfg.compile, device if here else None)
@@ -100,7 +109,7 @@ def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
             method=cfg.method, seed=cfg.seed, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
             device=device, precision=resolve_precision(cfg.precision, device), compile=cfg.compile,
             pad_to_multiple=cfg.pad_to_multiple,
-            log_every=cfg.log_every, progress=cfg.progress, lora_r=cfg.lora.r, model=model,
+            log_every=cfg.log_every, progress=cfg.progress, verbose=bool(cfg.verbose), lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
             retrain=RetrainConfig(**_node(cfg, "retrain")), adalora=AdaLoraSettings(**_node(cfg, "adalora")),
             logger=LoggerConfig(**_node(cfg, "logger")),
@@ -114,7 +123,7 @@ def check_config(cfg: DictConfig, here: bool = True):
     the settings, the task, the model/task rule, search.ranks_file, a local model.path. Returns
     (settings, task). here=False: checked before launch, maybe on another host than the job's (no device check)."""
     from autolora import ranks as ranks_io
-    from autolora.models import check_location
+    from autolora.models import check_location, resolve_auto
     from autolora.tasks import build_task
 
     settings = build_settings(cfg, here)
@@ -122,13 +131,14 @@ def check_config(cfg: DictConfig, here: bool = True):
         task = build_task(_node(cfg, "task"))
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"task {cfg.task.get('name', '?')}: {err}") from None
-    check_compatible(settings.model, task)
-    if settings.method == "autolora" and settings.search.ranks_file is not None:
-        ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)
     try:
         check_location(settings.model)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    settings = dataclasses.replace(settings, model=resolve_auto(settings.model, task.head))  # no weights read
+    check_compatible(settings.model, task)
+    if settings.method == "autolora" and settings.search.ranks_file is not None:
+        ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)
     return settings, task
 
 
@@ -169,21 +179,76 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 
 def check_compatible(model: ModelConfig, task) -> None:
-    """The model/task rule: generation tasks need a decoder; classifiers need a head to train."""
+    """The model/task rule: generation tasks need a decoder; a random-init classifier needs its head named
+    (a pretrained one trains the modules its checkpoint lacks, the new head, in any case)."""
     if task.head == "causal_lm" and model.kind != "decoder":
         raise ConfigError(f"task {task.name} generates text: it needs a decoder model, not {model.name}")
-    if task.head != "causal_lm" and not model.head_modules:
+    if task.head != "causal_lm" and model.is_random and not model.head_modules:
         raise ConfigError(f"model.head_modules is empty: task {task.name} needs its classifier head trained")
+
+
+def folder_name(path: str) -> str:
+    """${autolora.folder:PATH}: a model named after its folder (model=local), e.g. /models/my-bert/ -> my-bert."""
+    return Path(str(path).rstrip("/")).name or str(path)
+
+
+def method_label(method: str, lora_r: int, target_r: int, search: str | None) -> str:
+    """${autolora.method:...}: run folders named by method: autolora (or autolora_<search option>), lora_r8, adalora_r4."""
+    if method == "lora":
+        return f"lora_r{lora_r}"
+    if method == "adalora":
+        return f"adalora_r{target_r}"
+    return method if search in (None, "default") else f"{method}_{search}"
+
+
+def one_folder(name: str) -> str:
+    """${autolora.one_folder:...}: a sweep job's overrides as one folder name (task=glue/rte -> task=glue-rte)."""
+    return str(name).replace("/", "-")
+
+
+def register_resolvers() -> None:
+    """The config's own interpolations. Registered when this module is imported, since Hydra's launchers
+    resolve the config again in their job processes (which import autolora.run, hence this module)."""
+    OmegaConf.register_new_resolver("autolora.folder", folder_name, replace=True)
+    OmegaConf.register_new_resolver("autolora.method", method_label, replace=True)
+    OmegaConf.register_new_resolver("autolora.one_folder", one_folder, replace=True)
+
+
+register_resolvers()
+
+
+def expand_overrides(args: list[str]) -> list[str]:
+    """model.path=<folder> without model=<option> means model=local: everything else from the folder."""
+    keys = {arg.split("=", 1)[0].lstrip("+~") for arg in args if "=" in arg and not arg.startswith("-")}
+    if "model.path" in keys and "model" not in keys:
+        return [*args, "model=local"]  # last: a flag such as -m may come first, positional overrides after it
+    return list(args)
 
 
 GROUPS = ("model", "task", "search", "retrain", "logger", "debug", "experiment")
 FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--experimental-rerun")
 
 
-def group_options(group: str) -> list[str]:
-    """The selectable options of a config group (files starting with _ are shared fragments)."""
-    root = config_dir() / group
-    return sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_"))
+def group_options(group: str, extra_dirs: Sequence[Path] = ()) -> list[str]:
+    """The selectable options of a config group (files starting with _ are shared fragments), in conf/ and in
+    the folders of hydra.searchpath (your own task files)."""
+    found = set()
+    for folder in (config_dir(), *extra_dirs):
+        root = folder / group
+        found |= {str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml") if not p.name.startswith("_")}
+    return sorted(found)
+
+
+def search_path(overrides) -> list[Path]:
+    """The file:// folders of a hydra.searchpath=[...] override (pkg:// entries name Python packages: skipped)."""
+    folders = []
+    for override in overrides:
+        if override.get_key_element() == "hydra.searchpath" and not override.is_delete():
+            entries = override.value()
+            for entry in entries if isinstance(entries, list) else [entries]:
+                if str(entry).startswith("file://"):
+                    folders.append(Path(str(entry)[len("file://"):]))
+    return folders
 
 
 @dataclass(frozen=True)
@@ -227,11 +292,12 @@ def check_overrides(args: list[str]) -> list[Point]:
     except HydraException as err:
         raise ConfigError(str(err).splitlines()[0]) from None
     plain = []
+    extra = search_path(overrides)
     for override in overrides:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         group = override.key_or_group
         if group in GROUPS and not override.is_delete():
-            known = group_options(group)
+            known = group_options(group, extra)
             for value in values:
                 if value is not None and str(value) not in known:
                     raise ConfigError(f"unknown {group} {str(value)!r}; choose one of: {', '.join(known)}")

@@ -65,6 +65,15 @@ class Tracker:
         if ranks:
             self._wandb.log({"ranks": wandb.Table(columns=["matrix", "rank"], data=[[n, r] for n, r in ranks.items()])})
 
+    def where(self) -> dict[str, str] | None:
+        """Where the W&B run is: an offline folder and the command that uploads it, or the online URL."""
+        if self._wandb is None:
+            return None
+        if self._wandb.settings.mode == "offline":
+            folder = str(self._wandb.settings.sync_dir)
+            return {"mode": "offline", "dir": folder, "sync": f"wandb sync {folder}"}
+        return {"mode": "online", "url": str(self._wandb.url)}
+
     def close(self) -> None:
         if self._events is not None:
             os.close(self._events)

@@ -9,8 +9,12 @@ from autolora.tasks.base import Task
 from autolora.tasks.e2e import GenerationTask
 from autolora.tasks.glue import GlueTask
 from autolora.tasks.ner import NerTask
+from autolora.tasks.own import GenerationFilesTask, TextClassificationTask, TokenClassificationTask
 
-FAMILIES = {"glue": GlueTask, "generation": GenerationTask, "ner": NerTask}
+# glue, ner, generation (E2E): the paper's datasets; the rest read your own files (tasks/own.py)
+FAMILIES = {"glue": GlueTask, "generation": GenerationTask, "ner": NerTask,
+            "text_classification": TextClassificationTask, "token_classification": TokenClassificationTask,
+            "generation_files": GenerationFilesTask}
 
 
 def build_task(cfg: Mapping[str, Any]) -> Task:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from autolora.typecheck import check_types
 if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
     from datasets import Dataset
 
+log = logging.getLogger(__name__)
 HEADS = ("sequence_classification", "token_classification", "causal_lm")
 DATA_SOURCES = ("auto", "local", "hub", "sample")
 
@@ -48,12 +50,24 @@ class DataConfig:
 @dataclass
 class Splits:
     """Raw (untokenised) splits; `origin` says where they came from, for the summary; `files` are the files
-    they were read from (none for the hub), whose fingerprint a resumed run compares."""
+    they were read from (none for the hub), whose fingerprint a resumed run compares.
+
+    A run scores every evaluation split it has (dev, test); the last one is its headline result, so
+    NER and E2E (scored on their test files) say `test`, not `dev`.
+    """
 
     train: Dataset
-    dev: Dataset
+    dev: Dataset | None
     origin: str
+    test: Dataset | None = None
     files: tuple[Path, ...] = ()
+
+    def scored(self) -> dict[str, Dataset]:
+        """Evaluation split name -> rows, dev before test; the last one is the run's headline result."""
+        found = {name: split for name, split in (("dev", self.dev), ("test", self.test)) if split is not None}
+        if not found:
+            raise DataError(f"{self.origin}: no evaluation split (a dev or a test file)")
+        return found
 
 
 def fingerprint(splits: Splits) -> dict[str, str]:
@@ -62,7 +76,7 @@ def fingerprint(splits: Splits) -> dict[str, str]:
     if splits.files:
         return {str(Path(path).resolve()): _sha256_file(Path(path)) for path in splits.files}
     return {f"{splits.origin} ({name} split)": _sha256_rows(split) for name, split in
-            (("train", splits.train), ("dev", splits.dev))}
+            (("train", splits.train), ("dev", splits.dev), ("test", splits.test)) if split is not None}
 
 
 def _sha256_file(path: Path) -> str:
@@ -121,7 +135,11 @@ def resolve_source(data: DataConfig, has_sample: bool) -> str:
 
 
 def local_folder(data: DataConfig, task_name: str, subdir: str, sample: str | None) -> tuple[Path, str] | None:
-    """(folder holding the task's files, a description for the summary), or None for the hub."""
+    """(folder holding the task's files, a description for the summary), or None for the hub.
+
+    The one data-folder rule: data.data_dir is the folder holding every dataset's folder (glue/SST-2/,
+    conll2003/, e2e/, ...: the DATA_DIR of `make reproduce`); a wrong folder gets a "did you mean".
+    """
     source = resolve_source(data, sample is not None)
     if source == "hub":
         return None
@@ -131,11 +149,45 @@ def local_folder(data: DataConfig, task_name: str, subdir: str, sample: str | No
         folder = sample_dir() / sample
         return folder, f"packaged sample {folder}"
     if data.data_dir is None:
-        raise DataError("data.source=local needs data.data_dir=<folder holding the task folder>")
-    folder = Path(data.data_dir).expanduser() / subdir
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir}, task folder {subdir})")
-    return folder, f"local {folder}"
+        raise DataError(f"data.source=local needs data.data_dir=<folder holding {subdir}/>")
+    root = Path(data.data_dir).expanduser()
+    folder = root / subdir
+    if folder.is_dir():
+        return folder, f"local {folder}"
+    better = folder_with(root, subdir)
+    first, *rest = Path(subdir).parts
+    if rest and root.name == first and better == root.resolve().parent:
+        # The old GLUE rule (data_dir = the glue/ folder itself): still read, with the new rule spelled out.
+        log.warning("data.data_dir=%s is the %s/ folder itself; data.data_dir is the folder holding it "
+                    "(data.data_dir=%s); read %s this time", data.data_dir, first, better, root / Path(*rest))
+        return root / Path(*rest), f"local {root / Path(*rest)}"
+    hint = f"; did you mean data.data_dir={better}?" if better is not None else ""
+    raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir} must hold {subdir}/){hint}")
+
+
+def folder_with(root: Path, subdir: str) -> Path | None:
+    """The nearest folder above or below root (two levels) that holds subdir: for the "did you mean" hint."""
+    candidates = [*list(root.resolve().parents)[:3]]
+    if root.is_dir():
+        children = [c for c in sorted(root.iterdir()) if c.is_dir()]
+        candidates += children + [g for c in children for g in sorted(c.iterdir()) if g.is_dir()]
+    return next((c for c in candidates if (c / subdir).is_dir()), None)
+
+
+def data_file(data: DataConfig, key: str, value: str) -> Path:
+    """One of your own data files (task.train_file, ...): relative to data.data_dir when set, else to the
+    working directory; a missing file names the key and, where it can, the file meant."""
+    given = Path(value).expanduser()
+    path = given if given.is_absolute() or data.data_dir is None else Path(data.data_dir).expanduser() / given
+    if path.is_file():
+        return path
+    guesses = [given, *(p / given.name for p in (path.parent, Path.cwd()) if p.is_dir())]
+    if path.parent.is_dir():
+        guesses += sorted(p for p in path.parent.iterdir() if p.stem == given.stem and p.is_file())
+    better = next((g for g in guesses if g.is_file() and g.resolve() != path.resolve()), None)
+    hint = f"; did you mean {better}?" if better is not None else ""
+    where = f" (data.data_dir={data.data_dir})" if data.data_dir is not None and not given.is_absolute() else ""
+    raise DataError(f"task.{key}={value}: {path} is not a file{where}{hint}")
 
 
 def load_hub(task_name: str, path: str, name: str | None, local_dir: str):
@@ -164,15 +216,6 @@ def search_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
     order = np.random.default_rng(seed).permutation(n)
     n_val = min(n - 1, max(1, round(n * val_fraction)))
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-
-
-def map_fingerprint(split: Dataset) -> str | None:
-    """`new_fingerprint` for Dataset.map on a split held in memory: nothing is cached, so any fresh value is
-    right, and datasets then skips pickling the transform (the tokenizer) to hash it, 0.8 s per call with
-    MiniLM's vocabulary. None (datasets hashes as usual) for a split backed by cache files (the hub)."""
-    from datasets.fingerprint import generate_random_fingerprint
-
-    return None if split.cache_files else generate_random_fingerprint()
 
 
 def truncate(split: Dataset, limit: int | None) -> Dataset:

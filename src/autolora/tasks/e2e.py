@@ -31,7 +31,6 @@ from autolora.tasks.base import (
     Splits,
     load_hub,
     local_folder,
-    map_fingerprint,
     truncate,
 )
 
@@ -95,41 +94,18 @@ def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
     return out
 
 
-@dataclass(frozen=True)
-class GenerationTask:
-    """Data-to-text generation with a causal LM (E2E NLG)."""
+class TextGeneration:
+    """The family: rows {source, target} -> a causal LM trained on source + separator + target, scored by
+    generating once per unique source (metrics.e2e_scores). E2E and your own files (tasks/own.py) share it;
+    subclasses set name, separator, max_length, label_smoothing and generation."""
 
-    name: str
-    local: CsvLayout
-    hub: HubCsv
+    head = "causal_lm"
+    main_metric = "bleu"
+    num_labels = 0
     separator: str
     max_length: int
     label_smoothing: float
     generation: Generation
-    main_metric: str = "bleu"
-    head: str = "causal_lm"
-    num_labels: int = 0
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> GenerationTask:
-        return cls(cfg["name"], CsvLayout(**cfg["local"]), HubCsv(**cfg["hub"]), cfg["separator"], cfg["max_length"],
-                   cfg["label_smoothing"], Generation(**cfg["generation"]))
-
-    def load(self, data: DataConfig) -> Splits:
-        """Train rows and evaluation rows (one per reference) from local CSVs or the hub."""
-        located = local_folder(data, self.name, self.local.dir, sample=None)
-        if located is None:
-            parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
-            pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
-                                                    "target": list(split[self.hub.target])})
-            train, dev, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
-            files = ()
-        else:
-            folder, origin = located
-            files = (folder / self.local.train, folder / self.local.eval)
-            train = Dataset.from_dict(read_csv(files[0], self.local))
-            dev = Dataset.from_dict(read_csv(files[1], self.local))
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
 
     def prompt_ids(self, tokenizer, source: str) -> list[int]:
         return tokenizer(source + self.separator, add_special_tokens=False)["input_ids"]
@@ -147,8 +123,7 @@ class GenerationTask:
                 out["labels"].append(([IGNORE] * len(prompt) + answer)[: self.max_length])
             return out
 
-        encoded = split.map(tokenize, batched=True, remove_columns=split.column_names,
-                            new_fingerprint=map_fingerprint(split))
+        encoded = Dataset.from_dict(tokenize(split[:]))  # not Dataset.map: it pickles the tokenizer to fingerprint
         empty = [i for i, labels in enumerate(encoded["labels"]) if all(t == IGNORE for t in labels)]
         if empty:
             raise DataError(f"task.max_length={self.max_length} leaves no reference token in {len(empty)} training "
@@ -216,3 +191,38 @@ class GenerationTask:
                 outputs.append(" ".join(text.split("\n")[0].split()))
         model.train(was_training)
         return outputs
+
+
+@dataclass(frozen=True)
+class GenerationTask(TextGeneration):
+    """E2E NLG (official CSVs or the hub copy)."""
+
+    name: str
+    local: CsvLayout
+    hub: HubCsv
+    separator: str
+    max_length: int
+    label_smoothing: float
+    generation: Generation
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> GenerationTask:
+        return cls(cfg["name"], CsvLayout(**cfg["local"]), HubCsv(**cfg["hub"]), cfg["separator"], cfg["max_length"],
+                   cfg["label_smoothing"], Generation(**cfg["generation"]))
+
+    def load(self, data: DataConfig) -> Splits:
+        """Train rows and test rows (one per reference) from local CSVs or the hub."""
+        located = local_folder(data, self.name, self.local.dir, sample=None)
+        if located is None:
+            parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
+            pick = lambda split: Dataset.from_dict({"source": list(split[self.hub.source]),  # noqa: E731
+                                                    "target": list(split[self.hub.target])})
+            train, test, origin = pick(parts["train"]), pick(parts[self.hub.eval_split]), f"hub {self.hub.path}"
+            files = ()
+        else:
+            folder, origin = located
+            files = (folder / self.local.train, folder / self.local.eval)
+            train = Dataset.from_dict(read_csv(files[0], self.local))
+            test = Dataset.from_dict(read_csv(files[1], self.local))
+        return Splits(truncate(train, data.max_train_samples), None, origin, test=truncate(test, data.max_eval_samples),
+                      files=files)

@@ -30,7 +30,6 @@ from autolora.tasks.base import (
     Splits,
     load_hub,
     local_folder,
-    map_fingerprint,
     truncate,
 )
 
@@ -99,72 +98,25 @@ def read_tsv(path: Path, layout: TsvLayout, labels: tuple[str, ...] | None) -> d
     return out
 
 
-@dataclass(frozen=True)
-class GlueTask:
-    """One GLUE task: sentence(-pair) classification or regression (STS-B)."""
+class SentenceClassification:
+    """The family: rows {text_a, [text_b], labels} -> a sequence classifier (or a regressor when `labels` is
+    None). GLUE and your own files (tasks/own.py) share it; subclasses set name, labels, metrics, max_length."""
 
-    name: str
-    local: TsvLayout
-    hub: HubLayout
-    labels: tuple[str, ...] | None  # raw label values in class-id order; None for regression
+    head = "sequence_classification"
+    labels: tuple[str, ...] | None  # label names in class-id order; None for regression
     metrics: tuple[str, ...]
-    main_metric: str
     max_length: int
-    sample: str | None  # folder of a packaged sample under autolora/data, if any
-    head: str = "sequence_classification"
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> GlueTask:
-        """Build from the `task` config node (conf/task/glue/*.yaml)."""
-        local = dict(cfg["local"])
-        local["text"], local["columns"] = tuple(local["text"]), local["columns"] and tuple(local["columns"])
-        hub = dict(cfg["hub"], text=tuple(cfg["hub"]["text"]))
-        labels = None if cfg["labels"] is None else tuple(str(label) for label in cfg["labels"])
-        task = cls(cfg["name"], TsvLayout(**local), HubLayout(**hub), labels, tuple(cfg["metrics"]),
-                   cfg["main_metric"], cfg["max_length"], cfg["sample"])
-        if task.main_metric not in task.metrics:
-            raise ValueError(f"task.main_metric {task.main_metric!r} is not in task.metrics {list(task.metrics)}")
-        return task
 
     @property
     def num_labels(self) -> int:
         return 1 if self.labels is None else len(self.labels)
 
-    def load(self, data: DataConfig) -> Splits:
-        """Train and dev splits from local TSVs, the packaged sample or the hub."""
-        located = local_folder(data, self.name, self.local.dir, self.sample)
-        if located is None:
-            train, dev = self._load_hub()
-            origin, files = f"hub {self.hub.path}/{self.hub.name}", ()
-        else:
-            folder, origin = located
-            files = (folder / self.local.train, folder / self.local.dev)
-            train = Dataset.from_dict(read_tsv(files[0], self.local, self.labels))
-            dev = Dataset.from_dict(read_tsv(files[1], self.local, self.labels))
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
-
-    def _load_hub(self) -> tuple[Dataset, Dataset]:
-        parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
-        columns = {self.hub.text[0]: "text_a", self.hub.label: "labels"}
-        if len(self.hub.text) > 1:
-            columns[self.hub.text[1]] = "text_b"
-
-        def standard(split: Dataset) -> Dataset:
-            split = split.rename_columns(columns)
-            return split.remove_columns([c for c in split.column_names if c not in columns.values()])
-
-        return standard(parts["train"]), standard(parts[self.hub.dev_split])
-
     def encode(self, split: Dataset, tokenizer) -> Dataset:
-        """Tokenise (truncating to max_length); keeps only model inputs and labels."""
-        pair = "text_b" in split.column_names
-
-        def tokenize(rows):
-            args = (rows["text_a"], rows["text_b"]) if pair else (rows["text_a"],)
-            return tokenizer(*args, truncation=True, max_length=self.max_length)
-
-        text_columns = [c for c in ("text_a", "text_b") if c in split.column_names]
-        return split.map(tokenize, batched=True, remove_columns=text_columns, new_fingerprint=map_fingerprint(split))
+        """Tokenise (truncating to max_length); keeps only model inputs and labels. One tokenizer call on the
+        whole split, not Dataset.map: map fingerprints its function by pickling the tokenizer (~1 s a call)."""
+        texts = [list(split[c]) for c in ("text_a", "text_b") if c in split.column_names]
+        encoded = tokenizer(*texts, truncation=True, max_length=self.max_length)
+        return Dataset.from_dict({**encoded, "labels": list(split["labels"])})
 
     def collate(self, tokenizer) -> Callable[[list[dict]], Batch]:
         """Dynamic padding to the longest sequence of the batch."""
@@ -179,7 +131,7 @@ class GlueTask:
 
     @torch.no_grad()
     def eval_items(self, split: Dataset, tokenizer) -> Dataset:
-        """The units predictions are made for: the encoded dev rows."""
+        """The units predictions are made for: the encoded rows of the evaluation split."""
         return self.encode(split, tokenizer)
 
     @torch.no_grad()
@@ -198,8 +150,61 @@ class GlueTask:
         return outputs
 
     def score(self, split: Dataset, items: Dataset, predictions: list[np.ndarray]) -> tuple[dict[str, float], None]:
-        """Dev-set metrics: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
+        """Metrics of an evaluation split: the task's metric list (accuracy, f1, mcc, or pearson and spearman)."""
         logits, gold = np.stack(predictions), np.asarray(items["labels"])
         if self.labels is None:
             return metrics.regression_scores(gold, logits[:, 0]), None
         return metrics.classification_scores(gold, np.argmax(logits, axis=-1), self.metrics), None
+
+
+@dataclass(frozen=True)
+class GlueTask(SentenceClassification):
+    """One GLUE task: sentence(-pair) classification or regression (STS-B)."""
+
+    name: str
+    local: TsvLayout
+    hub: HubLayout
+    labels: tuple[str, ...] | None  # raw label values in class-id order; None for regression
+    metrics: tuple[str, ...]
+    main_metric: str
+    max_length: int
+    sample: str | None  # folder of a packaged sample under autolora/data, if any
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> GlueTask:
+        """Build from the `task` config node (conf/task/glue/*.yaml)."""
+        local = dict(cfg["local"])
+        local["text"], local["columns"] = tuple(local["text"]), local["columns"] and tuple(local["columns"])
+        hub = dict(cfg["hub"], text=tuple(cfg["hub"]["text"]))
+        labels = None if cfg["labels"] is None else tuple(str(label) for label in cfg["labels"])
+        task = cls(cfg["name"], TsvLayout(**local), HubLayout(**hub), labels, tuple(cfg["metrics"]),
+                   cfg["main_metric"], cfg["max_length"], cfg["sample"])
+        if task.main_metric not in task.metrics:
+            raise ValueError(f"task.main_metric {task.main_metric!r} is not in task.metrics {list(task.metrics)}")
+        return task
+
+    def load(self, data: DataConfig) -> Splits:
+        """Train and dev splits from local TSVs, the packaged sample or the hub."""
+        located = local_folder(data, self.name, self.local.dir, self.sample)
+        if located is None:
+            train, dev = self._load_hub()
+            origin, files = f"hub {self.hub.path}/{self.hub.name}", ()
+        else:
+            folder, origin = located
+            files = (folder / self.local.train, folder / self.local.dev)
+            train = Dataset.from_dict(read_tsv(files[0], self.local, self.labels))
+            dev = Dataset.from_dict(read_tsv(files[1], self.local, self.labels))
+        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin,
+                      files=files)
+
+    def _load_hub(self) -> tuple[Dataset, Dataset]:
+        parts = load_hub(self.name, self.hub.path, self.hub.name, self.local.dir)
+        columns = {self.hub.text[0]: "text_a", self.hub.label: "labels"}
+        if len(self.hub.text) > 1:
+            columns[self.hub.text[1]] = "text_b"
+
+        def standard(split: Dataset) -> Dataset:
+            split = split.rename_columns(columns)
+            return split.remove_columns([c for c in split.column_names if c not in columns.values()])
+
+        return standard(parts["train"]), standard(parts[self.hub.dev_split])

@@ -37,11 +37,16 @@ class ColumnLayout:
     dir: str
     train: str
     eval: str  # the split that is scored
-    delimiter: str  # " " (CoNLL-2003) or "\t" (BioNLP/JNLPBA)
-    columns: int  # fields per token line
+    delimiter: str | None  # " " (CoNLL-2003) or "\t" (BioNLP/JNLPBA); None: any run of whitespace
+    columns: int | None  # fields per token line; None: any number that holds token_column and tag_column
     token_column: int
     tag_column: int
     docstart: str | None  # first field of a document line to skip, e.g. "-DOCSTART-"
+
+    @property
+    def min_fields(self) -> int:
+        """Fields a token line needs: two at least, and enough for both columns (negative: from the end)."""
+        return max(2, *(c + 1 if c >= 0 else -c for c in (self.token_column, self.tag_column)))
 
 
 def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], list[list[str]], list[int]]:
@@ -67,9 +72,11 @@ def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], lis
         if layout.docstart is not None and fields[0] == layout.docstart:
             flush()
             continue
-        if len(fields) != layout.columns:
+        if layout.columns is not None and len(fields) != layout.columns:
             raise DataError(f"{path}:{lineno}: expected {layout.columns} fields separated by "
                             f"{layout.delimiter!r}, found {len(fields)}")
+        if len(fields) < layout.min_fields:
+            raise DataError(f"{path}:{lineno}: expected a token and a tag, found {len(fields)} field(s): {line!r}")
         if not current_words:
             start = lineno
         current_words.append(fields[layout.token_column])
@@ -86,64 +93,28 @@ def label_list(tags: list[list[str]]) -> list[str]:
     return ["O", *sorted(seen - {"O"}, key=lambda t: (t[2:], t[:2]))] if "O" in seen else sorted(seen)
 
 
-@dataclass
-class NerTask:
-    """Token classification with seqeval entity F1; `labels` is fixed by load() from the training file."""
+def check_known_tags(path: Path, tags: list[list[str]], starts: list[int], labels: list[str]) -> None:
+    """Every tag of an evaluation file must occur in training (the head has no id for it otherwise)."""
+    known = set(labels)
+    for sentence, first_line in zip(tags, starts, strict=True):
+        for offset, tag in enumerate(sentence):
+            if tag not in known:
+                raise DataError(f"{path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
 
-    name: str
-    local: ColumnLayout
-    hub: Mapping[str, Any] | None  # {path, name, tokens, tags, eval_split}; None: no hub copy configured
-    scheme: str
+
+class TokenTagging:
+    """The family: rows {words, tags} -> a token classifier scored with seqeval entity F1. CoNLL-style NER
+    sets and your own files (tasks/own.py) share it; subclasses set name, labels, scheme, max_length."""
+
+    head = "token_classification"
+    main_metric = "f1"
+    labels: list[str]  # tag names in class-id order ('O' first), from the training split
+    scheme: str  # seqeval scheme: IOB2, IOBES, IOE2
     max_length: int
-    main_metric: str = "f1"
-    head: str = "token_classification"
-    labels: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> NerTask:
-        if cfg["scheme"] not in SCHEMES:
-            raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
-        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), cfg["scheme"],
-                   cfg["max_length"])
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
-
-    def load(self, data: DataConfig) -> Splits:
-        """Sentences from local column files (or the hub); labels from the training split."""
-        located = local_folder(data, self.name, self.local.dir, sample=None)
-        if located is None:
-            train, dev, origin = self._load_hub()
-            files = ()
-        else:
-            folder, origin = located
-            train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
-            self.labels = label_list(train_tags)
-            eval_path = folder / self.local.eval
-            files = (folder / self.local.train, eval_path)
-            eval_words, eval_tags, starts = read_columns(eval_path, self.local)
-            known = set(self.labels)
-            for sentence, first_line in zip(eval_tags, starts, strict=True):
-                for offset, tag in enumerate(sentence):
-                    if tag not in known:
-                        raise DataError(f"{eval_path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
-            train = Dataset.from_dict({"words": train_words, "tags": train_tags})
-            dev = Dataset.from_dict({"words": eval_words, "tags": eval_tags})
-        return Splits(truncate(train, data.max_train_samples), truncate(dev, data.max_eval_samples), origin, files)
-
-    def _load_hub(self):
-        if self.hub is None:
-            raise DataError(f"{self.name} has no hub copy configured: set data.data_dir=<folder with {self.local.dir}/>")
-        parts = load_hub(self.name, self.hub["path"], self.hub["name"], self.local.dir)
-        names = parts["train"].features[self.hub["tags"]].feature.names
-        self.labels = list(names)
-
-        def standard(split):
-            return Dataset.from_dict({"words": list(split[self.hub["tokens"]]),
-                                      "tags": [[names[i] for i in row] for row in split[self.hub["tags"]]]})
-
-        return standard(parts["train"]), standard(parts[self.hub["eval_split"]]), f"hub {self.hub['path']}"
 
     def windows(self, words: list[str], tokenizer) -> list[tuple[int, int]]:
         """[start, stop) word ranges whose sub-tokens (plus specials) fit max_length; never splits a word."""
@@ -224,3 +195,53 @@ class NerTask:
                         for ws, gs, ps in zip(words, gold, guesses, strict=True))
         return scores, conll
 
+
+@dataclass
+class NerTask(TokenTagging):
+    """A CoNLL-style NER dataset; `labels` is fixed by load() from the training file."""
+
+    name: str
+    local: ColumnLayout
+    hub: Mapping[str, Any] | None  # {path, name, tokens, tags, eval_split}; None: no hub copy configured
+    scheme: str
+    max_length: int
+    labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> NerTask:
+        if cfg["scheme"] not in SCHEMES:
+            raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
+        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), cfg["scheme"],
+                   cfg["max_length"])
+
+    def load(self, data: DataConfig) -> Splits:
+        """Sentences from local column files (or the hub); labels from the training split; scored on test."""
+        located = local_folder(data, self.name, self.local.dir, sample=None)
+        if located is None:
+            train, test, origin = self._load_hub()
+            files = ()
+        else:
+            folder, origin = located
+            train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
+            self.labels = label_list(train_tags)
+            eval_path = folder / self.local.eval
+            files = (folder / self.local.train, eval_path)
+            eval_words, eval_tags, starts = read_columns(eval_path, self.local)
+            check_known_tags(eval_path, eval_tags, starts, self.labels)
+            train = Dataset.from_dict({"words": train_words, "tags": train_tags})
+            test = Dataset.from_dict({"words": eval_words, "tags": eval_tags})
+        return Splits(truncate(train, data.max_train_samples), None, origin, test=truncate(test, data.max_eval_samples),
+                      files=files)
+
+    def _load_hub(self):
+        if self.hub is None:
+            raise DataError(f"{self.name} has no hub copy configured: set data.data_dir=<folder with {self.local.dir}/>")
+        parts = load_hub(self.name, self.hub["path"], self.hub["name"], self.local.dir)
+        names = parts["train"].features[self.hub["tags"]].feature.names
+        self.labels = list(names)
+
+        def standard(split):
+            return Dataset.from_dict({"words": list(split[self.hub["tokens"]]),
+                                      "tags": [[names[i] for i in row] for row in split[self.hub["tags"]]]})
+
+        return standard(parts["train"]), standard(parts[self.hub["eval_split"]]), f"hub {self.hub['path']}"
