@@ -54,6 +54,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes: 7-9 s each (make test stays under 2 minutes)
 @pytest.mark.parametrize("eta", [0.05, 0.0], ids=["second_order", "first_order"])
 def test_two_gloo_processes_match_each_other_and_one_process_on_the_combined_batch(tmp_path, eta):
     mp.spawn(_worker, args=(2, _free_port(), eta, str(tmp_path)), nprocs=2, join=True)
@@ -117,6 +118,7 @@ def _stop_worker(rank: int, size: int, port: int, out: str) -> None:
     Path(out, f"stopped{rank}").write_text(str(stopped))
 
 
+@pytest.mark.slow  # two processes
 def test_a_signal_on_one_process_stops_all_at_the_same_step_and_rank_0_saves(tmp_path):
     mp.spawn(_stop_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     from autolora.checkpoint import STOP_POLL

@@ -138,6 +138,7 @@ def test_bleu_and_nist_equal_the_official_scorer():
     assert metrics.nist(hypotheses, references) == pytest.approx(OFFICIAL_FIXTURE["nist"], abs=1e-9)
 
 
+@pytest.mark.slow  # three Java scorers start: 10 s
 @needs_java
 def test_caption_metrics_equal_the_official_scorer():
     """On the same set, METEOR, ROUGE-L and CIDEr on the PTB tokens equal the official scorer's; the PTB
