@@ -5,7 +5,7 @@
 # Usage: bash scripts/make_study_specs.sh "cola mrpc rte stsb" "0 1 2" > specs.txt
 set -euo pipefail
 TASKS=$1; SEEDS=$2
-common="model=minilm data.data_dir=.data/glue log_every=200 search.evaluate=false"
+common="model=minilm data.data_dir=.data log_every=200 search.evaluate=false"
 for seed in $SEEDS; do for task in $TASKS; do
   echo "$task-autolora-s$seed task=glue/$task method=autolora seed=$seed $common"
   echo "$task-autolora_e20-s$seed task=glue/$task method=autolora seed=$seed search.epochs=20 $common"
