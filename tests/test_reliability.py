@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -630,7 +631,7 @@ def test_resume_refuses_data_changed_since_the_kill(tmp_path):
     data = glue_files(tmp_path / "data", many_rows(80))
     args = [*LONGER, "task=glue/rte", f"data.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"]
     assert launch("search", 5, args, tmp_path).returncode == -9
-    train_file = data / "RTE" / "train.tsv"
+    train_file = data / "glue" / "RTE" / "train.tsv"
     original = train_file.read_text()
     train_file.write_text(original.replace("sentence 3\t", "sentence three\t"))
     refused = launch("none", 0, [*args, "resume=true"], tmp_path)
@@ -638,6 +639,17 @@ def test_resume_refuses_data_changed_since_the_kill(tmp_path):
     assert f"the data changed since the run started: {train_file.resolve()} changed" in refused.stderr
     train_file.write_text(original)
     assert launch("none", 0, [*args, "resume=true"], tmp_path).returncode == 0
+
+
+def job_number(folder: Path) -> str:
+    """A sweep job folder's number (folders are <n>_<overrides>)."""
+    return folder.name.split("_", 1)[0]
+
+
+def job(sweep: Path, number: int) -> Path:
+    """The folder of sweep job `number`."""
+    (found,) = [p for p in sweep.iterdir() if p.is_dir() and job_number(p) == str(number)]
+    return found
 
 
 @pytest.mark.slow
@@ -650,18 +662,18 @@ def test_a_sweep_runs_every_point_lists_the_failed_ones_and_resumes(tmp_path):
     first = launch("none", 0, ["-m", *TINY, "task=glue/rte", f"data.data_dir={good},{bad},{good}",
                                f"hydra.sweep.dir={sweep}"], tmp_path)
     assert first.returncode == 2, first.stderr[-2000:]
-    assert sorted(p.parent.name for p in sweep.glob("*/metrics.json")) == ["0", "2"]
+    assert sorted(job_number(p.parent) for p in sweep.glob("*/metrics.json")) == ["0", "2"]
     assert f"sweep {sweep}: 3 points, 2 done, 1 failed:" in first.stderr
     assert re.search(rf"sweep point 1 of 3 \(data.data_dir={bad}\): exit 2: error: .*train.tsv:10", first.stderr)
     killed = tmp_path / "killed"
     args = ["-m", *LONGER, "seed=0,1,2", f"hydra.sweep.dir={killed}"]
     assert launch("search", 12 + 7, args, tmp_path).returncode == -9  # 12 search steps per point
-    assert (killed / "0" / "metrics.json").is_file() and (killed / "1" / "checkpoint.pt").is_file()
+    assert (job(killed, 0) / "metrics.json").is_file() and (job(killed, 1) / "checkpoint.pt").is_file()
     resumed = launch("none", 0, [*args, "resume=true"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"sweep {killed}: 3 points, 2 done, 1 skipped (finished before)" in resumed.stderr
-    assert sorted(p.parent.name for p in killed.glob("*/metrics.json")) == ["0", "1", "2"]
-    steps = [step for phase, step, *_ in events(killed / "1") if phase == "search"]
+    assert sorted(job_number(p.parent) for p in killed.glob("*/metrics.json")) == ["0", "1", "2"]
+    steps = [step for phase, step, *_ in events(job(killed, 1)) if phase == "search"]
     assert steps == sorted(set(steps))
 
 
