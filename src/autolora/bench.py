@@ -48,7 +48,7 @@ from autolora.inject import TargetConfig, inject, target_names
 from autolora.models import four_d_attention_mask, store_frozen_linears_in
 from autolora.pipeline import git_commit, versions
 from autolora.search import SearchConfig, forward_loss, search_update, start_search
-from autolora.train import RetrainConfig, batch_loss, train_step
+from autolora.train import RetrainConfig, model_loss, train_step
 
 SHAPES = {
     "minilm": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
@@ -173,7 +173,7 @@ def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, de
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = graphs.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * TOTAL_STEPS), TOTAL_STEPS)
-        loss_of = graphs.compiled(batch_loss(model, loss_fn, autocast), compile_mode)
+        loss_of = graphs.compiled(model_loss(model, loss_fn, autocast), compile_mode)
         update = graphs.make_step(lambda b: train_step(model, params, optimizer, b, RETRAIN, loss_fn, autocast,
                                                        loss_of=loss_of), compile_mode)
         args = (batch,)

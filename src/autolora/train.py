@@ -58,7 +58,7 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
     loss_of: the batch's loss (default: the model under autocast, then compute_loss; graphs.compiled
     passes an inductor-compiled one). Data parallel: the batch is this process's shard; gradients are
     averaged over processes."""
-    loss = (loss_of or batch_loss(model, compute_loss, autocast))(batch)
+    loss = (loss_of or model_loss(model, compute_loss, autocast))(batch)
     loss.backward()
     world.average_grads(params)
     if cfg.max_grad_norm is not None:
@@ -70,9 +70,10 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
     return loss.detach()
 
 
-def batch_loss(model: nn.Module, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable
+def model_loss(model: nn.Module, compute_loss: Callable[[object, Batch], Tensor], autocast: Callable
                ) -> Callable[[Batch], Tensor]:
-    """The loss of one batch through the model's forward under autocast."""
+    """The loss of one batch through the model's own forward under autocast (the search's passes use
+    search.forward_loss instead: it substitutes parameters by name, which a plain training step does not need)."""
 
     def loss_of(batch: Batch) -> Tensor:
         with autocast():
@@ -122,7 +123,7 @@ def train(
     window = LossWindow(["train_loss"], device, log_every, mean=world.mean)
     window.restore(saved.get("window"))
     batches = batches_from(loader, seed, done)
-    loss_of = graphs.compiled(batch_loss(model, compute_loss, autocast), compile_mode)
+    loss_of = graphs.compiled(model_loss(model, compute_loss, autocast), compile_mode)
     step_fn = graphs.make_step(lambda batch: train_step(model, params, optimizer, batch, cfg, compute_loss, autocast,
                                                         None, world, loss_of), compile_mode)
     model.train()
