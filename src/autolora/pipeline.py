@@ -518,13 +518,14 @@ def run_phases(job: Job, tracker: Tracker, record: dict[str, Any]) -> dict[str, 
 
 
 def warn_undefined_metrics(record: Mapping[str, Any]) -> None:
-    """A NaN dev metric (a correlation of constant predictions, say) is written as null; say so once."""
+    """A NaN metric (a correlation of constant predictions, say) is written as null; say so once per split."""
     for phase in ("search", "retrain"):
-        dev = (record.get(phase) or {}).get("dev") or {}
-        undefined = [k for k, v in dev.items() if isinstance(v, float) and not math.isfinite(v)]
-        if undefined:
-            print(f"autolora-run: warning: {phase} dev {', '.join(undefined)} undefined (NaN: constant predictions "
-                  "or constant gold scores); written as null", file=sys.stderr)
+        for split in ("dev", "test"):  # the evaluation splits a phase records its scores under (Job.evaluate)
+            scores = (record.get(phase) or {}).get(split) or {}
+            undefined = [k for k, v in scores.items() if isinstance(v, float) and not math.isfinite(v)]
+            if undefined:
+                print(f"autolora-run: warning: {phase} {split} {', '.join(undefined)} undefined (NaN: constant "
+                      "predictions or constant gold scores); written as null", file=sys.stderr)
 
 
 def distributed_settings(settings: Settings, world: World) -> Settings:
