@@ -80,6 +80,7 @@ def test_ranks_file_naming_other_modules_is_refused(tmp_path):
         run_in(tmp_path, f"search.ranks_file={bad}")
 
 
+@pytest.mark.slow  # the real console script in subprocesses: 9 s (the same errors in-process: test_reliability)
 def test_console_script_errors_are_one_line_with_status_2(tmp_path):
     """Bad input through the console script: exit 2, one 'error:' line, no traceback."""
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
