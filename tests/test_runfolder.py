@@ -148,3 +148,28 @@ def test_a_second_claim_of_the_same_new_folder_loses(tmp_path):
     with pytest.raises(ConfigError, match="already holds an unfinished run"):
         claim(Plan("new", folder), {}, {"config.yaml": "a: 2\n"})
     assert (folder / "config.yaml").read_text() == "a: 1\n"
+
+
+def test_a_record_logged_before_the_claim_waits_for_it(tmp_path, monkeypatch, capsys):
+    """A library record logged after Hydra starts but before the run claims its folder (under CI=1
+    transformers hands its load reports to the root logger) must not create run.log in the new folder, which
+    would then make the run refuse its own folder as 'not empty'; the record reaches run.log after the claim."""
+    import logging
+
+    from autolora import pipeline
+    from autolora.run import main
+
+    load_inputs = pipeline.load_inputs
+
+    def load_inputs_logging_first(*args, **kwargs):
+        logging.getLogger("some.library").warning("a record from before the claim")
+        return load_inputs(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_inputs", load_inputs_logging_first)
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["autolora-run", "debug=tiny", "logger=none", "progress=false",
+                                      f"hydra.run.dir={run_dir}"])
+    main()
+    assert "error" not in capsys.readouterr().err
+    log = (run_dir / "run.log").read_text()
+    assert "a record from before the claim" in log and (run_dir / "metrics.json").is_file()

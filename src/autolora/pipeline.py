@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autolora import adalora, export, graphs, runfolder
+from autolora import adalora, export, graphs, joblog, runfolder
 from autolora import ranks as ranks_io
 from autolora.batch import pad_to_bucket
 from autolora.checkpoint import Checkpointer, StopFlag
@@ -361,8 +361,8 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
     run_dir is the run's, and only rank 0 writes files, logs and progress bars."""
     if "hydra" in cfg:  # compose(return_hydra_config=True) in tests; @hydra.main strips it itself
         cfg = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    silence_libraries(OmegaConf.select(cfg, "verbose") is True)  # before check_config reads the model's config
     settings, task = check_config(cfg)
-    silence_libraries(settings.verbose)
     if world.distributed:
         settings = distributed_settings(settings, world)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
@@ -386,6 +386,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
             lock = runfolder.claim(decided, fingerprint(splits), first_files)
 
         world.share_outcome(take, ConfigError)
+        joblog.folder_claimed()
         try:
             job = Job(settings, task, run_dir, tokenizer, task.encode(splits.train, tokenizer), splits.scored(),
                       checkpoint, world)
