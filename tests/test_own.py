@@ -164,6 +164,7 @@ def test_task_file_outside_the_package_via_searchpath(tmp_path):
 def test_headline_metric_is_a_key_checked_against_the_family():
     """task.main_metric picks the headline score among the family's metrics; another name is refused."""
     assert own_task("token_classification", train_file="ner_train.conll", main_metric="recall").main_metric == "recall"
+    assert own_task("token_classification", train_file="ner_train.conll", main_metric="f1_strict").main_metric == "f1_strict"
     assert own_task("generation", train_file="menu.jsonl", main_metric="rouge_l").main_metric == "rouge_l"
     with pytest.raises(ValueError, match=r"task.main_metric must be one of \['bleu'"):
         own_task("generation", train_file="menu.jsonl", main_metric="accuracy")

@@ -23,7 +23,8 @@ from autolora.tasks.glue import SentenceClassification
 from autolora.tasks.ner import SCHEMES, ColumnLayout, TokenTagging, check_known_tags, label_list, read_columns
 from autolora.typecheck import check_types
 
-TOKEN_METRICS = ("f1", "precision", "recall", "token_accuracy")  # metrics.entity_scores
+TOKEN_METRICS = ("f1", "precision", "recall", "f1_strict", "precision_strict", "recall_strict",
+                 "token_accuracy")  # metrics.entity_scores: conlleval counting, then seqeval strict
 GENERATION_METRICS = ("bleu", "nist", "meteor", "rouge_l", "cider")  # metrics.e2e_scores
 
 
