@@ -173,3 +173,26 @@ def test_a_record_logged_before_the_claim_waits_for_it(tmp_path, monkeypatch, ca
     assert "error" not in capsys.readouterr().err
     log = (run_dir / "run.log").read_text()
     assert "a record from before the claim" in log and (run_dir / "metrics.json").is_file()
+
+
+def test_hydra_default_job_logging_opens_its_file_at_job_start_and_the_run_still_takes_its_folder(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """hydra/job_logging=default (or a user's own logging config) creates run.log as the job starts, before the
+    run checks its folder: that file is this job's, not a stranger's, and must not make the run refuse the folder;
+    a run.log that was there before the command still is refused."""
+    from autolora.run import main
+
+    run_dir = tmp_path / "run"
+    command = ["autolora-run", "debug=tiny", "logger=none", "progress=false", "hydra/job_logging=default",
+               f"hydra.run.dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", command)
+    main()
+    assert "error" not in capsys.readouterr().err and (run_dir / "metrics.json").is_file() and (run_dir / "run.log").is_file()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "run.log").write_text("someone else's\n")
+    monkeypatch.setattr(sys, "argv", [*command[:-1], f"hydra.run.dir={foreign}"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    assert stopped.value.code == 2 and "is not empty (run.log)" in capsys.readouterr().err
+    assert os.listdir(foreign) == ["run.log"] and (foreign / "run.log").read_text() == "someone else's\n"

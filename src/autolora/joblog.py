@@ -9,6 +9,7 @@ own, new folder. So records wait in memory until `folder_claimed()`; a refused r
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 MAX_PENDING = 10_000  # records kept before the claim; more are dropped (a refused run writes none anyway)
 
@@ -31,6 +32,14 @@ class ClaimedFolderLog(logging.FileHandler):
         pending, self.pending = self.pending or [], None
         for record in pending:
             super().emit(record)
+
+
+def files_in(folder: Path) -> frozenset[str]:
+    """The names of the log files that this process's logging writes in `folder` (a job logging config other than
+    ours, e.g. hydra/job_logging=default, opens its file as the job starts): the run's own, not someone else's."""
+    folder = Path(folder).absolute()
+    return frozenset(Path(handler.baseFilename).name for handler in logging.getLogger().handlers
+                     if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder)
 
 
 def folder_claimed() -> None:

@@ -367,7 +367,9 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
         settings = distributed_settings(settings, world)
     compile_modes(settings, world)  # an impossible compile mode fails now, before data and model load
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    decided = world.share_outcome(lambda: runfolder.plan(run_dir, resolved, settings.resume, sweep), ConfigError)
+    own_logs = joblog.files_in(run_dir)  # Hydra's log of this very job, if its logging config opened one already
+    decided = world.share_outcome(lambda: runfolder.plan(run_dir, resolved, settings.resume, sweep, own_logs),
+                                  ConfigError)
     run_dir = decided.path  # rank 0's folder on every process: all read its checkpoint
     if decided.action == "skip":
         print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
@@ -383,7 +385,7 @@ def run(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: bool = 
 
         def take() -> None:
             nonlocal lock
-            lock = runfolder.claim(decided, fingerprint(splits), first_files)
+            lock = runfolder.claim(decided, fingerprint(splits), first_files, own_logs)
 
         world.share_outcome(take, ConfigError)
         joblog.folder_claimed()

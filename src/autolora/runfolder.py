@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,10 +53,11 @@ def check_writable(folder: Path) -> None:
         raise ConfigError(f"cannot write in {existing} (read-only or not yours); choose another hydra.run.dir")
 
 
-def contents(folder: Path) -> list[str]:
-    """The names in the folder (none if it does not exist), the lock file left out: it says nothing about a run."""
+def contents(folder: Path, own: Collection[str] = ()) -> list[str]:
+    """The names in the folder (none if it does not exist), leaving out the lock file (it says nothing about a
+    run) and `own`: this job's log files, which Hydra's logging may have opened there before the run started."""
     try:
-        return sorted(name for name in os.listdir(folder) if name != LOCK)
+        return sorted(name for name in os.listdir(folder) if name != LOCK and name not in own)
     except FileNotFoundError:
         return []
 
@@ -68,12 +69,13 @@ def requeued(folder: Path) -> bool:
             and (folder / CONFIG).is_file() and not (folder / FINISHED).is_file())
 
 
-def plan(folder: Path, resolved: Mapping[str, Any], resume: bool, sweep: bool = False) -> Plan:
+def plan(folder: Path, resolved: Mapping[str, Any], resume: bool, sweep: bool = False,
+         own: Collection[str] = ()) -> Plan:
     """What this command may do with `folder`; reads only. `sweep`: a point of a -m sweep, where resume=true
-    also starts the points the killed sweep never reached and skips the finished ones."""
+    also starts the points the killed sweep never reached and skips the finished ones. `own`: see contents."""
     folder = Path(folder)
     check_writable(folder)
-    names = contents(folder)
+    names = contents(folder, own)
     if not resume and not requeued(folder):
         if names:
             raise ConfigError(refusal(folder, names))
@@ -211,16 +213,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-def claim(decided: Plan, data: Mapping[str, str], first_files: Mapping[str, str]) -> RunLock:
+def claim(decided: Plan, data: Mapping[str, str], first_files: Mapping[str, str], own: Collection[str] = ()) -> RunLock:
     """Take the folder for this run (under its lock, re-checking what `plan` saw): a new run writes the marker
     (with the data fingerprint) and `first_files` (relative path -> text); a resume checks that the data is
-    the data the run started with. Returns the held lock."""
+    the data the run started with. `own`: see contents. Returns the held lock."""
     folder = decided.path
     lock = RunLock(folder).acquire()
     try:
         if decided.action == "new":
-            if any(name != MARKER for name in contents(folder)):  # another run got here first
-                raise ConfigError(refusal(folder, contents(folder)))
+            if any(name != MARKER for name in contents(folder, own)):  # another run got here first
+                raise ConfigError(refusal(folder, contents(folder, own)))
             write_json(folder / MARKER, {"created": dt.datetime.now().isoformat(timespec="seconds"), "data": dict(data)})
             for name, text in first_files.items():
                 write_text(folder / name, text)
