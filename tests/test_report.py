@@ -77,15 +77,18 @@ def test_tables_from_a_folder_without_report_json(tmp_path):
 
 def test_grouping_by_config_up_to_seed_and_run_only_keys(tmp_path):
     """Runs that differ in data_dir, log_every and (for AutoLoRA) the unread lora.r form one group; a searched
-    key (search.epochs) splits the group and labels both; a repeated seed and a different training-set size
-    within one group are warned about."""
+    key (search.epochs) splits the group and labels both, also beside a LoRA run (which has no search.* keys:
+    keys common to all runs once merged the two budgets); a repeated seed and a different training-set size within
+    one group are warned about."""
     runs = tmp_path / "runs"
     _run(runs, "a0", seed=0, log_every=5)
     _run(runs, "a1", seed=1, lora__r=4)
     _run(runs, "a1-again", seed=1, n_train=90)
     _run(runs, "long0", seed=0, search__epochs=20)
+    _run(runs, "lora0", seed=0, method="lora")
     groups, warnings = report.group_runs(report.find_runs(runs)[0])
-    assert [(g.method, len(g.runs)) for g in groups] == [("AutoLoRA [search.epochs=3]", 3), ("AutoLoRA [search.epochs=20]", 1)]
+    assert [(g.method, len(g.runs)) for g in groups] == [
+        ("AutoLoRA [search.epochs=3]", 3), ("AutoLoRA [search.epochs=20]", 1), ("LoRA r=8", 1)]
     assert any("seed 1 appears 2 times" in w for w in warnings)
     assert any("mixed n_train [90, 100]" in w for w in warnings)
 

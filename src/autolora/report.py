@@ -60,24 +60,29 @@ class Group:
 
 
 def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[str]]:
-    """Runs grouped by config (keys every run has; seeds and run-only keys left out), with the warnings."""
-    runs = sorted(runs, key=lambda r: (r.task, r.model, tables.method_key(r.variant), r.seed))
-    common = set.intersection(*(set(run.config) for run in runs))
-    buckets: dict[tuple, list[Run]] = defaultdict(list)
-    for run in runs:
-        buckets[(run.task, run.model, run.variant, tuple(sorted((k, run.config[k]) for k in common)))].append(run)
-    siblings = defaultdict(list)
-    for key in buckets:
-        siblings[key[:3]].append(dict(key[3]))
-    groups = []
-    for (task, model, variant, config), members in buckets.items():
-        others = siblings[(task, model, variant)]
-        differing = [k for k in sorted(common) if len({other[k] for other in others}) > 1]
-        shown = ", ".join(f"{k}={json.loads(dict(config)[k])}" for k in differing[:3])
-        label = variant + (f" [{shown}{f', +{len(differing) - 3} keys' if len(differing) > 3 else ''}]" if differing else "")
-        groups.append(Group(task, model, label, members))
-    groups.sort(key=lambda g: (g.task, g.model, tables.method_key(g.method)))
-    return groups, [warning for group in groups for warning in check_group(group, common)]
+    """Runs grouped by config (seeds and run-only keys left out), with the warnings.
+
+    The keys compared are those every run of the same task, model and variant has: a LoRA run holds no search.*
+    keys (rundirs.UNREAD), so keys common to all runs would merge AutoLoRA runs of different search budgets."""
+    by_variant: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.task, r.model, tables.method_key(r.variant), r.seed)):
+        by_variant[(run.task, run.model, run.variant)].append(run)
+    groups, warnings = [], []
+    for (task, model, variant), members in by_variant.items():
+        common = set.intersection(*(set(run.config) for run in members))
+        buckets: dict[tuple, list[Run]] = defaultdict(list)
+        for run in members:
+            buckets[tuple(sorted((k, run.config[k]) for k in common))].append(run)
+        differing = [k for k in sorted(common) if len({dict(config)[k] for config in buckets}) > 1]
+        for config, bucket in buckets.items():
+            shown = ", ".join(f"{k}={json.loads(dict(config)[k])}" for k in differing[:3])
+            more = f", +{len(differing) - 3} keys" if len(differing) > 3 else ""
+            group = Group(task, model, variant + (f" [{shown}{more}]" if differing else ""), bucket)
+            groups.append(group)
+            warnings += check_group(group, common)
+    order = {id(group): i for i, group in enumerate(groups)}
+    groups.sort(key=lambda g: (g.task, g.model, tables.method_key(g.method), order[id(g)]))
+    return groups, warnings
 
 
 def check_group(group: Group, common: set[str]) -> list[str]:
