@@ -50,3 +50,23 @@ def test_wandb_output_log_holds_no_library_noise(tmp_path, model_folders):
     for noise in ("LOAD REPORT", "Loading weights", "Warning", "MISSING"):
         assert noise not in log.read_text() and noise not in done.stdout + done.stderr, noise
     assert f"wandb sync {log.parents[1]}" in done.stdout
+
+
+def test_quiet_mode_hides_matplotlibs_font_cache_message():
+    """A first run on a machine logs matplotlib's 'generated new fontManager' at INFO, which Hydra's console
+    handler printed above the summary; quiet mode keeps matplotlib to warnings, verbose=true lets it through."""
+    import logging
+
+    from autolora.quiet import silence_libraries
+
+    font_manager = logging.getLogger("matplotlib.font_manager")
+    root_level = logging.getLogger().level
+    try:
+        logging.getLogger().setLevel(logging.INFO)  # what Hydra's job logging sets
+        silence_libraries(verbose=False)
+        assert not font_manager.isEnabledFor(logging.INFO) and font_manager.isEnabledFor(logging.WARNING)
+        silence_libraries(verbose=True)
+        assert font_manager.isEnabledFor(logging.INFO)
+    finally:
+        silence_libraries(verbose=False)
+        logging.getLogger().setLevel(root_level)

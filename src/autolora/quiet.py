@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 # (category, message regex) of warnings that say nothing about this run's inputs
@@ -17,6 +18,9 @@ def silence_libraries(verbose: bool) -> None:
     import huggingface_hub.utils
     import transformers
 
+    # matplotlib (the ranks figure) logs at INFO when it first builds its font cache, and Hydra's job logging
+    # prints INFO records of every logger on the console.
+    logging.getLogger("matplotlib").setLevel(logging.NOTSET if verbose else logging.WARNING)
     if verbose:
         transformers.utils.logging.set_verbosity_info()
         transformers.utils.logging.enable_progress_bar()
