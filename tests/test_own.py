@@ -96,6 +96,17 @@ def test_bad_files_name_file_line_and_column(tmp_path, files, keys, message):
         own_task("text_classification", **keys).load(data(tmp_path))
 
 
+@pytest.mark.parametrize("name", ["t.csv", "t.jsonl"])
+def test_a_latin1_table_names_the_line_of_the_bad_byte(tmp_path, name):
+    """datasets' csv and json loaders report a non-UTF-8 byte without its line (pandas: 'position 0' of a
+    chunk); the file is checked first, so the error names the line."""
+    rows = ["text,label", "a,x", "b,y", "café,x"] if name.endswith(".csv") else \
+        ['{"text": "a", "label": "x"}', '{"text": "b", "label": "y"}', '{"text": "café", "label": "x"}']
+    (tmp_path / name).write_bytes("\n".join(rows).encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=rf"{name}:{len(rows)}: not UTF-8 \(byte 0xe9\)"):
+        own_task("text_classification", train_file=name).load(data(tmp_path))
+
+
 def test_token_file_errors_name_the_line(tmp_path):
     """A CoNLL line without a tag and a JSON record whose token and tag lists differ in length."""
     _write(tmp_path, "a.conll", "Mara B-PER\nvisited\n")

@@ -692,30 +692,53 @@ def test_all_zero_ranks_after_the_search_keep_the_search_and_end_in_one_line(tmp
     assert not (run_dir / "metrics.json").exists() and not any(e[0] == "retrain" for e in events(run_dir))
 
 
-def test_read_text_names_every_unreadable_file(tmp_path, monkeypatch):
-    """The one reader of users' text files: missing, folder, unreadable (permission), empty, UTF-16, binary and
-    non-UTF-8 files each give one line naming the file (and the line of the bad byte); a BOM is dropped."""
+@pytest.mark.parametrize("reader", ["read_text", "check_text"])
+def test_read_text_names_every_unreadable_file(tmp_path, monkeypatch, reader):
+    """The readers of users' text files (read_text, and check_text, which streams a table that datasets then
+    parses): missing, folder, unreadable (permission), empty, UTF-16, binary and non-UTF-8 files each give one
+    line naming the file (and the line of the bad byte); a BOM is dropped."""
     from pathlib import Path
 
-    from autolora.files import read_text
+    from autolora import files
 
+    read = getattr(files, reader)
     cases = {"bom.tsv": b"\xef\xbb\xbfa\tb\n", "latin.tsv": b"ok\nstill ok\ncaf\xe9\n", "utf16.tsv": "a\tb\n".encode("utf-16"),
              "binary.bin": b"PK\x03\x04\x00\x00", "empty.tsv": b""}
     for name, raw in cases.items():
         (tmp_path / name).write_bytes(raw)
-    assert read_text(tmp_path / "bom.tsv") == "a\tb\n"
+    assert read(tmp_path / "bom.tsv") == ("a\tb\n" if reader == "read_text" else None)
     for name, message in [("latin.tsv", r"latin.tsv:3: not UTF-8 \(byte 0xe9\)"), ("utf16.tsv", "UTF-16 or binary"),
                           ("binary.bin", "UTF-16 or binary"), ("empty.tsv", r"empty file \(0 bytes\)"),
                           ("missing.tsv", "missing.tsv: file not found"), (".", "is a folder, not a file")]:
         with pytest.raises(KeyError, match=message):
-            read_text(tmp_path / name, KeyError)
-    real = Path.read_bytes
+            read(tmp_path / name, KeyError)
+    real = Path.open
 
-    def denied(path):
+    def denied(path, *args, **kwargs):
         if path.name == "bom.tsv":
             raise PermissionError(13, "Permission denied")
-        return real(path)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod 000 does not stop root, who runs CI containers
+    monkeypatch.setattr(Path, "open", denied)  # chmod 000 does not stop root, who runs CI containers
     with pytest.raises(ValueError, match=r"bom.tsv: not readable \(permission denied\)"):
-        read_text(tmp_path / "bom.tsv")
+        read(tmp_path / "bom.tsv")
+
+
+def test_check_text_streams_across_chunk_boundaries(tmp_path):
+    """check_text reads in chunks: a two-byte character split between chunks is valid UTF-8, a bad byte in a
+    later chunk is found on its line, and a file that ends inside a character is refused."""
+    from autolora.files import check_text
+
+    good = tmp_path / "good.csv"
+    good.write_bytes(b"a\n" * 5 + "é".encode() * 3)  # byte 10 = 5 lines; the 2-byte characters straddle chunks
+    for chunk in (3, 4, 7, 11, 1 << 20):
+        check_text(good, chunk=chunk)
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"text,label\n" + b"fine,1\n" * 40 + b"caf\xe9,0\n")  # the bad byte on line 42
+    for chunk in (5, 64, 1 << 20):
+        with pytest.raises(ValueError, match=r"bad.csv:42: not UTF-8 \(byte 0xe9\)"):
+            check_text(bad, chunk=chunk)
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(b"a\nb\n" + "é".encode()[:1])
+    with pytest.raises(ValueError, match=r"cut.csv:3: ends inside a UTF-8 character"):
+        check_text(cut, chunk=2)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
+from autolora.files import check_text
 from autolora.tasks.base import DataError
 
 # suffix -> (datasets' packaged loader, its options); TSV is split on tabs only, without quoting (as GLUE's)
@@ -41,6 +42,8 @@ def read_table(path: Path, columns: Sequence[str]) -> Dataset:
     if not is_table(path):
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(LOADERS)}")
     builder, options = LOADERS[path.suffix.lower()]
+    if builder != "parquet":  # pandas and pyarrow report a bad byte without its line, or after a long parse
+        check_text(path, DataError)
     level = datasets_logging.get_verbosity()
     datasets_logging.set_verbosity(datasets_logging.CRITICAL)  # its own log line repeats the error we raise
     try:
