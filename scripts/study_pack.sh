@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Wait up to $1 seconds for scripts/study_session.sh to finish (or until $2 seconds of this machine's uptime
-# are left unused: pass 0), then pack every finished run's small files (no adapters, checkpoints or logs of
-# libraries) into $OUT/study.tgz and list the unfinished ones.
+# Wait up to $1 seconds (default 500) for scripts/study_session.sh to finish, then pack every finished run's
+# small files (no adapters, checkpoints, Hydra or W&B folders) into $OUT/study.tgz and list the unfinished ones.
+# Call it again on the same warm machine to collect more.
 set -uo pipefail
 WAIT=${1:-500}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

@@ -80,8 +80,7 @@ def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[str]]:
             group = Group(task, model, variant + (f" [{shown}{more}]" if differing else ""), bucket)
             groups.append(group)
             warnings += check_group(group, common)
-    order = {id(group): i for i, group in enumerate(groups)}
-    groups.sort(key=lambda g: (g.task, g.model, tables.method_key(g.method), order[id(g)]))
+    groups.sort(key=lambda g: (g.task, g.model, tables.method_key(g.method)))  # stable: ties keep run order
     return groups, warnings
 
 
