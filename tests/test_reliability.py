@@ -726,7 +726,7 @@ def test_read_text_names_every_unreadable_file(tmp_path, monkeypatch, reader):
 
 def test_check_text_streams_across_chunk_boundaries(tmp_path):
     """check_text reads in chunks: a two-byte character split between chunks is valid UTF-8, a bad byte in a
-    later chunk is found on its line, and a file that ends inside a character is refused."""
+    later chunk is found on its line, and a file that ends inside a character is refused, naming that byte."""
     from autolora.files import check_text
 
     good = tmp_path / "good.csv"
@@ -740,5 +740,5 @@ def test_check_text_streams_across_chunk_boundaries(tmp_path):
             check_text(bad, chunk=chunk)
     cut = tmp_path / "cut.csv"
     cut.write_bytes(b"a\nb\n" + "é".encode()[:1])
-    with pytest.raises(ValueError, match=r"cut.csv:3: ends inside a UTF-8 character"):
+    with pytest.raises(ValueError, match=r"cut.csv:3: not UTF-8 \(byte 0xc3\)"):
         check_text(cut, chunk=2)

@@ -114,47 +114,40 @@ def _check_head(path: Path, head: bytes, error: type[Exception]) -> None:
         raise error(f"{path}: UTF-16 or binary, not UTF-8 text; convert it (e.g. iconv -f UTF-16 -t UTF-8)")
 
 
-def _not_utf8(path: Path, line: int, byte: int, error: type[Exception]) -> Exception:
-    return error(f"{path}:{line}: not UTF-8 (byte 0x{byte:02x}); convert the file to UTF-8 "
-                 "(e.g. iconv -f LATIN1 -t UTF-8)")
+def _decode(path: Path, error: type[Exception], chunk: int, keep: bool) -> str | None:
+    """Decode the file as UTF-8 block by block (a BOM is dropped), counting lines so that a bad byte is named
+    with its line; the text if `keep`, else None (a check that does not hold the file)."""
+    decoder, lines, parts = codecs.getincrementaldecoder("utf-8-sig")(), 1, []
+    with _open_checked(path, error) as handle:
+        try:
+            block = handle.read(chunk)
+            _check_head(path, block, error)
+            while True:
+                try:
+                    text = decoder.decode(block, final=not block)
+                except UnicodeDecodeError as err:
+                    # err.object ends with this block; before it, the bytes of a character left unfinished at the
+                    # end of the last block (after all of its newlines)
+                    line = lines + block.count(b"\n", 0, max(err.start - len(err.object) + len(block), 0))
+                    raise error(f"{path}:{line}: not UTF-8 (byte "
+                                f"0x{err.object[err.start]:02x}); convert the file to UTF-8 "
+                                "(e.g. iconv -f LATIN1 -t UTF-8)") from None
+                if keep:
+                    parts.append(text)
+                if not block:
+                    return "".join(parts) if keep else None
+                lines += block.count(b"\n")
+                block = handle.read(chunk)
+        except OSError as err:
+            raise error(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
     """The text of a user's file as UTF-8 (a BOM is dropped); a missing, unreadable, empty, binary, UTF-16 or
     otherwise non-UTF-8 file raises `error` with one line naming the file (and the line of a bad byte)."""
-    path = Path(path)
-    with _open_checked(path, error) as handle:
-        try:
-            raw = handle.read()
-        except OSError as err:
-            raise error(f"{path}: cannot be read ({err.strerror or err})") from None
-    _check_head(path, raw[:4096], error)
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(path, raw.count(b"\n", 0, err.start) + 1, raw[err.start], error) from None
+    return _decode(Path(path), error, 1 << 20, keep=True)
 
 
 def check_text(path: str | Path, error: type[Exception] = ValueError, chunk: int = 1 << 20) -> None:
     """read_text's checks without holding the file: for a large table that another library will parse."""
-    path = Path(path)
-    decoder, lines = codecs.getincrementaldecoder("utf-8")(), 1
-    with _open_checked(path, error) as handle:
-        try:
-            block = handle.read(chunk)
-            _check_head(path, block, error)
-            while block:
-                try:
-                    decoder.decode(block)
-                except UnicodeDecodeError as err:
-                    # err.object = the decoder's held bytes (an unfinished character ending the last block, after
-                    # all of that block's newlines) + this block
-                    start = max(err.start - len(err.object) + len(block), 0)
-                    raise _not_utf8(path, lines + block.count(b"\n", 0, start), err.object[err.start], error) from None
-                lines += block.count(b"\n")
-                block = handle.read(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise error(f"{path}:{lines}: ends inside a UTF-8 character (a truncated or non-UTF-8 file)") from None
-        except OSError as err:
-            raise error(f"{path}: cannot be read ({err.strerror or err})") from None
+    _decode(Path(path), error, chunk, keep=False)
