@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	command -v java >/dev/null || echo "note: no java on PATH: METEOR, ROUGE-L and CIDEr (E2E) will be reported as missing (install a JRE)"
 	touch $(STAMP)
 
-test: install
+test: lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_FAST)
 
 test-slow: install
@@ -57,13 +57,13 @@ bench: install
 MATRIX ?= paper
 reproduce: install
 	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }
-	$(PY) -m autolora.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(PY) -m autolora.cli.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER))
 
 # The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
 reproduce-smoke: install
-	HF_HUB_OFFLINE=1 $(PY) -m autolora.reproduce --matrix smoke
+	HF_HUB_OFFLINE=1 $(PY) -m autolora.cli.reproduce --matrix smoke
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
-# Any other folder of runs: python -m autolora.report FOLDER [--out DIR] (default FOLDER/report).
+# Any other folder of runs: autolora-report FOLDER [--out DIR] (default FOLDER/report).
 report: install
-	$(PY) -m autolora.report results/runs/*/ --out results
+	$(VENV)/bin/autolora-report results/runs/*/ --out results

@@ -19,7 +19,7 @@ while read -r name args; do
   [ $((SECONDS - start)) -ge "$DEADLINE" ] && break
   resume=false; [ -f "$RUNS/$name/config.yaml" ] && resume=true
   # shellcheck disable=SC2086
-  python3 run.py $args "$@" logger=none progress=false resume=$resume hydra.run.dir="$RUNS/$name" \
+  python3 -m autolora $args "$@" logger=none progress=false resume=$resume hydra.run.dir="$RUNS/$name" \
     >> "$RUNS/$name.log" 2>&1 &
 done < "$SPECS"
 while [ $((SECONDS - start)) -lt "$DEADLINE" ] && [ -n "$(jobs -rp)" ]; do sleep 5; done

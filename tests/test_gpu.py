@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from conftest import GPT2_TARGETS, ROBERTA_TARGETS, tiny_gpt2, tiny_roberta, token_batch
 from test_search import search_config
 
-from autolora import hypergrad
-from autolora.inject import inject, split_params, target_names
-from autolora.models import four_d_attention_mask
-from autolora.search import batch_loss, forward_loss, search_step, start_search
+from autolora.method import hypergrad
+from autolora.method.inject import inject, split_params
+from autolora.method.search import batch_loss, forward_loss, search_step, start_search
+from autolora.models.runtime import four_d_attention_mask
+from autolora.models.targets import target_names
 
 pytestmark = [
     pytest.mark.gpu,
@@ -104,8 +105,8 @@ def test_bf16_finite_difference_keeps_the_second_order_term(capsys):
 
 def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropout: float = 0.1):
     """A tiny model with search layers (dropout on), its search state and the loop's step function."""
-    from autolora import graphs
-    from autolora.search import forward_loss, search_update
+    from autolora.engine import capture as graphs
+    from autolora.method.search import forward_loss, search_update
 
     model = tiny_roberta(seed=seed) if kind == "roberta" else tiny_gpt2(seed=seed)
     model.config._attn_implementation = "sdpa"
@@ -127,7 +128,7 @@ def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropou
 @pytest.mark.parametrize("eta", [0.0, 1e-3])
 def test_captured_search_step_never_synchronises(kind, eta):
     """After warm-up and capture, replayed search steps (and the schedule between them) never wait for the GPU."""
-    from autolora import graphs
+    from autolora.engine import capture as graphs
 
     torch.manual_seed(0)
     _, state, step = _captured_search(kind, search_config(eta=eta, max_grad_norm=1.0, fd="forward"))
@@ -153,9 +154,9 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
     """The captured search and the eager one (same fused AdamW, same graph-safe dropout streams) end 20 steps
     with the same gates, within what two eager runs differ by (GPU kernels need not be bitwise repeatable),
     and the same ranks."""
-    from autolora import graphs
-    from autolora.inject import gates
-    from autolora.ranks import select_ranks
+    from autolora.engine import capture as graphs
+    from autolora.method.inject import gates
+    from autolora.method.ranks import select_ranks
 
     cfg = search_config(eta=0.5, alpha_lr=3e-2, lr=1e-2, max_grad_norm=1.0, fd=fd)
     batches = [(_batch("roberta", "sdpa", 2 * i), _batch("roberta", "sdpa", 2 * i + 1)) for i in range(20)]
@@ -184,7 +185,7 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
 def test_every_pass_of_a_captured_step_draws_the_same_masks():
     """Inside one CUDA graph the train evaluations draw identical dropout masks, the next replay new ones, the
     validation stream its own; eager use of a same-seeded set of states draws the very same masks."""
-    from autolora.rng import TRAIN_PASSES, GraphSafeStates
+    from autolora.engine.rng import TRAIN_PASSES, GraphSafeStates
 
     x = torch.ones(4096, device=CUDA)
 
@@ -224,7 +225,7 @@ def test_every_pass_of_a_captured_step_draws_the_same_masks():
 def test_no_capture_or_compile_after_warm_up(mode):
     """Over two batch shapes, the first round warms up and captures; later rounds replay: no new graph and no
     new compilation (CaptureStats counts both)."""
-    from autolora import graphs
+    from autolora.engine import capture as graphs
 
     torch.manual_seed(0)
     _, state, step = _captured_search("roberta", search_config(eta=1e-3, fd="forward"), mode)
@@ -249,7 +250,8 @@ def test_no_capture_or_compile_after_warm_up(mode):
 
 def test_captured_retrain_loop_matches_the_eager_one():
     """train() with compile_mode=graphs logs losses within bf16 tolerance of the eager loop on the same data."""
-    from autolora.train import RetrainConfig, train
+    from autolora.engine.loop import Loop
+    from autolora.method.train import RetrainConfig, train
 
     batches = [_batch("roberta", "sdpa", i) for i in range(12)]
     logged = {}
@@ -263,9 +265,9 @@ def test_captured_retrain_loop_matches_the_eager_one():
         records = []
         cfg = RetrainConfig(epochs=2, lr=1e-2, weight_decay=0.01, warmup_ratio=0.1, batch_size=8, lora_alpha=8,
                             dropout=0.0, max_grad_norm=1.0)
-        trained = train(model, [{k: v.cpu() for k, v in b.items()} for b in batches], cfg, compute_loss=_loss("roberta"),
-                        autocast=BF16, device=CUDA, log=lambda r, s, out=records: out.append(r["train_loss"]), log_every=4,
-                        seed=0, progress=False, compile_mode=mode)
+        trained = train(model, [{k: v.cpu() for k, v in b.items()} for b in batches], cfg, compute_loss=_loss("roberta"), seed=0,
+                        loop=Loop(CUDA, autocast=BF16, log=lambda r, s, out=records: out.append(r["train_loss"]),
+                                  log_every=4, progress=False, compile_mode=mode))
         logged[mode] = records
         assert (trained.capture is None) == (mode == "off")
     torch.testing.assert_close(torch.tensor(logged["graphs"]), torch.tensor(logged["off"]), rtol=2e-2, atol=2e-3)
@@ -277,9 +279,9 @@ def test_the_pipeline_runs_captured_on_the_gpu(tmp_path):
 
     from conftest import compose
 
-    from autolora.pipeline import run
+    from autolora.runner.pipeline import execute
 
-    run(compose("debug=tiny", "device=cuda", "data.max_train_samples=64", "search.epochs=3", "retrain.epochs=3"),
+    execute(compose("debug=tiny", "device=cuda", "data.max_train_samples=64", "search.epochs=3", "retrain.epochs=3"),
         tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["compile"] == {"search": "graphs", "retrain": "graphs"}

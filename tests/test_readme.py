@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import REPO
 
-from autolora import metrics
+from autolora.tasks import metrics
 
 README = (REPO / "README.md").read_text()
 # appended to every README command: a few CPU seconds each, no W&B
@@ -47,12 +47,11 @@ def readme_commands() -> tuple[dict[str, str], list[list[str]]]:
 def readme_runs(tmp_path_factory, model_folders):
     """Every command of the README's own-data block, run through the console script's main() in a scratch
     working directory; the README's DATA, MODEL and DECODER lines point at the fixtures and tiny folders."""
-    from autolora import report
-    from autolora.run import main
+    from autolora.analysis import report
+    from autolora.cli.main import main
 
     variables, commands = readme_commands()
-    assert {tuple(words[:3]) if words[0] == "python" else words[0] for words in commands} == {
-        "autolora-run", ("python", "-m", "autolora.report")}
+    assert {words[0] for words in commands} == {"autolora-run", "autolora-report"}
     assert set(variables) == {"DATA", "MODEL", "DECODER"} and variables["DATA"] == "tests/fixtures/own"
     values = {"DATA": str(REPO / variables["DATA"]), "MODEL": str(model_folders["my-bert"]),
               "DECODER": str(model_folders["my-gpt2"])}
@@ -63,8 +62,8 @@ def readme_runs(tmp_path_factory, model_folders):
                       lambda hypotheses, references: dict.fromkeys(metrics.CAPTION_METRICS))
         for words in commands:
             args = [re.sub(r"\$([A-Z]+)", lambda m: values[m.group(1)], word) for word in words]
-            if args[0] == "python":  # python -m autolora.report FOLDER ...
-                assert report.main(args[3:]) == 0
+            if args[0] == "autolora-report":  # autolora-report FOLDER ...
+                assert report.main(args[1:]) == 0
                 continue
             extra = GENERATION_BUDGET if "task=generation" in args else []
             patch.setattr(sys, "argv", ["autolora-run", *args[1:], *BUDGET, *extra])

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autolora.batch import Batch
+from autolora.engine.batch import Batch
+from autolora.errors import DataError
 from autolora.typecheck import check_types
 
 if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
@@ -22,10 +23,6 @@ if TYPE_CHECKING:  # the search loop imports this module; it must not need `data
 log = logging.getLogger(__name__)
 HEADS = ("sequence_classification", "token_classification", "causal_lm")
 DATA_SOURCES = ("auto", "local", "hub", "sample")
-
-
-class DataError(ValueError):
-    """Bad or missing data; the message names the file and line (or the split)."""
 
 
 @dataclass(frozen=True)
@@ -210,7 +207,7 @@ def sample_dir() -> Path:
 
 
 def search_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded split of n training rows into D_tr and D_val index lists (PAPER §2; both non-empty)."""
+    """Seeded split of n training rows into D_tr and D_val index lists (docs/method.md §2; both non-empty)."""
     if n < 2:
         raise DataError(f"the training split has {n} row(s): the search needs at least 2 (one per side)")
     order = np.random.default_rng(seed).permutation(n)

@@ -22,17 +22,11 @@ from datasets import Dataset
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from autolora import metrics
-from autolora.batch import Batch
+from autolora.engine.batch import Batch
+from autolora.errors import DataError
 from autolora.files import read_text
-from autolora.tasks.base import (
-    DataConfig,
-    DataError,
-    Splits,
-    load_hub,
-    local_folder,
-    truncate,
-)
+from autolora.tasks import metrics
+from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
 
 IGNORE = -100  # label id the loss skips (prompt and padding)
 

@@ -21,17 +21,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from autolora import metrics
-from autolora.batch import Batch, model_inputs
+from autolora.engine.batch import Batch, model_inputs
+from autolora.errors import DataError
 from autolora.files import read_text
-from autolora.tasks.base import (
-    DataConfig,
-    DataError,
-    Splits,
-    load_hub,
-    local_folder,
-    truncate,
-)
+from autolora.tasks import metrics
+from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForTokenClassification
 
-from autolora.batch import Batch, model_inputs
+from autolora.engine.batch import Batch, model_inputs
+from autolora.errors import DataError
 from autolora.files import read_text
-from autolora.tasks.base import DataConfig, DataError, Splits, load_hub, local_folder, truncate
+from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
 
 IGNORE = -100
 SCHEMES = ("IOB2", "IOBES", "IOE2")
+
+
+def check_scheme(scheme: str) -> str:
+    """task.scheme, one of the tagging schemes seqeval scores."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"task.scheme must be one of {SCHEMES}, got {scheme!r}")
+    return scheme
 
 
 @dataclass(frozen=True)
@@ -184,7 +192,7 @@ class TokenTagging:
 
     def score(self, split: Dataset, items: Dataset, predictions: list[list[int]]) -> tuple[dict[str, Any], str]:
         """Entity P/R/F1 (conlleval and strict), per-type table, token accuracy; CoNLL predictions."""
-        from autolora import metrics
+        from autolora.tasks import metrics
 
         words, gold = list(split["words"]), list(split["tags"])
         guesses: list[list[str]] = [["O"] * len(w) for w in words]
@@ -209,9 +217,7 @@ class NerTask(TokenTagging):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> NerTask:
-        if cfg["scheme"] not in SCHEMES:
-            raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
-        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), cfg["scheme"],
+        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), check_scheme(cfg["scheme"]),
                    cfg["max_length"])
 
     def load(self, data: DataConfig) -> Splits:

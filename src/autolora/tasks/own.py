@@ -15,12 +15,20 @@ from typing import Any
 
 from datasets import Dataset
 
-from autolora import metrics as metric_functions
-from autolora.tasks.base import DataConfig, DataError, Splits, data_file, truncate
+from autolora.errors import DataError
+from autolora.tasks import metrics as metric_functions
+from autolora.tasks.base import DataConfig, Splits, data_file, truncate
 from autolora.tasks.e2e import Generation, TextGeneration
-from autolora.tasks.files import check_present, hold_out, is_table, read_table, row_location
 from autolora.tasks.glue import SentenceClassification
-from autolora.tasks.ner import SCHEMES, ColumnLayout, TokenTagging, check_known_tags, label_list, read_columns
+from autolora.tasks.ner import (
+    ColumnLayout,
+    TokenTagging,
+    check_known_tags,
+    check_scheme,
+    label_list,
+    read_columns,
+)
+from autolora.tasks.readers import check_present, hold_out, is_table, read_table, row_location
 from autolora.typecheck import check_types
 
 TOKEN_METRICS = ("f1", "precision", "recall", "f1_strict", "precision_strict", "recall_strict",
@@ -202,8 +210,7 @@ class TokenClassificationTask(TokenTagging):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TokenClassificationTask:
-        if cfg["scheme"] not in SCHEMES:
-            raise ValueError(f"task.scheme must be one of {SCHEMES}, got {cfg['scheme']!r}")
+        check_scheme(cfg["scheme"])
         _check_main(cfg["main_metric"], TOKEN_METRICS)
         return cls(cfg["name"], OwnFiles.from_config(cfg), cfg["tokens_column"], cfg["tags_column"],
                    ConllColumns(**cfg["conll"]), cfg["scheme"], cfg["max_length"], cfg["main_metric"])

@@ -1,0 +1,118 @@
+"""`make reproduce` / `make reproduce-smoke`: run a matrix of experiments, then write its tables.
+
+A matrix (conf/matrix/NAME.yaml) lists experiment files (conf/experiment/, each pinning model, task, recipe
+and seeds) and named method specs (AutoLoRA, LoRA r=8, the rank grid, AdaLoRA, the ablations). Each
+(experiment, spec) pair is one Hydra multirun over the experiment's seeds, run as
+`python -m autolora -m experiment=E <spec> ...` into multirun/reproduce/NAME/<time>/E/SPEC/. Then the small
+files of every finished run are copied to results/runs/NAME/ with their provenance (report.json) and
+`autolora-report` writes results/NAME.md, .csv and figures.
+
+    python -m autolora.cli.reproduce --matrix smoke
+    python -m autolora.cli.reproduce --matrix minilm --data-dir /data   # /data holds glue/, conll2003/, e2e/ ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from autolora.analysis.report import report_folder
+from autolora.layout import METRICS, SMALL_FILES, config_dir
+from autolora.provenance import git_commit
+
+
+def load_matrix(name: str) -> dict:
+    path = config_dir() / "matrix" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise SystemExit(f"reproduce: no matrix {name!r}; choose one of {known}")
+    return yaml.safe_load(path.read_text())
+
+
+def data_override(data_dir: str | None) -> list[str]:
+    """data.data_dir=DATA_DIR for every experiment: the folder holding glue/, conll2003/, e2e/, ..."""
+    return [] if data_dir is None else [f"data.data_dir={data_dir}"]
+
+
+def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
+    """(experiment, spec name, autolora-run arguments) for every multirun of the matrix; `launcher` (local,
+    slurm: conf/hydra/launcher/) runs the points of each multirun as parallel jobs instead of one by one."""
+    planned = []
+    groups = [("methods", matrix["experiments"]), ("grid", matrix.get("grid_experiments", [])),
+              ("ablations", matrix.get("ablation_experiments", []))]
+    for group, experiments in groups:
+        for experiment in experiments:
+            for spec, overrides in matrix.get(group, {}).items():
+                args = ["-m", f"experiment={experiment}", *overrides, *matrix.get("overrides", []),
+                        *data_override(data_dir), f"hydra.sweep.dir={root / experiment / spec}",
+                        *([f"hydra/launcher={launcher}"] if launcher else [])]
+                planned.append((experiment, spec, args))
+    return planned
+
+
+def collect(root: Path, target: Path) -> int:
+    """Copy the small files of every finished run under root to target (same relative layout)."""
+    count = 0
+    for metrics in sorted(root.rglob(METRICS)):
+        run_dir = metrics.parent
+        destination = target / run_dir.relative_to(root)
+        destination.mkdir(parents=True, exist_ok=True)
+        for name in SMALL_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, destination / name)
+        count += 1
+    return count
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--matrix", default="paper")
+    parser.add_argument("--data-dir", default=None, help="folder holding glue/, e2e/, conll2003/, bionlp13cg/ ...")
+    parser.add_argument("--root", type=Path, default=Path("multirun/reproduce"), help="where the runs go")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                        help="Hydra launcher for each multirun (default: Hydra's basic launcher, one job at a time)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = parser.parse_args(argv)
+    matrix = load_matrix(args.matrix)
+    root = args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")  # never reuse run dirs
+    planned = jobs(matrix, args.data_dir, root, args.launcher)
+    failed = []
+    for index, (experiment, spec, run_args) in enumerate(planned, start=1):
+        command = [sys.executable, "-m", "autolora", *run_args]
+        print(f"[{index}/{len(planned)}] {experiment} · {spec}: autolora-run {' '.join(run_args)}", flush=True)
+        if not args.dry_run and subprocess.run(command).returncode != 0:
+            failed.append(f"{experiment}/{spec}")
+    if args.dry_run:
+        return
+    target = args.results / "runs" / args.matrix
+    shutil.rmtree(target, ignore_errors=True)  # the folder mirrors this reproduction, nothing older
+    found = collect(root, target)
+    first = next(target.rglob(METRICS), None)
+    device = json.loads(first.read_text())["device"] if first else "unknown"
+    provenance = {
+        "title": f"Reproduction matrix '{args.matrix}' (conf/matrix/{args.matrix}.yaml)",
+        "command": "python -m autolora.cli.reproduce " + " ".join(sys.argv[1:] if argv is None else argv),
+        "commit": git_commit(), "device": device, "date": dt.date.today().isoformat(),
+        "notes": f"{found} finished runs; {len(failed)} multiruns failed: {failed or 'none'}. Each run's own command "
+                 "and resolved config are in its metrics.json and config.yaml.",
+    }
+    (target / "report.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    written, warnings = report_folder(target, args.results)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for path in written:
+        print(path)
+    if failed:
+        raise SystemExit(f"reproduce: {len(failed)} multiruns failed: {failed}")
+
+
+if __name__ == "__main__":
+    main()

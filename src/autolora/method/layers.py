@@ -1,0 +1,162 @@
+"""Selectable-rank LoRA: a frozen base projection plus K rank-1 components per output *part*.
+
+docs/method.md §1: h = W x + s · Σ_j g_j · B[:, j] A[j, :] x, with the gate g = normalise(alpha) during the
+search and g = 1 for plain (fixed-rank) LoRA. A fused projection (GPT-2's ``c_attn``) holds one
+part per adapted slice (``q``, ``v``); the untouched slices (``k``) pass through bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers.pytorch_utils import Conv1D
+
+from autolora.models.targets import projection_shape
+
+ALPHA_NORMS = ("softmax", "none", "sigmoid")
+
+
+def normalise(alpha: Tensor, alpha_norm: str) -> Tensor:
+    """The gate the forward pass multiplies each rank-1 component by (docs/method.md §1, ablations §5)."""
+    if alpha_norm == "softmax":  # the paper: alpha on the simplex
+        return torch.softmax(alpha, dim=-1)
+    if alpha_norm == "sigmoid":  # ablation: element-wise gate in (0, 1)
+        return torch.sigmoid(alpha)
+    if alpha_norm == "none":  # ablation: unconstrained
+        return alpha
+    raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
+
+
+def initial_alpha(k: int, alpha_norm: str) -> Tensor:
+    """Raw alpha such that the gate starts neutral: uniform 1/k (softmax, none) or 0.5 (sigmoid)."""
+    if alpha_norm == "none":
+        return torch.full((k,), 1.0 / k)
+    if alpha_norm in ("softmax", "sigmoid"):
+        return torch.zeros(k)
+    raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One adapted output slice ``[start, stop)`` of a projection, with its number of components."""
+
+    name: str
+    start: int
+    stop: int
+    rank: int
+
+
+class LoRAPart(nn.Module):
+    """K rank-1 components for one output slice: delta(x) = scale · (x Aᵀ ⊙ g) Bᵀ."""
+
+    def __init__(self, spec: PartSpec, in_features: int, scale: float, alpha_norm: str | None):
+        super().__init__()
+        self.start, self.stop, self.scale, self.alpha_norm = spec.start, spec.stop, scale, alpha_norm
+        self.A = nn.Parameter(torch.empty(spec.rank, in_features))  # (K, in)
+        self.B = nn.Parameter(torch.zeros(spec.stop - spec.start, spec.rank))  # (out_part, K)
+        nn.init.kaiming_uniform_(self.A, a=5**0.5)  # as peft/LoRA: A random, B zero, so delta = 0 at init
+        self.alpha = None if alpha_norm is None else nn.Parameter(initial_alpha(spec.rank, alpha_norm))
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    def gate(self) -> Tensor | None:
+        """normalise(alpha), or None for plain LoRA (all gates one)."""
+        return None if self.alpha is None else normalise(self.alpha, self.alpha_norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden = F.linear(x, self.A)  # (..., K): never materialises the (out, in) update
+        gate = self.gate()
+        if gate is None:
+            return F.linear(hidden, self.B) * self.scale
+        return F.linear(hidden * (gate * self.scale).to(hidden.dtype), self.B)
+
+    def column_scale(self) -> Tensor:
+        """Per component, what its rank-1 update is multiplied by: scale · g (g = 1 for plain LoRA), shape (K,)."""
+        gate = self.gate()
+        return self.A.new_full((self.rank,), self.scale) if gate is None else gate * self.scale
+
+    def delta_weight(self) -> Tensor:
+        """The dense update scale · B diag(g) A, shape (out_part, in); used by merge() and tests only."""
+        return (self.B * self.column_scale()) @ self.A  # scales B's columns
+
+
+class SelectableLoRA(nn.Module):
+    """A frozen projection plus one ``LoRAPart`` per adapted slice; ``base`` runs unchanged."""
+
+    is_lora_wrapper = True  # models.targets.find_targets passes over it (it holds a target, it is not one)
+
+    def __init__(
+        self,
+        base: nn.Module,
+        parts: Sequence[PartSpec],
+        *,
+        lora_alpha: float,
+        dropout: float,
+        alpha_norm: str | None,
+    ):
+        """alpha_norm None builds plain LoRA (scale lora_alpha / rank); otherwise search mode."""
+        super().__init__()
+        in_features, out_features = projection_shape(base)
+        ordered = sorted(parts, key=lambda p: p.start)
+        for i, spec in enumerate(ordered):
+            if not 0 <= spec.start < spec.stop <= out_features or spec.rank < 1:
+                raise ValueError(f"bad LoRA part {spec} for a projection with {out_features} outputs")
+            if i and spec.start < ordered[i - 1].stop:
+                raise ValueError(f"LoRA parts {ordered[i - 1].name!r} and {spec.name!r} overlap")
+        self.base = base
+        self.in_features, self.out_features = in_features, out_features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.parts = nn.ModuleDict(
+            {spec.name: LoRAPart(spec, in_features, lora_alpha / spec.rank, alpha_norm) for spec in ordered}
+        )
+        self.merged = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.base(x)
+        if self.merged:
+            return out
+        x = self.dropout(x)
+        parts = list(self.parts.values())
+        if len(parts) == 1 and parts[0].stop - parts[0].start == self.out_features:
+            return out + parts[0](x).to(out.dtype)
+        # Several parts (GPT-2's fused c_attn: q and v), or one part of the output: one adapter over the
+        # whole projection, as peft has, instead of one per part plus a concatenation of the (.., out)
+        # output (bench.md: 1.6x the GEMM calls and a full extra copy of the output). A stacks the parts'
+        # components; B is block-structured, zero outside each part's rows, so untouched slices get + 0.
+        hidden = F.linear(x, torch.cat([part.A for part in parts]))  # (..., R), R = sum of the parts' ranks
+        column_scale = torch.cat([part.column_scale() for part in parts])  # (R,): scale, or gate * scale
+        block_b = torch.cat([F.pad(part.B, (0, 0, part.start, self.out_features - part.stop)) for part in parts],
+                            dim=1)  # (out, R)
+        return out + F.linear(hidden * column_scale.to(hidden.dtype), block_b).to(out.dtype)
+
+    def ranks(self) -> dict[str, int]:
+        """Actual number of components per part, read off the parameters."""
+        return {name: part.rank for name, part in self.parts.items()}
+
+    @torch.no_grad()
+    def _add_deltas(self, sign: float) -> None:
+        weight = self.base.weight
+        for part in self.parts.values():
+            delta = part.delta_weight().to(weight.dtype) * sign  # (out_part, in)
+            if isinstance(self.base, Conv1D):  # Conv1D stores (in, out): the one place layout matters
+                weight[:, part.start : part.stop] += delta.T
+            else:
+                weight[part.start : part.stop, :] += delta
+
+    def merge(self) -> None:
+        """Fold the update into the base weight (inference); forward then runs the base alone."""
+        if not self.merged:
+            self._add_deltas(+1.0)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo merge() (up to rounding) so the adapter trains again."""
+        if self.merged:
+            self._add_deltas(-1.0)
+            self.merged = False

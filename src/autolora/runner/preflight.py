@@ -1,0 +1,111 @@
+"""Every check that needs only the config, the folder and the data files, made before the run folder is
+claimed and before a model loads: the data rows, the tokenizer, the architecture's targets and the ranks
+file (read here once per run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+
+from autolora.engine.distributed import World
+from autolora.errors import ConfigError, DataError
+from autolora.method import ranks as ranks_io
+from autolora.method.inject import check_rank_keys
+from autolora.models.backbone import HEAD_CLASSES, architecture, load_tokenizer
+from autolora.models.targets import target_names
+from autolora.runner.run_config import Settings
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the preflight read: the data splits, the tokenizer and search.ranks_file's ranks (or None)."""
+
+    splits: object  # tasks.base.Splits
+    tokenizer: object
+    given_ranks: Mapping[str, int] | None
+
+
+def read_ranks_file(settings: Settings) -> Mapping[str, int] | None:
+    """search.ranks_file's ranks, checked (ranks.load), for an AutoLoRA run that retrains at them; else None."""
+    if settings.method != "autolora" or settings.search.ranks_file is None:
+        return None
+    return ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)["ranks"]
+
+
+def load_inputs(settings: Settings, task) -> Inputs:
+    """The splits, the tokenizer (checked against task.max_length), the model's architecture and a ranks file
+    against it. Everything here runs before the run folder is claimed and a model loads."""
+    splits = task.load(settings.data)
+    check_labels(splits)
+    try:
+        tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
+    except OSError as err:
+        if err.errno is not None:  # a file-system error, not transformers' "cannot find/connect" (errno None)
+            raise
+        where = settings.model.tokenizer or settings.model.path
+        raise ConfigError(f"tokenizer of model {settings.model.name} ({where}): {str(err).splitlines()[0]}") from None
+    minimum = tokenizer.num_special_tokens_to_add(pair=True) + 2
+    if task.max_length < minimum:
+        raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
+                          f"(at least {minimum}: its special tokens plus two text tokens)")
+    given = read_ranks_file(settings)
+    check_architecture(settings, task, given)
+    return Inputs(splits, tokenizer, given)
+
+
+def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] | None) -> None:
+    """The model, built from its config on the meta device (no weights, no memory), has the matrices the model
+    config targets, and a ranks file names exactly those: a model.path of another architecture, or a ranks
+    file of another model, is refused before the run folder is claimed."""
+    cfg = settings.model
+    if cfg.gguf_file:  # its config is read from the whole GGUF file (seconds); the packaged GGUF models match
+        return
+    where = f"model.path={cfg.path}" if cfg.path else f"model {cfg.name} (random init)"
+    config = architecture(cfg)  # no weights; a path that holds no model is one line (FileNotFoundError)
+    if task.head != "causal_lm":
+        config.num_labels = task.num_labels
+    try:
+        with torch.device("meta"):
+            skeleton = HEAD_CLASSES[task.head].from_config(config)
+    except (OSError, ValueError, KeyError) as err:  # unreachable hub id, unknown model_type, ...
+        raise ConfigError(f"{where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    try:
+        names = target_names(skeleton, cfg.targets)
+    except ValueError as err:
+        raise ConfigError(f"{err}: {where} is a {config.model_type} model, which model={cfg.name} does not "
+                          "describe; choose the model config of that architecture (model=...)") from None
+    if given_ranks is not None:
+        check_rank_keys(names, given_ranks)
+
+
+def check_labels(splits) -> None:
+    """Numeric labels (regression scores) must be finite: a NaN would read as divergence in training and give
+    a NaN metric; files are checked line by line when read, this covers data from the hub."""
+    for name, split in (("train", splits.train), *splits.scored().items()):
+        if "labels" in split.column_names and split.features["labels"].dtype.startswith("float"):
+            bad = [i for i, value in enumerate(split["labels"]) if not math.isfinite(value)]
+            if bad:
+                raise DataError(f"{splits.origin}: {name} row {bad[0] + 1} has a non-finite score ({len(bad)} rows in all)")
+
+
+def distributed_settings(settings: Settings, world: World) -> Settings:
+    """This process's device (cuda:LOCAL_RANK or cpu); bars on the main process only; batch sizes that split."""
+    from autolora.engine import distributed
+
+    if settings.search.hypergrad == "exact" and settings.method == "autolora":
+        raise ConfigError("search.hypergrad=exact runs in one process only (it is the reference for fd)")
+    for key, size in (("search.batch_size", settings.search.batch_size),
+                      ("retrain.batch_size", settings.retrain.batch_size)):
+        try:
+            world.per_process(size, key)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    if not world.is_main:
+        os.environ["TQDM_DISABLE"] = "1"  # generation's bar too
+    return dataclasses.replace(settings, device=distributed.init(world, settings.device.type),
+                               progress=settings.progress and world.is_main)

@@ -1,0 +1,163 @@
+"""The selectable-rank LoRA layer against dense, naive computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from autolora.method.layers import PartSpec, SelectableLoRA, initial_alpha, normalise
+from autolora.models.targets import WHOLE
+
+
+def _linear(in_f=6, out_f=9, seed=0, dtype=torch.float64) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(in_f, out_f).to(dtype)
+
+
+def _randomise(layer: SelectableLoRA, seed=1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def _whole(layer: nn.Module, rank: int, alpha_norm, lora_alpha=16.0) -> SelectableLoRA:
+    out = layer.weight.shape[1] if isinstance(layer, Conv1D) else layer.out_features
+    wrapped = SelectableLoRA(layer, [PartSpec(WHOLE, 0, out, rank)], lora_alpha=lora_alpha, dropout=0.0,
+                             alpha_norm=alpha_norm).to(layer.weight.dtype)
+    for p in wrapped.base.parameters():
+        p.requires_grad_(False)
+    return wrapped
+
+
+def test_zero_b_gives_the_base_output_exactly():
+    """With B at its zero init, the wrapper returns the frozen module's output bit for bit."""
+    base = _linear()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    expected = base(x)
+    wrapped = _whole(base, 4, "softmax")
+    assert torch.equal(wrapped(x), expected)
+
+
+@pytest.mark.parametrize("alpha_norm", ["none", None])
+def test_all_gates_one_equal_base_plus_dense_update(alpha_norm):
+    """Gates of one (or plain LoRA) give W x + b + scale * B A x, with the update built densely."""
+    wrapped = _whole(_linear(), 4, alpha_norm)
+    _randomise(wrapped)
+    part = wrapped.parts[WHOLE]
+    if alpha_norm == "none":
+        with torch.no_grad():
+            part.alpha.fill_(1.0)
+    x = torch.randn(7, 6, dtype=torch.float64)
+    dense = wrapped.base.weight + part.scale * part.B @ part.A  # (out, in)
+    torch.testing.assert_close(wrapped(x), x @ dense.T + wrapped.base.bias, rtol=1e-12, atol=1e-12)
+
+
+def test_gate_mask_equals_plain_lora_of_that_rank():
+    """alpha fixed to a 0/1 mask equals plain LoRA built from the kept components (same overall scale)."""
+    base = _linear()
+    search = _whole(base, 8, "none", lora_alpha=16.0)
+    _randomise(search)
+    mask = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0], dtype=torch.float64)
+    keep = mask.bool()
+    with torch.no_grad():
+        search.parts[WHOLE].alpha.copy_(mask)
+    rank = int(mask.sum())
+    # plain LoRA scales by lora_alpha / r; the search layer by lora_alpha / k: match the product
+    plain = _whole(_linear(), rank, None, lora_alpha=16.0 * rank / 8)
+    with torch.no_grad():
+        plain.parts[WHOLE].A.copy_(search.parts[WHOLE].A[keep])
+        plain.parts[WHOLE].B.copy_(search.parts[WHOLE].B[:, keep])
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    torch.testing.assert_close(search(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
+def test_conv1d_equals_linear_on_the_transposed_weight():
+    """GPT-2's Conv1D (weight (in, out)) wrapper computes what a Linear wrapper does on Wᵀ."""
+    torch.manual_seed(0)
+    conv = Conv1D(9, 6).to(torch.float64)  # nf=out, nx=in
+    lin = nn.Linear(6, 9).to(torch.float64)
+    with torch.no_grad():
+        lin.weight.copy_(conv.weight.T)
+        lin.bias.copy_(conv.bias)
+    a, b = _whole(conv, 4, "softmax"), _whole(lin, 4, "softmax")
+    _randomise(a, seed=3)
+    _randomise(b, seed=3)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(a(x), b(x), rtol=1e-12, atol=1e-12)
+
+
+def _fused_c_attn(d=4, seed=0, rank_q=3, rank_v=5) -> SelectableLoRA:
+    torch.manual_seed(seed)
+    conv = Conv1D(3 * d, d).to(torch.float64)
+    parts = [PartSpec("q", 0, d, rank_q), PartSpec("v", 2 * d, 3 * d, rank_v)]
+    wrapped = SelectableLoRA(conv, parts, lora_alpha=8.0, dropout=0.0, alpha_norm="softmax").to(torch.float64)
+    _randomise(wrapped, seed=seed + 1)
+    return wrapped
+
+
+def test_fused_c_attn_changes_only_q_and_v():
+    """The k third of c_attn is bitwise the base output; q and v both move, with their own ranks."""
+    d = 4
+    wrapped = _fused_c_attn(d)
+    x = torch.randn(3, 7, d, dtype=torch.float64)
+    base_out, out = wrapped.base(x), wrapped(x)
+    assert torch.equal(out[..., d : 2 * d], base_out[..., d : 2 * d])
+    assert not torch.allclose(out[..., :d], base_out[..., :d])
+    assert not torch.allclose(out[..., 2 * d :], base_out[..., 2 * d :])
+    assert wrapped.ranks() == {"q": 3, "v": 5}
+    for part in wrapped.parts.values():  # one block adapter over c_attn = each part's dense update on its rows
+        expected = base_out[..., part.start : part.stop] + x @ part.delta_weight().T
+        torch.testing.assert_close(out[..., part.start : part.stop], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "fused"])
+def test_merge_equals_unmerged_and_unmerge_restores(kind):
+    """merge() folds the update into the weight (same eval output); unmerge() gives the weight back."""
+    if kind == "fused":
+        wrapped = _fused_c_attn()
+    else:
+        wrapped = _whole(_linear(), 4, "sigmoid")
+        _randomise(wrapped, seed=5)
+    wrapped.eval()
+    x = torch.randn(5, wrapped.in_features, dtype=torch.float64)
+    before, weight = wrapped(x), wrapped.base.weight.clone()
+    wrapped.merge()
+    torch.testing.assert_close(wrapped(x), before, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(wrapped.base.weight, weight)
+    wrapped.unmerge()
+    torch.testing.assert_close(wrapped.base.weight, weight, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(wrapped(x), before, rtol=1e-12, atol=1e-12)
+
+
+def test_initial_gates_are_neutral():
+    """softmax and none start at 1/k per component, sigmoid at 0.5."""
+    assert torch.allclose(normalise(initial_alpha(8, "softmax"), "softmax"), torch.full((8,), 1 / 8))
+    assert torch.allclose(normalise(initial_alpha(8, "none"), "none"), torch.full((8,), 1 / 8))
+    assert torch.allclose(normalise(initial_alpha(8, "sigmoid"), "sigmoid"), torch.full((8,), 0.5))
+    with pytest.raises(ValueError, match="alpha_norm"):
+        normalise(torch.zeros(2), "relu")
+
+
+def test_alpha_receives_a_gradient_once_b_is_nonzero():
+    """The gate is on the autograd path: d(out)/d(alpha) is non-zero after B leaves zero."""
+    wrapped = _whole(_linear(), 4, "softmax")
+    _randomise(wrapped)
+    wrapped(torch.randn(3, 6, dtype=torch.float64)).sum().backward()
+    assert wrapped.parts[WHOLE].alpha.grad.abs().sum() > 0
+
+
+def test_bad_parts_are_rejected():
+    """Overlapping slices, slices outside the output and rank 0 parts raise at wrap time."""
+    conv = Conv1D(12, 4)
+    with pytest.raises(ValueError, match="overlap"):
+        SelectableLoRA(conv, [PartSpec("q", 0, 5, 2), PartSpec("v", 4, 8, 2)], lora_alpha=1, dropout=0, alpha_norm=None)
+    with pytest.raises(ValueError, match="bad LoRA part"):
+        SelectableLoRA(conv, [PartSpec("q", 8, 13, 2)], lora_alpha=1, dropout=0, alpha_norm=None)
+    with pytest.raises(ValueError, match="bad LoRA part"):
+        SelectableLoRA(conv, [PartSpec("q", 0, 4, 0)], lora_alpha=1, dropout=0, alpha_norm=None)
+    with pytest.raises(TypeError, match="nn.Linear or transformers Conv1D"):
+        SelectableLoRA(nn.Embedding(3, 4), [PartSpec(WHOLE, 0, 4, 1)], lora_alpha=1, dropout=0, alpha_norm=None)

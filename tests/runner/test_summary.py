@@ -1,0 +1,55 @@
+"""The one-screen summary: the gate block (diagnostics, noise warning), scores under their split's name,
+where the ranks came from, where the W&B run is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autolora.method.ranks import search_diagnostics
+from autolora.runner.summary import evaluated_splits, flat_summary, gate_lines, summary_text
+
+
+def test_gate_block_shows_spread_and_the_warning_only_when_raised():
+    """Undecided gates give the spread line plus a warning line with the advice; separated gates no warning;
+    a search record from before the diagnostics gives no block at all."""
+    undecided = gate_lines(search_diagnostics({"m": [0.125 + 1e-7, 0.125 - 1e-7] + [0.125] * 6}, 0.125))
+    assert len(undecided) == 2 and "over 1 matrices: min 2e-07 / median 2e-07 / max 2e-07" in undecided[0]
+    assert undecided[1].startswith("warning  ") and "search.alpha_lr" in undecided[1]
+    separated = gate_lines(search_diagnostics({"m": [0.3, 0.3] + [0.4 / 6] * 6}, 0.125))
+    assert len(separated) == 1 and "max 0.23" in separated[0]
+    assert gate_lines({"steps": 2, "threshold": 0.125}) == []
+
+
+RANKS = {"roberta.encoder.layer.0.attention.self.query": 3, "roberta.encoder.layer.0.attention.self.value": 0}
+
+
+def record(**extra) -> dict:
+    """A finished run's metrics.json as the pipeline writes it (NER-like: scored on test)."""
+    phase = {"eval_split": "test", "test": {"f1": 0.5}, "steps": 4, "wall_time_s": 1.0, "trainable_params": 10}
+    return {"task": "ner/x", "model": "m", "method": "autolora", "seed": 0, "device": "cpu", "precision": "fp32",
+            "main_metric": "f1", "data": "files", "n_train": 8, "n_test": 4, "ranks": RANKS,
+            "search": {**phase, "threshold": 0.125}, "retrain": phase, **extra}
+
+
+def test_test_split_scores_are_labelled_test():
+    """A run scored on its test file says 'test' in the summary, the flat W&B keys and nowhere 'dev'."""
+    text = summary_text(record(ranks_from="search"), Path("/runs/r"))
+    assert "4 test" in text and "test f1 0.5000" in text and " dev" not in text
+    assert flat_summary(record())["retrain/test_f1"] == 0.5
+
+
+def test_old_records_without_eval_split_read_as_dev():
+    """metrics.json written before eval_split existed held one split under 'dev'."""
+    assert evaluated_splits({"dev": {"accuracy": 0.9}}) == {"dev": {"accuracy": 0.9}}
+    assert list(evaluated_splits({"eval_split": "test", "test": {}, "dev": {}})) == ["dev", "test"]
+
+
+def test_summary_says_where_ranks_and_the_wandb_run_are():
+    """The ranks' origin (this run's search or search.ranks_file) and the offline W&B folder with its sync command."""
+    searched = summary_text(record(ranks_from="search"), Path("/runs/r"))
+    reused = summary_text(record(ranks_from="ranks_file", ranks_file="/old/ranks.json",
+                                 wandb={"mode": "offline", "dir": "/runs/r/wandb/offline-run-1",
+                                        "sync": "wandb sync /runs/r/wandb/offline-run-1"}), Path("/runs/r"))
+    assert "ranks    from this run's search (ranks.json)" in searched and "W&B" not in searched
+    assert "ranks    from search.ranks_file=/old/ranks.json" in reused
+    assert "W&B      offline run /runs/r/wandb/offline-run-1; upload it with: wandb sync /runs/r/wandb/offline-run-1" in reused
