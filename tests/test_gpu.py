@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import GPT2_TARGETS, ROBERTA_TARGETS, tiny_gpt2, tiny_roberta, token_batch
-from test_search import search_config
+from method.test_search import search_config  # tests/ is on sys.path (conftest.py)
 
 from autolora.method import hypergrad
 from autolora.method.inject import inject, split_params
@@ -172,7 +172,8 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
             results[mode] = {n: g.float().cpu() for n, g in gates(model).items()}
     off = results["off"]
     moved = max(float((g - 1 / 8).abs().max()) for g in off.values())
-    worst, repeat = (max(float((off[n] - results[other][n]).abs().max()) for n in off) for other in ("graphs", "off again"))
+    worst, repeat = (max(float((off[n] - results[other][n]).abs().max()) for n in off)
+                     for other in ("graphs", "off again"))
     with capsys.disabled():
         print(f"\n[{fd}] gates moved up to {moved:.2e} from 1/k; captured vs eager differ by at most {worst:.2e}, "
               f"eager vs eager by {repeat:.2e}")
@@ -265,7 +266,8 @@ def test_captured_retrain_loop_matches_the_eager_one():
         records = []
         cfg = RetrainConfig(epochs=2, lr=1e-2, weight_decay=0.01, warmup_ratio=0.1, batch_size=8, lora_alpha=8,
                             dropout=0.0, max_grad_norm=1.0)
-        trained = train(model, [{k: v.cpu() for k, v in b.items()} for b in batches], cfg, compute_loss=_loss("roberta"), seed=0,
+        trained = train(model, [{k: v.cpu() for k, v in b.items()} for b in batches], cfg,
+                        compute_loss=_loss("roberta"), seed=0,
                         loop=Loop(CUDA, autocast=BF16, log=lambda r, s, out=records: out.append(r["train_loss"]),
                                   log_every=4, progress=False, compile_mode=mode))
         logged[mode] = records
