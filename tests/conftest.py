@@ -37,7 +37,8 @@ def glue_root() -> Path:
     return data
 
 
-def tiny_roberta(num_labels: int = 2, dtype=torch.float32, seed: int = 0, layers: int = 2) -> RobertaForSequenceClassification:
+def tiny_roberta(num_labels: int = 2, dtype=torch.float32, seed: int = 0,
+                 layers: int = 2) -> RobertaForSequenceClassification:
     """2 layers, hidden 32, eager attention (double backward works), no dropout (deterministic)."""
     torch.manual_seed(seed)
     config = RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
@@ -109,7 +110,8 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
                                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)),
                     wordpiece),
         "my-distilbert": (DistilBertForMaskedLM(DistilBertConfig(vocab_size=wordpiece.vocab_size, dim=32, n_layers=2,
-                                                                 n_heads=2, hidden_dim=64, max_position_embeddings=128)),
+                                                                 n_heads=2, hidden_dim=64,
+                                                                 max_position_embeddings=128)),
                           wordpiece),
         "my-gpt2": (GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                                                bos_token_id=50256, eos_token_id=50256)), bpe),

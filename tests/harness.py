@@ -85,7 +85,8 @@ if phase.startswith("signal:"):  # signal:NAME:WHERE (WHERE: evaluate, load, ret
     if where == "evaluate":
         signal_in_datasets(getattr(signal, name))
     else:
-        signal_at(*{"load": (preflight, "check_labels"), "retrain": (train, "train_step")}[where], getattr(signal, name))
+        signal_at(*{"load": (preflight, "check_labels"), "retrain": (train, "train_step")}[where], \
+getattr(signal, name))
 elif phase == "hold":  # sleep 8 s in the at-th search step: the run holds its folder meanwhile
     signal_at(search, "search_update", 0, hold=8.0)
 elif phase == "search":
@@ -151,7 +152,8 @@ def fake_run(folder, *overrides, finished=False):
 
 
 def many_rows(count: int) -> str:
-    return "".join(f"{i}\tsentence {i}\tother {i}\t{'entailment' if i % 2 else 'not_entailment'}\n" for i in range(count))
+    return "".join(f"{i}\tsentence {i}\tother {i}\t{'entailment' if i % 2 else 'not_entailment'}\n"
+                   for i in range(count))
 
 
 def job_number(folder: Path) -> str:

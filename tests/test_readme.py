@@ -87,7 +87,8 @@ def test_readme_commands_run_as_written(readme_runs):
                for path in runs_under(work / "outputs"))
     assert set(single["reviews"]["retrain"]["dev"]) == {"accuracy", "macro_f1"}
     assert set(single["similarity"]["retrain"]["dev"]) == {"pearson", "spearman"}
-    assert single["people_places"]["retrain"]["eval_split"] == "test" and "f1" in single["people_places"]["retrain"]["test"]
+    assert (single["people_places"]["retrain"]["eval_split"] == "test"
+            and "f1" in single["people_places"]["retrain"]["test"])
     assert single["menu"]["model"] == "my-gpt2" and "bleu" in single["menu"]["retrain"]["dev"]
     swept = runs_under(work / "multirun")
     assert sorted((m["method"], m["seed"]) for m in swept.values()) == [("autolora", 0), ("autolora", 1),
@@ -116,7 +117,8 @@ def test_readme_adapter_snippets_run_as_written(readme_runs, index, task):
         assert out in labels
     elif task == "people_places":
         pairs = eval(out)  # noqa: S307 -- the snippet prints a list of (word, tag) tuples
-        assert [w for w, _ in pairs] == ["Ada", "Okoro", "moved", "to", "Tartu"] and {t for _, t in pairs} <= set(labels)
+        assert ([w for w, _ in pairs] == ["Ada", "Okoro", "moved", "to", "Tartu"]
+                and {t for _, t in pairs} <= set(labels))
     else:
         assert labels is None and printed.getvalue().endswith("\n")  # generated text printed (any, untrained)
 

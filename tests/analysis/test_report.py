@@ -29,7 +29,8 @@ def _run(folder, name, *, task="glue/rte", method="autolora", seed=0, accuracy=0
         retrain["eval_split"] = eval_split
     metrics = {"task": task, "model": "minilm", "method": method, "seed": seed, "main_metric": "accuracy",
                "n_train": n_train, "n_dev": 20, "retrain": retrain, "ranks": ranks, "versions": {"torch": "x"},
-               "device": "cpu", "git_commit": "abc1234", "command": "run.py -m seed=0,1", "started_at": "2026-12-01T10:00:00+00:00"}
+               "device": "cpu", "git_commit": "abc1234", "command": "run.py -m seed=0,1",
+               "started_at": "2026-12-01T10:00:00+00:00"}
     if method == "autolora":
         metrics["search"] = {"wall_time_s": 4.0, "steps": 20, "threshold": 0.125}
         if gates:
@@ -174,7 +175,8 @@ def test_grid_cost_and_figures(tmp_path):
 
 @pytest.mark.slow
 def test_a_real_two_seed_sweep_gives_a_task_by_method_table(tmp_path):
-    """`autolora-run -m method=autolora,lora seed=0,1 debug=tiny`, then `python -m autolora.analysis.report` on the sweep
+    """`autolora-run -m method=autolora,lora seed=0,1 debug=tiny`, then `python -m autolora.analysis.report` on
+    the sweep
     folder: one pivot row with mean ± std over 2 seeds for each method, the noise warning of the 2-step
     searches, and the tables beside the runs in sweep/report/."""
     import os

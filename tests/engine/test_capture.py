@@ -24,7 +24,8 @@ def test_auto_captures_only_where_capture_can_run():
 
 
 @pytest.mark.parametrize("device, distributed, reason, message", [
-    (CPU, False, None, "CUDA device"), (CUDA, True, None, "data-parallel"), (CUDA, False, "AdaLoRA's allocator", "AdaLoRA"),
+    (CPU, False, None, "CUDA device"), (CUDA, True, None, "data-parallel"),
+    (CUDA, False, "AdaLoRA's allocator", "AdaLoRA"),
 ])
 def test_an_explicit_mode_that_cannot_run_is_refused_with_the_reason(device, distributed, reason, message):
     """compile=graphs where capture is impossible is an error naming why (never a silent fallback)."""

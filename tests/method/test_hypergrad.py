@@ -20,7 +20,8 @@ def _toy_problem(seed=0):
     gen = torch.Generator().manual_seed(seed)
     x_tr, x_val = torch.randn(12, 4, generator=gen, dtype=DT), torch.randn(10, 4, generator=gen, dtype=DT)
     y_tr, y_val = torch.randn(12, generator=gen, dtype=DT), torch.randn(10, generator=gen, dtype=DT)
-    inner = {"w": torch.randn(4, generator=gen, dtype=DT).requires_grad_(), "b": torch.zeros((), dtype=DT).requires_grad_()}
+    inner = {"w": torch.randn(4, generator=gen, dtype=DT).requires_grad_(),
+             "b": torch.zeros((), dtype=DT).requires_grad_()}
     outer = {"alpha": torch.randn(4, generator=gen, dtype=DT).requires_grad_()}
 
     def loss_on(x, y):
@@ -136,14 +137,16 @@ def test_finite_difference_agrees_with_exact_on_tiny_models(kind, scheme, capsys
     first = hypergrad.first_order(train_loss, val_loss, inner, outer).alpha_grad
     error, second_order_share = _rel(fd, exact), _rel(first, exact)
     with capsys.disabled():
-        print(f"\n[{kind}] FD {scheme} vs exact relative error {error:.2e}; first-order differs by {second_order_share:.2e}")
+        print(f"\n[{kind}] FD {scheme} vs exact relative error {error:.2e}; "
+              f"first-order differs by {second_order_share:.2e}")
     assert error <= FD_TOLERANCE[scheme]
     assert second_order_share > 1e-2
 
 
 @pytest.mark.parametrize("scheme", hypergrad.FD_SCHEMES)
 def test_finite_difference_agrees_with_exact_on_real_minilm(scheme, capsys):
-    """The real offline MiniLM (eager attention, float64): FD within 1e-3 (central) / 5e-3 (forward) relative of exact."""
+    """The real offline MiniLM (eager attention, float64): FD within 1e-3 (central) / 5e-3 (forward) relative
+    of exact."""
     from transformers import AutoModelForSequenceClassification
 
     from autolora.models.backbone import resolve_location
@@ -172,7 +175,8 @@ def test_finite_difference_agrees_with_exact_on_real_minilm(scheme, capsys):
     first = hypergrad.first_order(train_loss, val_loss, inner, outer).alpha_grad
     error, second_order_share = _rel(fd, exact), _rel(first, exact)
     with capsys.disabled():
-        print(f"\n[minilm] FD {scheme} vs exact relative error {error:.2e}; first-order differs by {second_order_share:.2e}")
+        print(f"\n[minilm] FD {scheme} vs exact relative error {error:.2e}; "
+              f"first-order differs by {second_order_share:.2e}")
     assert error <= FD_TOLERANCE[scheme]
     assert second_order_share > 1e-3
 

@@ -25,7 +25,8 @@ CPU = torch.device("cpu")
 
 def search_config(**overrides) -> SearchConfig:
     """Explicit values for every field (library code has no hidden defaults)."""
-    values = dict(k=K, alpha_norm="softmax", hypergrad="fd", fd="central", eta=0.01, fd_eps=0.01, lr=1e-2, alpha_lr=5e-2,
+    values = dict(k=K, alpha_norm="softmax", hypergrad="fd", fd="central", eta=0.01, fd_eps=0.01, lr=1e-2,
+                  alpha_lr=5e-2,
                   weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=30, batch_size=16,
                   val_fraction=0.5, lora_alpha=K, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
                   ranks_file=None, evaluate=False)
@@ -113,7 +114,8 @@ def test_search_needs_alpha_and_logs_entropies():
     assert {"train_loss", "val_loss", "alpha_entropy/useful", "alpha_entropy/useless"} <= set(records[0][1])
     plain = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no alpha"):
-        search(plain, data, data, search_config(), compute_loss=None, seed=0, loop=Loop(CPU, log_every=1, progress=False))
+        search(plain, data, data, search_config(), compute_loss=None, seed=0,
+               loop=Loop(CPU, log_every=1, progress=False))
 
 
 @pytest.mark.parametrize("overrides", [dict(hypergrad="fd"), dict(fd="forward"), dict(hypergrad="exact"),
@@ -131,7 +133,8 @@ def test_the_loop_runs_every_hypergradient_method(overrides):
 @pytest.mark.parametrize("field, value, message", [
     ("k", 0, "search.k must be >= 1"), ("val_fraction", 1.0, "search.val_fraction"),
     ("threshold", 1.5, "search.threshold"), ("alpha_norm", "relu", "search.alpha_norm"),
-    ("hypergrad", "neumann", "search.hypergrad"), ("fd", "backward", "search.fd"), ("min_rank", 9, "search.min_rank"), ("eta", -1.0, "search.eta"),
+    ("hypergrad", "neumann", "search.hypergrad"), ("fd", "backward", "search.fd"), ("min_rank", 9, "search.min_rank"),
+    ("eta", -1.0, "search.eta"),
 ])
 def test_search_config_rejects_bad_values(field, value, message):
     """Each out-of-range search value fails at construction, naming its key."""

@@ -49,14 +49,16 @@ def test_no_matching_target_is_one_line_listing_the_linear_layers(model_folders)
     layers = "q_lin, k_lin, v_lin, out_lin, lin1, lin2, pre_classifier, classifier"
     with pytest.raises(TargetError, match=f"peft has no default LoRA targets for distilbert; .*: {layers}$"):
         resolve_auto(local_model(model_folders["my-distilbert"]), "sequence_classification")
-    with pytest.raises(TargetError, match=rf"matches model.targets.modules=\['query', 'value'\]; its linear layers: {layers}$"):
+    with pytest.raises(TargetError,
+                       match=rf"matches model.targets.modules=\['query', 'value'\]; its linear layers: {layers}$"):
         resolve_auto(local_model(model_folders["my-distilbert"], "model.targets.modules=[query,value]"),
                      "sequence_classification")
 
 
 def test_a_folder_that_is_no_model_is_one_line(tmp_path):
     """model.path at a folder without config.json (or a typo) stops before any weights, naming the key."""
-    with pytest.raises(FileNotFoundError, match=rf"model.path={tmp_path}: not a model folder saved with save_pretrained"):
+    with pytest.raises(FileNotFoundError,
+                       match=rf"model.path={tmp_path}: not a model folder saved with save_pretrained"):
         resolve_auto(local_model(tmp_path), "sequence_classification")
 
 

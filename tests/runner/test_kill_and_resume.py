@@ -157,10 +157,12 @@ def test_a_signal_at_any_point_saves_the_state_and_exits_128_plus_n(tmp_path):
     third = launch("none", 0, [*TINY, "resume=true", f"hydra.run.dir={run_dir}"], tmp_path)
     assert third.returncode == 0, third.stderr[-2000:]
     ref_metrics, got_metrics = (json.loads((d / "metrics.json").read_text()) for d in (reference, run_dir))
-    assert got_metrics["ranks"] == ref_metrics["ranks"] and got_metrics["retrain"]["dev"] == ref_metrics["retrain"]["dev"]
+    assert (got_metrics["ranks"] == ref_metrics["ranks"]
+            and got_metrics["retrain"]["dev"] == ref_metrics["retrain"]["dev"])
     assert events(run_dir) == events(reference)
     early = launch("signal:SIGHUP:load", 1, [*TINY, f"hydra.run.dir={tmp_path / 'early'}"], tmp_path)
-    assert early.returncode == 129 and "interrupted by SIGHUP before the run started; nothing was written" in early.stderr
+    assert (early.returncode == 129
+            and "interrupted by SIGHUP before the run started; nothing was written" in early.stderr)
     assert not (tmp_path / "early").exists()
 
 
@@ -181,7 +183,8 @@ def test_two_resumes_of_one_run_do_not_both_write(tmp_path):
     second = launch("none", 0, args, tmp_path)
     assert snapshot(run_dir / ".hydra") == hydra_files  # the refused command did not rewrite the run's record
     _, holder_err = holder.communicate(timeout=300)
-    assert second.returncode == 2 and f"is in use by another run (host {socket.gethostname()} pid {holder.pid}" in second.stderr
+    assert (second.returncode == 2
+            and f"is in use by another run (host {socket.gethostname()} pid {holder.pid}" in second.stderr)
     assert holder.returncode == 0, holder_err[-2000:]
     steps = [(phase, step) for phase, step, *_ in events(run_dir)]
     assert len(steps) == len(set(steps)) and (run_dir / "metrics.json").is_file()

@@ -34,7 +34,8 @@ def test_full_pipeline_writes_the_run_directory(tmp_path):
     for name in ("config.yaml", "ranks.json", "alpha.json", "metrics.json", "events.jsonl", "ranks.png", "adapter"):
         assert (run_dir / name).exists(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert set(metrics["search"]) >= {"dev", "wall_time_s", "gpu_seconds", "peak_memory_mib", "trainable_params", "steps"}
+    assert set(metrics["search"]) >= {"dev", "wall_time_s", "gpu_seconds", "peak_memory_mib", "trainable_params",
+                                      "steps"}
     assert "rounding noise" in metrics["search"]["warning"] and len(metrics["search"]["diagnostics"]["gates"]) == 4
     assert 0 <= metrics["retrain"]["dev"]["accuracy"] <= 1 and metrics["versions"]["torch"] == torch.__version__
     ranks = json.loads((run_dir / "ranks.json").read_text())["ranks"]

@@ -38,7 +38,8 @@ def test_every_option_composes_and_validates(group, option):
 
 def test_groups_are_not_empty():
     """The config groups of conf/: models, the eight GLUE tasks, search variants, experiments."""
-    assert {"minilm", "roberta-base", "roberta-large", "gpt2", "gpt2-medium", "tiny-roberta", "tiny-gpt2"} <= set(options("model"))
+    assert {"minilm", "roberta-base", "roberta-large", "gpt2", "gpt2-medium",
+            "tiny-roberta", "tiny-gpt2"} <= set(options("model"))
     assert {f"glue/{t}" for t in ("cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte")} <= set(options("task"))
     assert {"default", "first_order"} <= set(options("search"))
     assert len(options("experiment")) >= 8
@@ -57,8 +58,10 @@ def test_defaults_are_the_offline_embedded_run():
 @pytest.mark.parametrize("override, path, value", [
     ("search.k=4", "search.k", 4), ("search.eta=0", "search.eta", 0), ("search.epochs=2", "search.epochs", 2),
     ("retrain.epochs=3", "retrain.epochs", 3), ("data.data_dir=/x", "data.data_dir", "/x"),
-    ("data.max_train_samples=10", "data.max_train_samples", 10), ("data.max_eval_samples=7", "data.max_eval_samples", 7),
-    ("seed=3", "seed", 3), ("method=lora", "method", "lora"), ("lora.r=4", "lora.r", 4), ("device=cpu", "device", "cpu"),
+    ("data.max_train_samples=10", "data.max_train_samples", 10),
+    ("data.max_eval_samples=7", "data.max_eval_samples", 7),
+    ("seed=3", "seed", 3), ("method=lora", "method", "lora"), ("lora.r=4", "lora.r", 4),
+    ("device=cpu", "device", "cpu"),
     ("logger=none", "logger.name", "none"), ("model=tiny-gpt2", "model.name", "tiny-gpt2"),
 ])
 def test_interface_keys(override, path, value):
@@ -102,5 +105,6 @@ def test_model_task_rule():
 def test_experiment_pins_the_paper_recipe():
     """experiment=paper_roberta_base_cola: RoBERTa-base, CoLA, released-code epochs, seeds 0-4 for -m."""
     cfg = compose("experiment=paper_roberta_base_cola")
-    assert (cfg.model.name, cfg.task.name, cfg.search.epochs, cfg.retrain.epochs) == ("roberta-base", "glue/cola", 20, 30)
+    assert (cfg.model.name, cfg.task.name, cfg.search.epochs, cfg.retrain.epochs) == (
+        "roberta-base", "glue/cola", 20, 30)
     assert cfg.hydra.sweeper.params.seed == "0,1,2,3,4"

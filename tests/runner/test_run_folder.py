@@ -131,7 +131,8 @@ def test_claim_writes_the_marker_and_first_files_and_a_resume_refuses_changed_da
     folder = tmp_path / "run"
     lock = claim(Plan("new", folder), {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}, {"config.yaml": "seed: 0\n"})
     lock.release()
-    assert json.loads((folder / runfolder.MARKER).read_text())["data"] == {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}
+    assert json.loads((folder / runfolder.MARKER).read_text())["data"] == {"/data/train.tsv": "aa",
+                                                                           "/data/dev.tsv": "bb"}
     assert (folder / "config.yaml").read_text() == "seed: 0\n"
     claim(Plan("resume", folder), {"/data/train.tsv": "aa", "/data/dev.tsv": "bb"}, {}).release()
     with pytest.raises(ConfigError, match=r"data changed since the run started: /data/train.tsv changed"):
@@ -187,7 +188,8 @@ def test_hydra_default_job_logging_opens_its_file_at_job_start_and_the_run_still
                f"hydra.run.dir={run_dir}"]
     monkeypatch.setattr(sys, "argv", command)
     main()
-    assert "error" not in capsys.readouterr().err and (run_dir / "metrics.json").is_file() and (run_dir / "autolora.log").is_file()
+    assert ("error" not in capsys.readouterr().err and (run_dir / "metrics.json").is_file()
+            and (run_dir / "autolora.log").is_file())
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "autolora.log").write_text("someone else's\n")

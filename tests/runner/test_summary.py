@@ -52,4 +52,5 @@ def test_summary_says_where_ranks_and_the_wandb_run_are():
                                         "sync": "wandb sync /runs/r/wandb/offline-run-1"}), Path("/runs/r"))
     assert "ranks    from this run's search (ranks.json)" in searched and "W&B" not in searched
     assert "ranks    from search.ranks_file=/old/ranks.json" in reused
-    assert "W&B      offline run /runs/r/wandb/offline-run-1; upload it with: wandb sync /runs/r/wandb/offline-run-1" in reused
+    assert ("W&B      offline run /runs/r/wandb/offline-run-1; upload it with: wandb sync /runs/r/wandb/offline-run-1"
+            in reused)

@@ -74,7 +74,8 @@ def test_loss_is_on_the_reference_only():
 
 
 HYPS = ["The Eagle is a cheap coffee shop near Burger King.", "Zizzi serves French food in the city centre."]
-REFS = [["The Eagle is a low-priced coffee shop near Burger King.", "Near Burger King is The Eagle, a cheap coffee shop."],
+REFS = [["The Eagle is a low-priced coffee shop near Burger King.",
+         "Near Burger King is The Eagle, a cheap coffee shop."],
         ["Zizzi is a French restaurant in the city centre.", "In the city centre, Zizzi serves French food."]]
 needs_java = pytest.mark.skipif(shutil.which("java") is None or importlib.util.find_spec("pycocoevalcap") is None,
                                 reason="the caption metrics need Java and pycocoevalcap (extra `nlg`)")
@@ -83,7 +84,8 @@ needs_java = pytest.mark.skipif(shutil.which("java") is None or importlib.util.f
 def test_mteval_tokens_by_hand():
     """mteval-v13a tokens: only ASCII letters lower-cased; '.'/',' split off except between digits; apostrophes,
     hyphens and '£' stay inside words."""
-    assert metrics.mteval_tokens("CAFÉ Rouge's £30.50, non-stop.") == ["cafÉ", "rouge's", "£30.50", ",", "non-stop", "."]
+    assert metrics.mteval_tokens("CAFÉ Rouge's £30.50, non-stop.") == [
+        "cafÉ", "rouge's", "£30.50", ",", "non-stop", "."]
     assert metrics.mteval_tokens("1,000 (a/b)") == ["1,000", "(", "a", "/", "b", ")"]
 
 
@@ -215,7 +217,8 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="METEOR, ROUGE-L and CIDEr skipped"):
         rescored = rescore(tmp_path / "run", str(FIXTURES))
     assert rescored["eval_split"] == "test"
-    assert {k: rescored["test"][k] for k in ("bleu", "nist")} == {k: record["retrain"]["test"][k] for k in ("bleu", "nist")}
+    assert ({k: rescored["test"][k] for k in ("bleu", "nist")}
+            == {k: record["retrain"]["test"][k] for k in ("bleu", "nist")})
     assert rescored["n_sources"] == 2 and rescored["test"]["meteor"] is None
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "base_model")
     peft_model = PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")

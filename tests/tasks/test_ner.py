@@ -112,7 +112,8 @@ def test_conlleval_and_strict_differ_on_ill_formed_tags():
     pred = [["I-PER", "I-PER", "O", "B-LOC", "O"], ["B-ORG", "I-LOC", "O"]]
     scores = metrics.entity_scores(gold, pred, "IOB2")
     assert (scores["precision"], scores["recall"], scores["f1"]) == pytest.approx((1 / 2, 2 / 3, 4 / 7))
-    assert (scores["precision_strict"], scores["recall_strict"], scores["f1_strict"]) == pytest.approx((1 / 2, 1 / 3, 2 / 5))
+    assert (scores["precision_strict"], scores["recall_strict"], scores["f1_strict"]) == pytest.approx(
+        (1 / 2, 1 / 3, 2 / 5))
     assert scores["per_type"]["LOC"]["precision"] == pytest.approx(1 / 2) and scores["token_accuracy"] == 0.75
 
 

@@ -83,9 +83,11 @@ def _write(folder: Path, name: str, text: str) -> Path:
     ({"t.csv": "text,label\na,0.5\nb,high\nc,1.5\n"}, {}, r"t.csv:3: label 'high' in column 'label' is not a number"),
     ({"t.csv": "text,label\na,x\nb,y\n", "d.csv": "text,label\nc,x\nd,z\n"}, {"dev_file": "d.csv"},
      r"d.csv:3: label 'z' in column 'label' is not one of \['x', 'y'\]"),
-    ({"t.csv": "text,label\na,x\nb,y\nc,z\n"}, {"metrics": ["f1"]}, r"f1 is the positive .* with 3 labels use macro_f1"),
+    ({"t.csv": "text,label\na,x\nb,y\nc,z\n"}, {"metrics": ["f1"]},
+     r"f1 is the positive .* with 3 labels use macro_f1"),
     ({"t.txt": "text label\n"}, {}, r"t.txt: unknown file type '.txt'"),
-    ({"t.csv": "text,label\na,x\nb,y\n"}, {"train_file": "t.tsv"}, r"task.train_file=t.tsv: .*t.tsv is not a file .*; did you mean .*t.csv\?"),
+    ({"t.csv": "text,label\na,x\nb,y\n"}, {"train_file": "t.tsv"},
+     r"task.train_file=t.tsv: .*t.tsv is not a file .*; did you mean .*t.csv\?"),
 ])
 def test_bad_files_name_file_line_and_column(tmp_path, files, keys, message):
     """Missing column (listing those present), malformed record, bad JSON, empty cell, a regression label
@@ -178,7 +180,8 @@ def test_task_file_outside_the_package_via_searchpath(tmp_path):
 def test_headline_metric_is_a_key_checked_against_the_family():
     """task.main_metric picks the headline score among the family's metrics; another name is refused."""
     assert own_task("token_classification", train_file="ner_train.conll", main_metric="recall").main_metric == "recall"
-    assert own_task("token_classification", train_file="ner_train.conll", main_metric="f1_strict").main_metric == "f1_strict"
+    assert own_task("token_classification", train_file="ner_train.conll",
+                    main_metric="f1_strict").main_metric == "f1_strict"
     assert own_task("generation", train_file="menu.jsonl", main_metric="rouge_l").main_metric == "rouge_l"
     with pytest.raises(ValueError, match=r"task.main_metric must be one of \['bleu'"):
         own_task("generation", train_file="menu.jsonl", main_metric="accuracy")

@@ -44,7 +44,8 @@ def _pair_correlations(ranked: np.ndarray) -> np.ndarray:
     pairs = list(itertools.combinations(range(ranked.shape[-2]), 2))
     first, second = [a for a, _ in pairs], [b for _, b in pairs]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (centred[..., first, :] * centred[..., second, :]).sum(axis=-1) / (norms[..., first] * norms[..., second])
+        return (centred[..., first, :] * centred[..., second, :]).sum(axis=-1) / (
+            norms[..., first] * norms[..., second])
 
 
 def spearman_pairs(table: np.ndarray) -> np.ndarray:

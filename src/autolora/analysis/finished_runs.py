@@ -86,7 +86,8 @@ def _load(path: Path, parse: Callable[[str], Any]) -> Any:
     try:
         payload = parse(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
-        raise RunError(f"{path}: cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        raise RunError(f"{path}: cannot be read "
+                       f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if not isinstance(payload, dict):
         raise RunError(f"{path}: expected a mapping, found {type(payload).__name__}")
     return payload

@@ -95,7 +95,8 @@ def run_config(run_dir: Path) -> dict:
         config = yaml.safe_load(read_text(run_dir / CONFIG, RescoreError))
     except yaml.YAMLError:
         raise RescoreError(f"{run_dir / 'config.yaml'}: not YAML") from None
-    if not isinstance(config, dict) or not isinstance(config.get("task"), dict) or not isinstance(config.get("data"), dict):
+    if (not isinstance(config, dict) or not isinstance(config.get("task"), dict)
+            or not isinstance(config.get("data"), dict)):
         raise RescoreError(f"{run_dir / 'config.yaml'}: not the config of a run (no task and data sections)")
     return config
 

@@ -126,7 +126,8 @@ def details_markdown(rows: list[dict[str, Any]]) -> str:
     header = ["task", "model", "method", "seeds", "main metric", "mean rank", "trainable params", "search s",
               "retrain s", "cost s", "cost / grid", "gate spread"]
     lines = [[row["task"], row["model"], row["method"], row["seeds"] if row["seeds"] == row["runs"] else
-              f"{row['seeds']} ({row['runs']} runs)", f"{row['main_metric']} {cell(row['scores'].get(row['main_metric']))}",
+              f"{row['seeds']} ({row['runs']} runs)",
+              f"{row['main_metric']} {cell(row['scores'].get(row['main_metric']))}",
               f"{row['mean_rank']:.2f}", f"{row['trainable_params']:,}", _fixed(row["search_s"], 1, "-"),
               f"{row['retrain_s']:.1f}", f"{row['cost_s']:.1f}",
               f"{row['cost_vs_grid']:.2f} (grid of {row['grid_size']})" if row.get("cost_vs_grid") is not None else "",
@@ -143,7 +144,8 @@ def verdict(row: Mapping[str, Any]) -> str:
     return "no more agreement than chance"
 
 
-AGREEMENT_TEXT = """For each AutoLoRA group with 2+ seeds: **pairs** = share of (seed pair, matrix) with the same rank, beside
+AGREEMENT_TEXT = """For each AutoLoRA group with 2+ seeds: **pairs** = share of (seed pair, matrix) with the same \
+rank, beside
 the share expected by **chance** if each seed drew every matrix's rank from the group's pooled ranks;
 **modal** = share of seeds on each matrix's most common rank; **ρ ranks** = Spearman's rho between the
 per-matrix ranks of two seeds, mean over seed pairs, with its permutation p-value (matrix labels shuffled
@@ -163,11 +165,13 @@ def agreement_markdown(rows: Sequence[Mapping[str, Any]],
     lines = [[row["task"], row["model"], row["method"], row["seeds"],
               f"{row['pair_agreement']:.2f} ({row['chance_agreement']:.2f})", f"{row['modal_agreement']:.2f}",
               "n/a" if row["rank_spearman"] is None else f"{row['rank_spearman']:+.2f} ({row['rank_spearman_p']:.2g})",
-              "n/a" if row["entropy_spearman"] is None else f"{row['entropy_spearman']:+.2f} ({row['entropy_spearman_p']:.2g})",
+              "n/a" if row["entropy_spearman"] is None
+              else f"{row['entropy_spearman']:+.2f} ({row['entropy_spearman_p']:.2g})",
               _fixed(row["gate_spread_median"], 4), verdict(row)] for row, _ in chosen]
     beyond = sum(verdict(row) == "ranks repeat beyond chance" for row, _ in chosen)
     out = ["## Do the seeds agree on the ranks?", "", AGREEMENT_TEXT, "",
-           f"In {beyond} of {len(chosen)} groups the per-matrix ranks repeat across seeds beyond chance (p < 0.05).", "",
+           f"In {beyond} of {len(chosen)} groups the per-matrix ranks repeat across seeds "
+           "beyond chance (p < 0.05).", "",
            markdown_table(header, lines)]
     for row, (seeds, matrices) in chosen:
         detail = [[name, " ".join(map(str, ranks)), f"{pair_agreement(ranks):.2f}", f"{modal_agreement(ranks):.2f}"]

@@ -55,7 +55,8 @@ def base_model() -> torch.nn.Module:
 
 
 def search_config(eta: float, rows: int, lr: float = 5e-2, alpha_lr: float = 5e-1) -> SearchConfig:
-    return SearchConfig(k=4, alpha_norm="softmax", hypergrad="fd", fd="central", eta=eta, fd_eps=0.01, lr=lr, alpha_lr=alpha_lr,
+    return SearchConfig(k=4, alpha_norm="softmax", hypergrad="fd", fd="central", eta=eta, fd_eps=0.01, lr=lr,
+                        alpha_lr=alpha_lr,
                         weight_decay=0.0, alpha_weight_decay=0.0, warmup_ratio=0.0, epochs=1, batch_size=rows,
                         val_fraction=0.5, lora_alpha=4, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=1.0,
                         ranks_file=None, evaluate=False)
@@ -76,7 +77,8 @@ def classification_loss(outputs, batch):
 
 
 def search_then_retrain(world: World, model: torch.nn.Module, *, eta: float, steps: int, rows: int, length: int,
-                        device, dtype=torch.float64, lr: float = 5e-2, alpha_lr: float = 5e-1) -> dict[str, torch.Tensor]:
+                        device, dtype=torch.float64, lr: float = 5e-2,
+                        alpha_lr: float = 5e-1) -> dict[str, torch.Tensor]:
     """`steps` search steps, then `steps` retrain steps on the searched model, every process on its share
     of the same combined batches; returns every trainable tensor afterwards. (Large default learning
     rates move alpha visibly in 3 steps on the tiny model.)"""
@@ -100,7 +102,8 @@ def search_then_retrain(world: World, model: torch.nn.Module, *, eta: float, ste
     return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def agreement(world: World, device, name: str, build, dtype, rows: int, length: int, lr: float, alpha_lr: float) -> dict:
+def agreement(world: World, device, name: str, build, dtype, rows: int, length: int, lr: float,
+              alpha_lr: float) -> dict:
     """Max abs differences of every trainable tensor: between processes, and against one process."""
     kwargs = dict(eta=0.05, steps=3, rows=rows, length=length, device=device, dtype=dtype, lr=lr, alpha_lr=alpha_lr)
     mine = search_then_retrain(world, build(), **kwargs)
@@ -177,12 +180,14 @@ def scaling(world: World, device, rows_per_gpu: int, length: int, steps: int, wa
     alone = {}
     if world.is_main:
         search, retrain = step_functions(SINGLE, device, rows_per_gpu, length)
-        alone = {"search": median_ms(search, steps, warmup, device), "retrain": median_ms(retrain, steps, warmup, device)}
+        alone = {"search": median_ms(search, steps, warmup, device),
+                 "retrain": median_ms(retrain, steps, warmup, device)}
         del search, retrain
         torch.cuda.empty_cache() if device.type == "cuda" else None
     world.barrier()
     search, retrain = step_functions(world, device, rows_per_gpu, length)
-    together = {"search": median_ms(search, steps, warmup, device), "retrain": median_ms(retrain, steps, warmup, device)}
+    together = {"search": median_ms(search, steps, warmup, device),
+                "retrain": median_ms(retrain, steps, warmup, device)}
     result = {"rows_per_gpu": rows_per_gpu, "length": length, "gpus": world.size}
     for phase in ("search", "retrain"):
         if world.is_main:
@@ -199,7 +204,8 @@ def write_report(out: Path, checks: list[dict], scales: list[dict], device: torc
     from autolora.provenance import git_commit, versions
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    meta = {"command": " ".join(["torchrun", "--nproc_per_node", str(checks[0]["processes"]), "-m", "autolora.bench.ddp",
+    meta = {"command": " ".join(["torchrun", "--nproc_per_node", str(checks[0]["processes"]), "-m",
+                                 "autolora.bench.ddp",
                                  *sys.argv[1:]]),
             "commit": git_commit(), "device": f"{checks[0]['processes']}x {name}", "date": dt.date.today().isoformat(),
             "versions": versions(), "backend": dist.get_backend()}

@@ -5,7 +5,8 @@ Captured steps need few batch shapes, so batches are padded beyond their longest
 and tokenizer, as a run makes them), the tokens a step computes on with dynamic padding (to the longest row)
 and with buckets, against the real tokens. CPU only; reads the data, trains nothing.
 
-    python -m autolora.bench.padding --glue-dir DIR/glue --data-dir DIR [--multiple 32] [--tasks glue/sst2 ner/conll2003 e2e ...] [--out F]
+    python -m autolora.bench.padding --glue-dir DIR/glue --data-dir DIR [--multiple 32] \
+[--tasks glue/sst2 ner/conll2003 e2e ...] [--out F]
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def markdown(rows: dict[str, dict], multiple: int, command: str, commit: str) ->
              "buckets / real | buckets / dynamic |", "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {r['batches']:,} | {r['real']:,} | {r['dynamic']:,} | {r['bucketed']:,} | "
-                     f"{r['dynamic'] / r['real']:.2f} | {r['bucketed'] / r['real']:.2f} | {r['bucketed'] / r['dynamic']:.2f} |")
+                     f"{r['dynamic'] / r['real']:.2f} | {r['bucketed'] / r['real']:.2f} | "
+                     f"{r['bucketed'] / r['dynamic']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -73,17 +75,20 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None, help="data.data_dir of the NER and E2E runs")
-    parser.add_argument("--glue-dir", default=None, help="data.data_dir of the GLUE runs (the folder holding SST-2/ ...)")
+    parser.add_argument("--glue-dir", default=None,
+                        help="data.data_dir of the GLUE runs (the folder holding SST-2/ ...)")
     parser.add_argument("--multiple", type=int, default=32)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     args = parser.parse_args(argv)
     rows = {}
     for name in args.tasks:
-        lengths, max_length = task_batches(name, TASKS[name], args.glue_dir if name.startswith("glue/") else args.data_dir)
+        lengths, max_length = task_batches(name, TASKS[name],
+                                           args.glue_dir if name.startswith("glue/") else args.data_dir)
         rows[name] = {"batches": len(lengths), **padded_tokens(lengths, args.multiple, max_length)}
         print(name, rows[name], flush=True)
-    text = markdown(rows, args.multiple, "python -m autolora.bench.padding " + " ".join(sys.argv[1:] if argv is None else argv),
+    text = markdown(rows, args.multiple,
+                    "python -m autolora.bench.padding " + " ".join(sys.argv[1:] if argv is None else argv),
                     git_commit())
     print(text)
     if args.out is not None:

@@ -53,9 +53,10 @@ from autolora.provenance import git_commit, versions
 
 SHAPES = {
     "minilm": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
-    "roberta-base": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()), peft_targets=["query", "value"]),
-    "gpt2-medium": dict(kind="decoder", targets=TargetConfig(("c_attn",), ("q", "k", "v"), ("q", "v")), peft_targets=["c_attn"]),
-}
+    "roberta-base": dict(kind="encoder", targets=TargetConfig(("query", "value"), (), ()),
+                         peft_targets=["query", "value"]),
+    "gpt2-medium": dict(kind="decoder", targets=TargetConfig(("c_attn",), ("q", "k", "v"), ("q", "v")),
+                        peft_targets=["c_attn"])}
 DEFAULT_SHAPES = ["minilm@16x32", "minilm@16x64", "roberta-base@16x128", "roberta-base@32x256",
                   "gpt2-medium@16x128", "gpt2-medium@32x256"]
 OURS = {"fixed_rank": None, "first_order": ("forward", 0.0), "second_order": ("forward", 1e-4),
@@ -73,7 +74,7 @@ def build(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if name == "minilm":  # all-MiniLM-L6-v2's shapes: the model of the GLUE runs in results/glue_minilm.md
         return BertForSequenceClassification(BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                                                        intermediate_size=1536, num_labels=2, attn_implementation="sdpa"))
+            intermediate_size=1536, num_labels=2, attn_implementation="sdpa"))
     if name == "roberta-base":
         return RobertaForSequenceClassification(RobertaConfig(num_labels=2, attn_implementation="sdpa"))
     return GPT2LMHeadModel(GPT2Config(n_embd=1024, n_layer=24, n_head=16, attn_implementation="sdpa"))
@@ -260,7 +261,8 @@ def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes
         key = f"{name}@{batch}x{length}"
         train, val = train_val(name, batch, length, device)
         entry = {}
-        shape_modes = modes + (["inductor"] if (name, batch, length) in inductor_shapes and "inductor" not in modes else [])
+        shape_modes = modes + (["inductor"] if (name, batch, length) in inductor_shapes and "inductor" not in modes
+                               else [])
         for which, mode in variant_names(shape_modes):
             label = which if which.startswith("peft") else f"{which}/{mode}"
             timed = time_steps(variant(name, which, mode, train, val, autocast, device), steps, warmup)
@@ -326,9 +328,10 @@ def markdown(report: dict) -> str:
              f"- date: {report['date']}", f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
              f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps (their wall time, "
              "compilation and capture included, is the warm-up column), CUDA events; bf16 autocast; random-init "
-             "weights; the same batches every step; every step includes its optimiser updates, clipping and the schedule",
-             "- MFU: analytic FLOPs (4 x non-embedding params x tokens + attention, per forward/backward pass; passes per "
-             "step: LoRA 1, first order 2, second order 3 (forward difference), central 4) over the datasheet dense bf16 peak",
+             "weights; the same batches every step; every step includes its optimiser updates, clipping and the "
+             "schedule", "- MFU: analytic FLOPs (4 x non-embedding params x tokens + attention, per forward/backward "
+             "pass; passes per step: LoRA 1, first order 2, second order 3 (forward difference), central 4) over the "
+             "datasheet dense bf16 peak",
              "- our steps keep frozen weights in bf16 (as the pipeline does); peft's keep fp32, cast by autocast", "",
              "| shape | step | ms | spread ms | peak MiB | tokens/s | MFU | warm-up s | ratio vs peft eager |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -350,7 +353,8 @@ def markdown(report: dict) -> str:
                 continue
             r = entry["ratios"][mode]
             lines.append(f"| {key} | {r['second_order_ratio']} | {r['first_order_ratio']} | {r['fixed_rank_ratio']} | "
-                         f"{r['memory_ratio']} | {r['second_order_central_ratio']} | {entry['ratios']['peft_compiled']} |")
+                         f"{r['memory_ratio']} | {r['second_order_central_ratio']} | "
+                         f"{entry['ratios']['peft_compiled']} |")
     return "\n".join(lines) + "\n"
 
 

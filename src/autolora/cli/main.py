@@ -121,7 +121,8 @@ def output_dir(point: Point, number: int | None) -> Path | None:
 
 def resolved(point: Point) -> dict:
     """The job's config without the hydra node, resolved (what a run saves and a resume compares)."""
-    return OmegaConf.to_container(OmegaConf.masked_copy(point.cfg, [k for k in point.cfg if k != "hydra"]), resolve=True)
+    return OmegaConf.to_container(OmegaConf.masked_copy(point.cfg, [k for k in point.cfg if k != "hydra"]),
+                                  resolve=True)
 
 
 def pin(key: str, value: Path) -> bool:
@@ -179,7 +180,8 @@ def main() -> None:
             points = check_overrides(args)
             in_sweep = bool(points) and bool(points[0].label)
             if WORLD.distributed and in_sweep:
-                raise errors.ConfigError("under torchrun a command runs one job; sweep outside it (-m with hydra/launcher=...)")
+                raise errors.ConfigError("under torchrun a command runs one job; "
+                                         "sweep outside it (-m with hydra/launcher=...)")
             sweep_dir, new_folders = None, set()
             if points and runs_jobs(args) and WORLD.is_main:
                 sweep_dir = check_folders(points, [a for a in args if not a.startswith("-")], new_folders)

@@ -100,7 +100,8 @@ def check_overrides(args: list[str]) -> list[Point]:
             for value in values:
                 if value is not None and str(value) not in known:
                     raise ConfigError(f"unknown {group} {str(value)!r}; choose one of: {', '.join(known)}")
-        plain.append(f"{override.get_key_element()}={values[0]}" if override.is_sweep_override() else override.input_line)
+        plain.append(f"{override.get_key_element()}={values[0]}" if override.is_sweep_override()
+                     else override.input_line)
 
     def composed(job: list[str], label: str) -> DictConfig:
         try:

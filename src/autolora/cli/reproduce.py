@@ -41,7 +41,8 @@ def data_override(data_dir: str | None) -> list[str]:
     return [] if data_dir is None else [f"data.data_dir={data_dir}"]
 
 
-def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
+def jobs(matrix: dict, data_dir: str | None, root: Path,
+         launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
     """(experiment, spec name, autolora-run arguments) for every multirun of the matrix; `launcher` (local,
     slurm: conf/hydra/launcher/) runs the points of each multirun as parallel jobs instead of one by one."""
     planned = []

@@ -114,7 +114,8 @@ def restore_trainable(model: nn.Module, state: Mapping[str, torch.Tensor]) -> No
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if set(params) != set(state):
         raise ValueError("checkpoint does not match the model's trainable parameters "
-                         f"(missing {sorted(set(params) - set(state))[:3]}, extra {sorted(set(state) - set(params))[:3]})")
+                         f"(missing {sorted(set(params) - set(state))[:3]}, "
+                         f"extra {sorted(set(state) - set(params))[:3]})")
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
@@ -149,7 +150,8 @@ class Checkpointer:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, OSError) as err:
-            raise CorruptCheckpoint(f"{self.path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            raise CorruptCheckpoint(f"{self.path} cannot be read "
+                                    f"({type(err).__name__}: {str(err).splitlines()[0][:120]}"
                                     "); move it away to restart this phase from its first step") from None
         if not isinstance(state, dict) or state.get("phase") not in ("search", "retrain"):
             raise CorruptCheckpoint(f"{self.path} is not a checkpoint of this program; move it away to restart "

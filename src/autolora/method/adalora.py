@@ -71,7 +71,8 @@ def orthogonality_penalty(peft_model: nn.Module) -> Tensor:
     for name, param in peft_model.named_parameters():
         if ("lora_A" in name or "lora_B" in name) and param.requires_grad and param.numel():
             gram = param @ param.T if "lora_A" in name else param.T @ param
-            terms.append(torch.linalg.matrix_norm(gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)))
+            terms.append(torch.linalg.matrix_norm(
+                gram - torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)))
     return torch.stack(terms).mean()
 
 
@@ -81,4 +82,5 @@ def final_ranks(peft_model: nn.Module) -> dict[str, int]:
 
     inner = peft_model.base_model.model
     return {name: int(torch.count_nonzero(module.lora_E["default"]).item())
-            for name, module in inner.named_modules() if isinstance(module, AdaLoraLayer) and "default" in module.lora_E}
+            for name, module in inner.named_modules()
+            if isinstance(module, AdaLoraLayer) and "default" in module.lora_E}

@@ -74,7 +74,8 @@ class SearchConfig:
         check_types(self, "search")
         checks = [
             (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
-            (self.alpha_norm in ALPHA_NORMS, f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
+            (self.alpha_norm in ALPHA_NORMS,
+             f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
             (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
             (self.fd in FD_SCHEMES, f"search.fd must be one of {FD_SCHEMES}, got {self.fd!r}"),
             (self.eta >= 0, f"search.eta must be >= 0, got {self.eta}"),
@@ -82,14 +83,17 @@ class SearchConfig:
             (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"search.batch_size must be >= 1, got {self.batch_size}"),
             (0 < self.val_fraction < 1, f"search.val_fraction must lie in (0, 1), got {self.val_fraction}"),
-            (self.threshold is None or 0 < self.threshold <= 1, f"search.threshold must lie in (0, 1], got {self.threshold}"),
+            (self.threshold is None or 0 < self.threshold <= 1,
+             f"search.threshold must lie in (0, 1], got {self.threshold}"),
             (0 <= self.min_rank <= self.k, f"search.min_rank must lie in [0, k={self.k}], got {self.min_rank}"),
             (0 <= self.warmup_ratio < 1, f"search.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
             *[(at_least(getattr(self, key), 0), f"search.{key} must be >= 0, got {getattr(self, key)}")
               for key in ("lr", "alpha_lr", "weight_decay", "alpha_weight_decay")],
-            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0, f"search.lora_alpha must be > 0, got {self.lora_alpha}"),
+            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0,
+             f"search.lora_alpha must be > 0, got {self.lora_alpha}"),
             (in_unit_interval(self.dropout), f"search.dropout must lie in [0, 1), got {self.dropout}"),
-            (positive_or_none(self.max_grad_norm), f"search.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
+            (positive_or_none(self.max_grad_norm),
+             f"search.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
             (at_least(self.eta, 0) and at_least(self.fd_eps, 0), "search.eta and search.fd_eps must be finite"),
         ]
         check_ranges(checks)

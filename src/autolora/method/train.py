@@ -43,9 +43,11 @@ class RetrainConfig:
             (in_unit_interval(self.warmup_ratio), f"retrain.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
             (at_least(self.lr, 0), f"retrain.lr must be >= 0, got {self.lr}"),
             (at_least(self.weight_decay, 0), f"retrain.weight_decay must be >= 0, got {self.weight_decay}"),
-            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0, f"retrain.lora_alpha must be > 0, got {self.lora_alpha}"),
+            (at_least(self.lora_alpha, 0) and self.lora_alpha > 0,
+             f"retrain.lora_alpha must be > 0, got {self.lora_alpha}"),
             (in_unit_interval(self.dropout), f"retrain.dropout must lie in [0, 1), got {self.dropout}"),
-            (positive_or_none(self.max_grad_norm), f"retrain.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
+            (positive_or_none(self.max_grad_norm),
+             f"retrain.max_grad_norm must be > 0 or null, got {self.max_grad_norm}"),
         ])
 
 

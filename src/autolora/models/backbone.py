@@ -62,7 +62,8 @@ class ModelConfig:
         if self.path is None and self.config is None:
             raise ValueError("model.path is required: model.path=<folder saved with save_pretrained, or a hub id>")
         if self.path is not None and self.config is not None:
-            raise ValueError(f"model {self.name}: set only one of model.path (pretrained) and model.config (random init)")
+            raise ValueError(f"model {self.name}: set only one of model.path (pretrained) "
+                             "and model.config (random init)")
         if self.path is None and self.tokenizer is None:
             raise ValueError(f"model {self.name}: a random-init model needs model.tokenizer")
 
@@ -170,7 +171,8 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
 def new_modules(model: nn.Module, keys: set[str]) -> list[str]:
     """The outermost modules all of whose parameters are in `keys` (the load report's missing keys), in model order."""
     fresh = {name for name, module in model.named_modules() if name and
-             all(f"{name}.{p}" in keys for p, _ in module.named_parameters()) and any(True for _ in module.parameters())}
+             all(f"{name}.{p}" in keys for p, _ in module.named_parameters())
+             and any(True for _ in module.parameters())}
     return [name for name, _ in model.named_modules() if name in fresh and
             not any(name.startswith(f"{other}.") for other in fresh)]
 
@@ -208,7 +210,8 @@ def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
         raise TargetError(f"model {cfg.name}: encoder-decoder models ({model_type}) are not supported")
     kind = cfg.kind
     if kind == "auto":
-        causal_only = model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+        causal_only = (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+                       and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
         kind = "decoder" if causal_only else "encoder"
     head = head if kind == "encoder" or head == "causal_lm" else "causal_lm"  # a mismatch is check_compatible's
     with torch.device("meta"):

@@ -47,5 +47,6 @@ def four_d_attention_mask(mask: torch.Tensor, *, causal: bool, attn_implementati
     if attn_implementation == "sdpa":
         return keep
     if attn_implementation == "eager":
-        return torch.zeros(keep.shape, dtype=torch.float32, device=mask.device).masked_fill(~keep, torch.finfo(torch.float32).min)
+        return torch.zeros(keep.shape, dtype=torch.float32, device=mask.device).masked_fill(
+            ~keep, torch.finfo(torch.float32).min)
     raise ValueError(f"4D masks are built for sdpa and eager attention, not {attn_implementation!r}")

@@ -32,16 +32,19 @@ def projection_shape(base: nn.Module) -> tuple[int, int]:
 class TargetConfig:
     """Which projections get LoRA: peft-style name suffixes, plus the slices of a fused projection."""
 
-    modules: tuple[str, ...] | None  # e.g. ("query", "value") or ("c_attn",); None: found from the architecture (backbone.resolve_auto)
+    # e.g. ("query", "value") or ("c_attn",); None: found from the architecture (backbone.resolve_auto)
+    modules: tuple[str, ...] | None
     split: tuple[str, ...]  # equal output slices of a fused projection, e.g. ("q", "k", "v"); () if not fused
     parts: tuple[str, ...]  # the slices that get LoRA, e.g. ("q", "v"); () if not fused
 
     def __post_init__(self):
         if self.modules is not None and not self.modules:
-            raise ValueError("model.targets.modules is empty: name at least one projection to adapt (or null: peft's default)")
+            raise ValueError("model.targets.modules is empty: name at least one projection to adapt "
+                             "(or null: peft's default)")
         unknown = set(self.parts) - set(self.split)
         if unknown or bool(self.split) != bool(self.parts):
-            raise ValueError(f"model.targets.parts {list(self.parts)} must be a non-empty subset of split {list(self.split)}")
+            raise ValueError(f"model.targets.parts {list(self.parts)} must be a non-empty subset of split "
+                             f"{list(self.split)}")
 
 
 def public_name(module_name: str, part: str) -> str:

@@ -134,7 +134,8 @@ def run_adalora(job: Job, tracker: Tracker) -> Outcome:
     job.ready_to_train(peft_model)
 
     def loss(model_outputs, batch):
-        return job.task.loss(model_outputs, batch) + a.orth_reg_weight * adalora_method.orthogonality_penalty(peft_model)
+        return (job.task.loss(model_outputs, batch)
+                + a.orth_reg_weight * adalora_method.orthogonality_penalty(peft_model))
 
     loop = dataclasses.replace(job.loop("retrain", tracker.log), checkpoint=job.checkpoint.without_saving())
     steps = train(peft_model, loader, r, compute_loss=loss, seed=job.seed + 2, loop=loop,

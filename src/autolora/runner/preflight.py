@@ -90,7 +90,8 @@ def check_labels(splits) -> None:
         if "labels" in split.column_names and split.features["labels"].dtype.startswith("float"):
             bad = [i for i, value in enumerate(split["labels"]) if not math.isfinite(value)]
             if bad:
-                raise DataError(f"{splits.origin}: {name} row {bad[0] + 1} has a non-finite score ({len(bad)} rows in all)")
+                raise DataError(f"{splits.origin}: {name} row {bad[0] + 1} has a non-finite score "
+                                f"({len(bad)} rows in all)")
 
 
 def distributed_settings(settings: Settings, world: World) -> Settings:

@@ -177,7 +177,8 @@ def folder_name(path: str) -> str:
 
 
 def method_label(method: str, lora_r: int, target_r: int, search: str | None) -> str:
-    """${autolora.method:...}: run folders named by method: autolora (or autolora_<search option>), lora_r8, adalora_r4."""
+    """${autolora.method:...}: run folders named by method: autolora (or autolora_<search option>), lora_r8,
+    adalora_r4."""
     if method == "lora":
         return f"lora_r{lora_r}"
     if method == "adalora":

@@ -1,4 +1,5 @@
-"""The run folder a job writes: whether it may (new, resume, skip), the lock that makes it one run's, what a resume continues.
+"""The run folder a job writes: whether it may (new, resume, skip), the lock that makes it one run's, what a
+resume continues.
 
 Rules: a new run starts only in a new or empty folder, so it never reads, trusts or deletes what someone
 else put there. A resume continues only a folder that this program marked as its own (MARKER), that is
@@ -223,7 +224,8 @@ def claim(decided: Plan, data: Mapping[str, str], first_files: Mapping[str, str]
         if decided.action == "new":
             if any(name != MARKER for name in contents(folder, own)):  # another run got here first
                 raise ConfigError(refusal(folder, contents(folder, own)))
-            write_json(folder / MARKER, {"created": dt.datetime.now().isoformat(timespec="seconds"), "data": dict(data)})
+            write_json(folder / MARKER, {"created": dt.datetime.now().isoformat(timespec="seconds"),
+                                         "data": dict(data)})
             for name, text in first_files.items():
                 write_text(folder / name, text)
         else:

@@ -53,11 +53,13 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
     for kind, row in zip(kinds, grid, strict=True):
         lines.append(f"         {kind:<5} " + " ".join("  -" if np.isnan(v) else f"{int(v):>3}" for v in row))
     values = list(record["ranks"].values())
-    lines.append(f"         mean rank {np.mean(values):.2f}, {sum(v == 0 for v in values)} of {len(values)} matrices without LoRA")
+    lines.append(f"         mean rank {np.mean(values):.2f}, {sum(v == 0 for v in values)} of {len(values)} "
+                 "matrices without LoRA")
     r = record["retrain"]
     scores = "; ".join(f"{split} " + ", ".join(f"{k} {score(v)}" for k, v in values.items() if not isinstance(v, dict))
                        for split, values in evaluated_splits(r).items())
-    lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; {scores}; {r['trainable_params']:,} trainable params")
+    lines.append(f"retrain  {r['steps']} steps in {r['wall_time_s']:.1f} s; {scores}; "
+                 f"{r['trainable_params']:,} trainable params")
     lines += capture_lines(record)
     lines.append(f"run dir  {run_dir}")
     wandb = record.get("wandb")

@@ -43,7 +43,8 @@ class Tracker:
 
     def __init__(self, events_path: Path | None, wandb_run=None):
         # one os.write per line on an O_APPEND descriptor: a killed run never leaves half a line
-        self._events = None if events_path is None else os.open(events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._events = (None if events_path is None
+                        else os.open(events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
         self._wandb = wandb_run
 
     def log(self, record: Mapping[str, Any], step: int) -> None:

@@ -78,7 +78,8 @@ def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
             if len(record) != len(header):
                 raise DataError(f"{path}:{reader.line_num}: expected {len(header)} fields, found {len(record)}")
             if not record[src].strip() or not record[tgt].strip():
-                raise DataError(f"{path}:{reader.line_num}: empty {layout.source if not record[src].strip() else layout.target}")
+                raise DataError(f"{path}:{reader.line_num}: "
+                                f"empty {layout.source if not record[src].strip() else layout.target}")
             out["source"].append(record[src].strip())
             out["target"].append(" ".join(record[tgt].split()))  # embedded line breaks, double spaces
     except csv.Error as err:  # e.g. a field over the csv module's size limit

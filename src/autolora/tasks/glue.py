@@ -1,6 +1,7 @@
 """GLUE: local TSV files in the layout of download_glue_data.py, the packaged SST-2 sample, or the hub.
 
-Quirks handled (see the data manifest of the staged benchmark files): CoLA has no header; MRPC starts with a UTF-8 BOM; texts
+Quirks handled (see the data manifest of the staged benchmark files): CoLA has no header; MRPC starts with a
+UTF-8 BOM; texts
 contain bare double quotes, so rows are split on tabs only (no CSV quoting); RTE/QNLI/MNLI labels are
 strings. Every row is checked; a bad one stops the run with its file and line.
 """

@@ -217,7 +217,8 @@ class NerTask(TokenTagging):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> NerTask:
-        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]), check_scheme(cfg["scheme"]),
+        return cls(cfg["name"], ColumnLayout(**cfg["local"]), cfg["hub"] and dict(cfg["hub"]),
+                   check_scheme(cfg["scheme"]),
                    cfg["max_length"])
 
     def load(self, data: DataConfig) -> Splits:
@@ -241,7 +242,8 @@ class NerTask(TokenTagging):
 
     def _load_hub(self):
         if self.hub is None:
-            raise DataError(f"{self.name} has no hub copy configured: set data.data_dir=<folder with {self.local.dir}/>")
+            raise DataError(f"{self.name} has no hub copy configured: "
+                            f"set data.data_dir=<folder with {self.local.dir}/>")
         parts = load_hub(self.name, self.hub["path"], self.hub["name"], self.local.dir)
         names = parts["train"].features[self.hub["tags"]].feature.names
         self.labels = list(names)

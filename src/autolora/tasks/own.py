@@ -75,7 +75,8 @@ class OwnFiles:
         if dev is None and test is None:
             kept, held = hold_out(len(train), self.dev_fraction, self.split_seed, train[group] if group else None)
             train, dev = train.select(kept), train.select(held)
-            origin += f" (dev: {len(held)} rows held out, task.dev_fraction={self.dev_fraction}, split_seed {self.split_seed})"
+            origin += (f" (dev: {len(held)} rows held out, task.dev_fraction={self.dev_fraction}, "
+                       f"split_seed {self.split_seed})")
         limit = data.max_eval_samples
         return Splits(truncate(train, data.max_train_samples), None if dev is None else truncate(dev, limit), origin,
                       test=None if test is None else truncate(test, limit),
@@ -136,7 +137,8 @@ class TextClassificationTask(SentenceClassification):
         check_present(path, table, [*self.text_columns, self.label_column])
         raw = table[self.label_column]
         if training:
-            self.labels = self.configured_labels if self.configured_labels is not None else infer_labels(path, table, self.label_column)
+            self.labels = (self.configured_labels if self.configured_labels is not None
+                           else infer_labels(path, table, self.label_column))
         rows = {"text_a": [str(t) for t in table[self.text_columns[0]]]}
         if len(self.text_columns) == 2:
             rows["text_b"] = [str(t) for t in table[self.text_columns[1]]]
