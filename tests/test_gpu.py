@@ -101,11 +101,11 @@ def test_bf16_finite_difference_keeps_the_second_order_term(capsys):
     assert fd_bf16 < first
 
 
-# ---- captured steps (graphs.py) ----------------------------------------------------------------------------
+# ---- captured steps (engine/capture.py) ----------------------------------------------------------------------------
 
 def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropout: float = 0.1):
     """A tiny model with search layers (dropout on), its search state and the loop's step function."""
-    from autolora.engine import capture as graphs
+    from autolora.engine import capture
     from autolora.method.search import forward_loss, search_update
 
     model = tiny_roberta(seed=seed) if kind == "roberta" else tiny_gpt2(seed=seed)
@@ -119,8 +119,8 @@ def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropou
            alpha_norm="softmax", trainable_modules=["classifier"] if kind == "roberta" else [])
     model.to(CUDA).train()
     state = start_search(model, cfg, total_steps=100)
-    loss = graphs.compiled(forward_loss(model, _loss(kind), BF16), mode)
-    step = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), mode, state.streams.generators)
+    loss = capture.compiled(forward_loss(model, _loss(kind), BF16), mode)
+    step = capture.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), mode, state.streams.generators)
     return model, state, step
 
 
@@ -128,12 +128,12 @@ def _captured_search(kind: str, cfg, mode: str = "graphs", seed: int = 0, dropou
 @pytest.mark.parametrize("eta", [0.0, 1e-3])
 def test_captured_search_step_never_synchronises(kind, eta):
     """After warm-up and capture, replayed search steps (and the schedule between them) never wait for the GPU."""
-    from autolora.engine import capture as graphs
+    from autolora.engine import capture
 
     torch.manual_seed(0)
     _, state, step = _captured_search(kind, search_config(eta=eta, max_grad_norm=1.0, fd="forward"))
     batches = [(_batch(kind, "sdpa", 2 * i), _batch(kind, "sdpa", 2 * i + 1)) for i in range(5)]
-    with graphs.loop_stream(step):
+    with capture.loop_stream(step):
         for tr, val in batches[:2]:  # eager warm-up, then the capture
             step(tr, val)
             state.schedule.step()
@@ -154,7 +154,7 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
     """The captured search and the eager one (same fused AdamW, same graph-safe dropout streams) end 20 steps
     with the same gates, within what two eager runs differ by (GPU kernels need not be bitwise repeatable),
     and the same ranks."""
-    from autolora.engine import capture as graphs
+    from autolora.engine import capture
     from autolora.method.inject import gates
     from autolora.method.ranks import select_ranks
 
@@ -164,7 +164,7 @@ def test_captured_and_eager_search_agree_after_20_steps(fd, capsys):
     for mode in ("off", "graphs", "off again"):
         torch.manual_seed(0)
         model, state, step = _captured_search("roberta", cfg, mode.split()[0])
-        with graphs.loop_stream(step):
+        with capture.loop_stream(step):
             for tr, val in batches:
                 step(tr, val)
                 state.schedule.step()
@@ -226,7 +226,7 @@ def test_every_pass_of_a_captured_step_draws_the_same_masks():
 def test_no_capture_or_compile_after_warm_up(mode):
     """Over two batch shapes, the first round warms up and captures; later rounds replay: no new graph and no
     new compilation (CaptureStats counts both)."""
-    from autolora.engine import capture as graphs
+    from autolora.engine import capture
 
     torch.manual_seed(0)
     _, state, step = _captured_search("roberta", search_config(eta=1e-3, fd="forward"), mode)
@@ -238,7 +238,7 @@ def test_no_capture_or_compile_after_warm_up(mode):
             b["attention_mask"] = four_d_attention_mask(b["attention_mask"], causal=False, attn_implementation="sdpa")
             b["labels"] = torch.arange(8) % 2
         long.append(({k: v.to(CUDA) for k, v in tr.items()}, {k: v.to(CUDA) for k, v in val.items()}))
-    with graphs.loop_stream(step):
+    with capture.loop_stream(step):
         for rounds in range(3):
             for tr, val in (short[rounds], long[rounds]):
                 step(tr, val)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import compose
 
-from autolora.engine import capture as graphs
+from autolora.engine import capture
 from autolora.errors import ConfigError
 from autolora.runner.run_config import build_settings
 
@@ -15,12 +15,12 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 def test_auto_captures_only_where_capture_can_run():
     """auto -> graphs on one CUDA process; off on the CPU, under data parallelism or with a reason to stay eager."""
-    assert graphs.resolve_compile("auto", CUDA, distributed=False) == "graphs"
-    assert graphs.resolve_compile("auto", CPU, distributed=False) == "off"
-    assert graphs.resolve_compile("auto", CUDA, distributed=True) == "off"
-    assert graphs.resolve_compile("auto", CUDA, distributed=False, eager_only="exact hypergradient") == "off"
-    assert graphs.resolve_compile("inductor", CUDA, distributed=False) == "inductor"
-    assert graphs.resolve_compile("off", CPU, distributed=True) == "off"
+    assert capture.resolve_compile("auto", CUDA, distributed=False) == "graphs"
+    assert capture.resolve_compile("auto", CPU, distributed=False) == "off"
+    assert capture.resolve_compile("auto", CUDA, distributed=True) == "off"
+    assert capture.resolve_compile("auto", CUDA, distributed=False, eager_only="exact hypergradient") == "off"
+    assert capture.resolve_compile("inductor", CUDA, distributed=False) == "inductor"
+    assert capture.resolve_compile("off", CPU, distributed=True) == "off"
 
 
 @pytest.mark.parametrize("device, distributed, reason, message", [
@@ -30,9 +30,9 @@ def test_auto_captures_only_where_capture_can_run():
 def test_an_explicit_mode_that_cannot_run_is_refused_with_the_reason(device, distributed, reason, message):
     """compile=graphs where capture is impossible is an error naming why (never a silent fallback)."""
     with pytest.raises(ValueError, match=message):
-        graphs.resolve_compile("graphs", device, distributed=distributed, eager_only=reason)
+        capture.resolve_compile("graphs", device, distributed=distributed, eager_only=reason)
     with pytest.raises(ValueError, match="compile must be one of"):
-        graphs.resolve_compile("cudagraphs", CUDA, distributed=False)
+        capture.resolve_compile("cudagraphs", CUDA, distributed=False)
 
 
 def test_settings_refuse_capture_on_the_cpu_before_anything_loads():

@@ -3,8 +3,8 @@
     python -m autolora.analysis.report FOLDER [FOLDER ...] [--out DIR]
 
 Each FOLDER (outputs/, a multirun/ sweep, results/runs/NAME, ...) is walked for finished runs: directories with
-the run's own metrics.json and config.yaml (rundirs.py). Runs are grouped by everything that differs in their
-resolved configs except the seed and the run-only keys (rundirs.RUN_ONLY); each group gives mean ± std over its
+the run's own metrics.json and config.yaml (finished_runs.py). Runs are grouped by everything that differs in their
+resolved configs except the seed and the run-only keys (layout.RUN_ONLY); each group gives mean ± std over its
 seeds. Per FOLDER, NAME = its name, DIR = FOLDER/report unless --out names another:
 DIR/NAME.md (task x method pivots per metric, every group's details, whether seeds agree on the ranks),
 DIR/NAME.csv (numbers), DIR/NAME.tex (booktabs), DIR/NAME_seeds.csv (rank and gates per matrix and seed) and
@@ -64,7 +64,7 @@ def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[str]]:
     """Runs grouped by config (seeds and run-only keys left out), with the warnings.
 
     The keys compared are those every run of the same task, model and variant has: a LoRA run holds no search.*
-    keys (rundirs.UNREAD), so keys common to all runs would merge AutoLoRA runs of different search budgets."""
+    keys (method.registry.unread_groups), so keys common to all runs would merge AutoLoRA runs of different search budgets."""
     by_variant: dict[tuple[str, str, str], list[Run]] = defaultdict(list)
     for run in sorted(runs, key=lambda r: (r.task, r.model, tables.method_key(r.variant), r.seed)):
         by_variant[(run.task, run.model, run.variant)].append(run)
@@ -88,7 +88,7 @@ def group_runs(runs: Iterable[Run]) -> tuple[list[Group], list[str]]:
 def check_group(group: Group, common: set[str]) -> list[str]:
     """Repeated seeds, data or budgets that differ within the group, configs of different versions, noise."""
     warnings = [f"{group.where}: seed {seed} appears {count} times, so mean ± std counts it {count} times (the same "
-                "run copied twice, or runs that differ only in keys the report ignores: rundirs.RUN_ONLY)"
+                "run copied twice, or runs that differ only in keys the report ignores: layout.RUN_ONLY)"
                 for seed, count in Counter(run.seed for run in group.runs).items() if count > 1]
     for key in group.runs[0].budget:
         values = {run.budget[key] for run in group.runs}

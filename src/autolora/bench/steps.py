@@ -5,7 +5,7 @@ GLUE runs), roberta-base and gpt2-medium at 16x128 and 32x256. Per shape, under 
 CUDA events (median over many steps after warm-up):
 - the anchors: peft LoRA r=8 on q,v eager (`peft_lora`), and the same under torch.compile(mode="reduce-overhead")
   (`peft_compiled`: what a careful user could run);
-- our steps, each eager and captured (graphs.py; `graphs` = CUDA graphs of the eager kernels, `inductor` =
+- our steps, each eager and captured (engine/capture.py; `graphs` = CUDA graphs of the eager kernels, `inductor` =
   torch.compile's kernels in our CUDA graphs): `fixed_rank` (the retrain), `first_order` (eta = 0, 2 passes),
   `second_order` (forward finite difference, 3 passes, the default) and `second_order_central` (4 passes).
 Every step includes what the loops do: the hypergradient, both AdamW updates, clipping and the schedule.
@@ -43,7 +43,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from autolora.engine import capture as graphs
+from autolora.engine import capture
 from autolora.method.inject import inject
 from autolora.method.search import SearchConfig, forward_loss, search_update, start_search
 from autolora.method.train import RetrainConfig, model_loss, train_step
@@ -119,7 +119,7 @@ class Variant:
 
     step: Callable[[], None]
     stream: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    captured: graphs.CapturedStep | None = None
+    captured: capture.CapturedStep | None = None
 
 
 def peft_variant(name: str, compiled: bool, batch, autocast, device) -> Variant:
@@ -153,7 +153,7 @@ def peft_variant(name: str, compiled: bool, batch, autocast, device) -> Variant:
 
 def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, device) -> Variant:
     """Our step as the loops run it (train.train_step / search.search_update, then the schedule), eager or
-    captured (graphs.CapturedStep; inductor: the loss compiled by torch.compile first)."""
+    captured (capture.CapturedStep; inductor: the loss compiled by torch.compile first)."""
     model = build(name)
     encoder = SHAPES[name]["kind"] == "encoder"
     targets, heads = SHAPES[name]["targets"], (["classifier"] if encoder else [])
@@ -167,16 +167,16 @@ def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, de
     if searching:
         cfg = search_cfg(*OURS[which])
         state = start_search(model, cfg, TOTAL_STEPS)
-        loss = graphs.compiled(forward_loss(model, loss_fn, autocast), compile_mode)
-        update = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), compile_mode,
+        loss = capture.compiled(forward_loss(model, loss_fn, autocast), compile_mode)
+        update = capture.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss), compile_mode,
                                   state.streams.generators)
         schedule, args = state.schedule, (batch, val_batch)
     else:
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = graphs.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay)
+        optimizer = capture.adamw(params, lr=RETRAIN.lr, weight_decay=RETRAIN.weight_decay)
         schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(0.06 * TOTAL_STEPS), TOTAL_STEPS)
-        loss_of = graphs.compiled(model_loss(model, loss_fn, autocast), compile_mode)
-        update = graphs.make_step(lambda b: train_step(model, params, optimizer, b, RETRAIN, loss_fn, autocast,
+        loss_of = capture.compiled(model_loss(model, loss_fn, autocast), compile_mode)
+        update = capture.make_step(lambda b: train_step(model, params, optimizer, b, RETRAIN, loss_fn, autocast,
                                                        loss_of=loss_of), compile_mode)
         args = (batch,)
 
@@ -184,8 +184,8 @@ def our_variant(name: str, which: str, mode: str, batch, val_batch, autocast, de
         update(*args)
         schedule.step()
 
-    return Variant(step, functools.partial(graphs.loop_stream, update),
-                   update if isinstance(update, graphs.CapturedStep) else None)
+    return Variant(step, functools.partial(capture.loop_stream, update),
+                   update if isinstance(update, capture.CapturedStep) else None)
 
 
 def variant(name: str, which: str, mode: str, batch, val_batch, autocast, device) -> Variant:

@@ -25,7 +25,7 @@ LABEL_PAD = -100  # label id every task's loss skips
 
 def bucket_length(length: int, multiple: int, max_length: int) -> int:
     """The smallest multiple of `multiple` that holds `length`, capped at max_length (the longest a batch
-    can be): a few lengths per task, so each batch shape's captured step is reused (graphs.py)."""
+    can be): a few lengths per task, so each batch shape's captured step is reused (engine/capture.py)."""
     return min(max_length, -(-length // multiple) * multiple) if length <= max_length else length
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from autolora.engine import capture as graphs
+from autolora.engine import capture
 from autolora.engine.batch import Batch, model_inputs, to_device
 from autolora.engine.checkpoint import batches_from, resume_loop
 from autolora.engine.loop import Loop
@@ -159,13 +159,13 @@ class SearchState:
 
 
 def start_search(model: nn.Module, cfg: SearchConfig, total_steps: int) -> SearchState:
-    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha (graphs.adamw:
+    """Split the parameters and build AdamW for W (linear warmup/decay) and AdamW for alpha (capture.adamw:
     on CUDA fused and capturable, learning rates on the device)."""
     inner, outer = split_params(model)
     if not outer:
         raise ValueError("the model has no alpha: inject the search layers (alpha_norm set) first")
-    opt_w = graphs.adamw(list(inner.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_alpha = graphs.adamw(list(outer.values()), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
+    opt_w = capture.adamw(list(inner.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_alpha = capture.adamw(list(outer.values()), lr=cfg.alpha_lr, weight_decay=cfg.alpha_weight_decay)
     schedule = get_linear_schedule_with_warmup(opt_w, math.ceil(cfg.warmup_ratio * total_steps), total_steps)
     device = next(iter(inner.values())).device
     return SearchState(inner, outer, opt_w, opt_alpha, schedule, dropout_streams(device))
@@ -178,7 +178,7 @@ def search_update(state: SearchState, batch: Batch, val_batch: Batch, cfg: Searc
     the loop): its host-side arithmetic cannot be captured in a CUDA graph.
 
     Nothing in here waits for the device (checked on a GPU under torch.cuda.set_sync_debug_mode("error")),
-    so graphs.CapturedStep can capture it. Data parallel: the batches are this process's shards and `mean`
+    so capture.CapturedStep can capture it. Data parallel: the batches are this process's shards and `mean`
     averages over processes.
     """
     state.streams.new_step()
@@ -207,7 +207,7 @@ class Searched:
     """The search's result: the final gates normalise(alpha) per matrix, and what capturing the step cost."""
 
     gates: dict[str, list[float]]
-    capture: dict[str, float] | None  # graphs.CaptureStats.as_dict(), None when the step ran eagerly
+    capture: dict[str, float] | None  # capture.CaptureStats.as_dict(), None when the step ran eagerly
 
 
 def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: SearchConfig, *,
@@ -224,18 +224,18 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
     if saved.get("streams"):
         state.streams.load_state_dict(saved["streams"])
     for optimizer in optimizers.values():
-        graphs.device_lr(optimizer)
+        capture.device_lr(optimizer)
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, loop.log_every, mean=mean)
     window.restore(saved.get("window"))
     train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
-    loss = graphs.compiled(forward_loss(model, compute_loss, loop.autocast), loop.compile_mode)
-    step_fn = graphs.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss, mean), loop.compile_mode,
+    loss = capture.compiled(forward_loss(model, compute_loss, loop.autocast), loop.compile_mode)
+    step_fn = capture.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss, mean), loop.compile_mode,
                                state.streams.generators)
     model.train()
     with tqdm(total=total, initial=done, desc="search", unit="step", disable=not loop.progress) as bar, \
-            graphs.loop_stream(step_fn):
+            capture.loop_stream(step_fn):
         for step in range(done + 1, total + 1):
             batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
             window.add(step_fn(batch, val_batch))
@@ -243,7 +243,7 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
             bar.update()
             if window.due(step, total):
                 record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),
-                          "lr": graphs.current_lr(state.opt_w)}
+                          "lr": capture.current_lr(state.opt_w)}
                 bar.set_postfix(train=f"{record['train_loss']:.4f}", val=f"{record['val_loss']:.4f}")
                 with torch.no_grad():
                     for name, gate in gates(model).items():
@@ -259,4 +259,4 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
         found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
     if not all(math.isfinite(g) for gate in found.values() for g in gate):
         raise Diverged("non-finite alpha at the end of the search: no ranks written")
-    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, graphs.CapturedStep) else None)
+    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None)

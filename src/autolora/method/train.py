@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from autolora.engine import capture as graphs
+from autolora.engine import capture
 from autolora.engine.batch import Batch, model_inputs, to_device
 from autolora.engine.checkpoint import batches_from, resume_loop
 from autolora.engine.distributed import SINGLE, World
@@ -58,7 +58,7 @@ def train_step(model: nn.Module, params: list[Tensor], optimizer: torch.optim.Op
     """One AdamW step on a device-resident batch; returns the loss (a device tensor, no sync).
 
     on_update runs after the optimiser step and before the gradients are cleared (AdaLoRA's allocator).
-    loss_of: the batch's loss (default: the model under autocast, then compute_loss; graphs.compiled
+    loss_of: the batch's loss (default: the model under autocast, then compute_loss; capture.compiled
     passes an inductor-compiled one). Data parallel: the batch is this process's shard; gradients are
     averaged over processes."""
     loss = (loss_of or model_loss(model, compute_loss, autocast))(batch)
@@ -105,21 +105,21 @@ def train(model: nn.Module, loader: DataLoader, cfg: RetrainConfig, *,
     params = [p for p in model.parameters() if p.requires_grad]
     if compile_mode != "off" and on_update is not None:
         raise ValueError("a captured step cannot call host-side hooks (on_update): use compile_mode='off'")
-    optimizer = graphs.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = capture.adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
     done, saved = resume_loop(checkpoint, "retrain", model, {"w": optimizer}, schedule)
-    graphs.device_lr(optimizer)
+    capture.device_lr(optimizer)
     world.broadcast(params)  # one starting point everywhere
     window = LossWindow(["train_loss"], device, loop.log_every, mean=world.mean)
     window.restore(saved.get("window"))
     batches = batches_from(loader, seed, done)
-    loss_of = graphs.compiled(model_loss(model, compute_loss, autocast), compile_mode)
-    step_fn = graphs.make_step(lambda batch: train_step(model, params, optimizer, batch, cfg, compute_loss, autocast,
+    loss_of = capture.compiled(model_loss(model, compute_loss, autocast), compile_mode)
+    step_fn = capture.make_step(lambda batch: train_step(model, params, optimizer, batch, cfg, compute_loss, autocast,
                                                         None, world, loss_of), compile_mode)
     model.train()
     with tqdm(total=total, initial=done, desc="retrain", unit="step", disable=not loop.progress) as bar, \
-            graphs.loop_stream(step_fn):
+            capture.loop_stream(step_fn):
         for step in range(done + 1, total + 1):
             batch = to_device(next(batches), device)
             if on_update is None:
@@ -132,10 +132,10 @@ def train(model: nn.Module, loader: DataLoader, cfg: RetrainConfig, *,
             bar.update()
             if window.due(step, total):
                 record = {"phase": "retrain", "epoch": (step - 1) // len(loader), **window.read("retrain", step),
-                          "lr": graphs.current_lr(optimizer)}
+                          "lr": capture.current_lr(optimizer)}
                 bar.set_postfix(loss=f"{record['train_loss']:.4f}")
                 loop.log(record, step)
             if checkpoint is not None:
                 checkpoint.after_step("retrain", step, total, model, {"w": optimizer}, schedule,
                                       {"window": window.state()})
-    return Trained(total, step_fn.stats.as_dict() if isinstance(step_fn, graphs.CapturedStep) else None)
+    return Trained(total, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None)

@@ -38,7 +38,7 @@ class Settings:
     checkpoint_every: int
     device: torch.device
     precision: str  # fp32 | bf16 (resolved from auto)
-    compile: str  # auto | off | graphs | inductor (graphs.py; resolved per phase by graphs.resolve_compile)
+    compile: str  # auto | off | graphs | inductor (engine/capture.py; resolved per phase by capture.resolve_compile)
     pad_to_multiple: int  # batches are padded to a multiple of this length (batch.pad_to_bucket)
     log_every: int
     progress: bool

@@ -70,7 +70,7 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
 
 
 def capture_lines(record: Mapping[str, Any]) -> list[str]:
-    """What the captured steps cost (graphs.CaptureStats): part of every phase's wall time above."""
+    """What the captured steps cost (engine.capture.CaptureStats): part of every phase's wall time above."""
     parts = []
     for phase in ("search", "retrain"):
         capture = record.get(phase, {}).get("capture")
