@@ -49,13 +49,15 @@ class Run:
 
 def variant_of(config: Mapping[str, Any]) -> str:
     """A short label for the method and its ablation settings, e.g. 'AutoLoRA', 'LoRA r=8', 'AutoLoRA (eta=0)',
-    'AdaLoRA r=4 (lr x10)'."""
+    'AdaLoRA r=4 (lr x10)', 'EVA r=4 (rho 2)'."""
     if config["method"] == "lora":
         return f"LoRA r={config['lora']['r']}"
     if config["method"] == "adalora":
         # Runs from before adalora.lr_scale existed trained at retrain.lr itself: label them x1.
         lr_scale = float(config["adalora"].get("lr_scale", 1.0))
         return f"AdaLoRA r={config['adalora']['target_r']} (lr x{lr_scale:g})"
+    if config["method"] == "eva":
+        return f"EVA r={config['eva']['r']} (rho {float(config['eva']['rho']):g})"
     search = config["search"]
     notes = []
     if search["ranks_file"]:

@@ -95,6 +95,17 @@ def split_params(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, n
     return inner, outer
 
 
+def raw_alphas(model: nn.Module) -> dict[str, Tensor]:
+    """Public name -> the learnable alpha itself, before normalise (the released code's rank readout uses it)."""
+    return {
+        public_name(name, part_name): part.alpha
+        for name, module in model.named_modules()
+        if isinstance(module, SelectableLoRA)
+        for part_name, part in module.parts.items()
+        if part.alpha is not None
+    }
+
+
 def gates(model: nn.Module) -> dict[str, Tensor]:
     """Public name -> normalise(alpha), the gate the forward pass uses (search-mode layers only)."""
     return {

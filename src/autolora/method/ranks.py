@@ -41,6 +41,24 @@ def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_ran
     return ranks
 
 
+READOUTS = ("gates", "released")
+
+
+def select_ranks_released(alphas: Mapping[str, Sequence[float]], min_rank: int = 0) -> dict[str, int]:
+    """The released code's readout: rank_l = #{j : alpha_l^j / sum_j alpha_l^j >= 1/k} on the raw alpha, read
+    as alpha_l^j >= mean(alpha_l) (the same for sum > 0, the released initialisation; like softmax it does not
+    move when every alpha shifts by a constant, which the softmax gradient never changes). At least one
+    component always reaches the mean, so no matrix gets rank 0 unless min_rank says so; with every alpha
+    equal (the start) every rank is k."""
+    ranks = {}
+    for name, alpha in alphas.items():
+        values = [float(a) for a in alpha]
+        mean = sum(values) / len(values)
+        kept = sum(1 for a in values if a >= mean - TIE_TOLERANCE * max(1.0, abs(mean)))
+        ranks[name] = min(len(values), max(kept, min_rank))
+    return ranks
+
+
 # A search that did not separate the components. Under bf16 autocast (the GPU default) the forward pass
 # multiplies by the gate rounded to bf16 (layers.py casts gate * scale to the activation dtype). bf16 keeps 8
 # significant bits: just below a power of two such as 1/8 its step is 2^-8 of the value, above it 2^-7; every

@@ -12,7 +12,7 @@ class Method:
     """One method: its name in the config and the config groups, besides the shared ones, its result depends on."""
 
     name: str
-    reads: tuple[str, ...]  # method-specific config groups it reads (search, lora, adalora, ...)
+    reads: tuple[str, ...]  # method-specific config groups it reads (search, lora, adalora, eva)
     searches: bool  # runs the AutoLoRA search (or retrains at search.ranks_file)
 
 
@@ -20,6 +20,7 @@ METHODS: dict[str, Method] = {
     "autolora": Method("autolora", reads=("search",), searches=True),  # search, threshold, retrain
     "lora": Method("lora", reads=("lora",), searches=False),  # uniform rank lora.r
     "adalora": Method("adalora", reads=("adalora",), searches=False),  # peft's AdaLoRA, pruned while training
+    "eva": Method("eva", reads=("eva",), searches=False),  # peft's EVA: ranks and A from activations' SVD
 }
 METHOD_GROUPS = tuple(dict.fromkeys(group for method in METHODS.values() for group in method.reads))
 

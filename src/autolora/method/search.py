@@ -35,9 +35,9 @@ from autolora.method.hypergrad import (
     hypergradient,
     single_process,
 )
-from autolora.method.inject import gates, split_params
+from autolora.method.inject import gates, raw_alphas, split_params
 from autolora.method.layers import ALPHA_NORMS
-from autolora.method.ranks import default_threshold
+from autolora.method.ranks import READOUTS, default_threshold
 from autolora.typecheck import at_least, check_ranges, check_types, in_unit_interval, positive_or_none
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
@@ -69,6 +69,8 @@ class SearchConfig:
     max_grad_norm: float | None
     ranks_file: str | None  # retrain with these ranks and skip the search
     evaluate: bool  # score the search model on dev after the search (costly for generation tasks)
+    readout: str = "gates"  # gates: threshold normalise(alpha) (paper) | released: alpha / sum(alpha) >= 1/k
+    train_head: bool = True  # the task head learns in the search (paper); the released code keeps it frozen
 
     def __post_init__(self):
         check_types(self, "search")
@@ -78,6 +80,7 @@ class SearchConfig:
              f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
             (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
             (self.fd in FD_SCHEMES, f"search.fd must be one of {FD_SCHEMES}, got {self.fd!r}"),
+            (self.readout in READOUTS, f"search.readout must be one of {READOUTS}, got {self.readout!r}"),
             (self.eta >= 0, f"search.eta must be >= 0, got {self.eta}"),
             (self.fd_eps > 0, f"search.fd_eps must be > 0, got {self.fd_eps}"),
             (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),
@@ -204,10 +207,12 @@ def search_step(
 
 @dataclass(frozen=True)
 class Searched:
-    """The search's result: the final gates normalise(alpha) per matrix, and what capturing the step cost."""
+    """The search's result: the final gates normalise(alpha) and the raw alpha per matrix, and what capturing
+    the step cost."""
 
     gates: dict[str, list[float]]
     capture: dict[str, float] | None  # capture.CaptureStats.as_dict(), None when the step ran eagerly
+    alphas: dict[str, list[float]] = field(default_factory=dict)
 
 
 def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: SearchConfig, *,
@@ -257,6 +262,7 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
                                       {"window": window.state(), "streams": state.streams.state_dict()})
     with torch.no_grad():
         found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
+        alphas = {name: alpha.float().cpu().tolist() for name, alpha in raw_alphas(model).items()}
     if not all(math.isfinite(g) for gate in found.values() for g in gate):
         raise Diverged("non-finite alpha at the end of the search: no ranks written")
-    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None)
+    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None, alphas)

@@ -1,4 +1,4 @@
-"""The phases of each method, by name (method.registry): AutoLoRA's search and retrain, uniform LoRA, AdaLoRA.
+"""The phases of each method, by name (method.registry): AutoLoRA's search and retrain, uniform LoRA, AdaLoRA, EVA.
 
 A method's phases train a model and return an Outcome; the pipeline writes what it holds. Every phase starts
 from a fresh backbone (the same seed gives the same weights) and ends with an evaluation between two safe
@@ -8,15 +8,19 @@ points, so a stop request lands where the state on disk is whole.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from autolora import layout
 from autolora.errors import ConfigError
 from autolora.method import adalora as adalora_method
+from autolora.method import eva as eva_method
 from autolora.method import ranks as ranks_io
 from autolora.method.inject import inject
 from autolora.method.registry import METHODS
@@ -33,12 +37,12 @@ from autolora.tasks.base import search_split
 @dataclass
 class Outcome:
     """What a method's phases produced: the trained model, its ranks, the phase records, where the ranks came
-    from, and how to write the adapter (ours through export.py, or peft's own for AdaLoRA)."""
+    from, and how to write the adapter (ours through export.py, or peft's own for AdaLoRA and EVA)."""
 
     model: nn.Module
     ranks: dict[str, int]
     retrain: PhaseRecord
-    ranks_from: str  # search | ranks_file | uniform | adalora
+    ranks_from: str  # search | ranks_file | uniform | adalora | eva
     write_adapter: Callable[[], Path]
     search: SearchRecord | None = None
 
@@ -49,14 +53,16 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     job.checkpoint.start_phase("search")
     model = job.fresh_model()
     inject(model, job.settings.model.targets, {n: s.k for n in target_names(model, job.settings.model.targets)},
-           lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm, trainable_modules=job.heads)
+           lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm,
+           trainable_modules=job.heads if s.train_head else ())
     job.ready_to_train(model)
     tr_idx, val_idx = search_split(len(job.train), s.val_fraction, job.settings.seed)
     train_loader = job.loader(job.train.select(tr_idx), s.batch_size)
     val_loader = job.loader(job.train.select(val_idx), s.batch_size)
     searched = search(model, train_loader, val_loader, s, compute_loss=job.task.loss, seed=job.seed,
                       loop=job.loop("search", tracker.log))
-    found = ranks_io.select_ranks(searched.gates, s.selection_threshold, s.min_rank)
+    found = (ranks_io.select_ranks_released(searched.alphas, s.min_rank) if s.readout == "released"
+             else ranks_io.select_ranks(searched.gates, s.selection_threshold, s.min_rank))
     job.checkpoint.safe_point("after the search loop, before its evaluation")
     scores = job.evaluate(model)[0] if s.evaluate else {}
     job.checkpoint.safe_point("after the search's evaluation")
@@ -68,7 +74,7 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
         ranks_io.save(job.run_dir, found, searched.gates, {
             "model": job.settings.model.name, "task": job.task.name, "seed": job.settings.seed,
             "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
-            "search": record.to_json()})
+            "readout": s.readout, "raw_alpha": searched.alphas, "search": record.to_json()})
     return found, record
 
 
@@ -150,6 +156,43 @@ def run_adalora(job: Job, tracker: Tracker) -> Outcome:
                    lambda: outputs.write_adapter(job, peft_model.save_pretrained))
 
 
+def eva_batches(job: Job, n: int, batch_size: int) -> list[dict]:
+    """The batches of EVA's SVD: the first n (at most one pass) of the training set shuffled with seed + 3, as
+    whole batches: one process computes the SVD for all (data parallel: not this process's shard)."""
+    loader = DataLoader(job.train, batch_size=batch_size, shuffle=True, collate_fn=job.collate,
+                        generator=torch.Generator().manual_seed(job.seed + 3))
+    return list(itertools.islice(loader, n))
+
+
+def run_eva(job: Job, tracker: Tracker) -> Outcome:
+    """The EVA baseline with the retrain settings: LoRA whose ranks (eva.r x modules in all) and A come from
+    the SVD of each target's inputs on eva.n_batches training batches, then trained as method=lora trains.
+    The SVD runs on the main process and is shared; a resumed run takes the ranks of its checkpoint (whose
+    weights the loop restores), so it continues step by step like LoRA."""
+    e, r = job.settings.eva, job.settings.retrain
+    job.checkpoint.start_phase("retrain")
+    peft_model = eva_method.wrap(job.fresh_model(), job.settings.model.targets.modules, e, lora_alpha=r.lora_alpha,
+                                 dropout=r.dropout, task_type=PEFT_TASK_TYPES[job.task.head], heads=job.heads,
+                                 fan_in_fan_out=job.settings.model.fan_in_fan_out)
+    saved = job.checkpoint.load("retrain")
+    if saved is not None:
+        state = eva_method.placeholder_state(peft_model, saved["params"])
+    else:  # before ready_to_train: the SVD's forward passes run on the fp32 weights, without autocast
+        state = job.world.share_outcome(lambda: eva_method.svd_state(
+            peft_model, eva_batches(job, e.n_batches, r.batch_size), e, progress=job.settings.progress), ConfigError)
+    ranks = eva_method.load(peft_model, state, e)  # checks every module's rank and the r x modules total
+    job.ready_to_train(peft_model)
+    trained = train(peft_model, job.loader(job.train, r.batch_size), r, compute_loss=job.task.loss,
+                    seed=job.seed + 2, loop=job.loop("retrain", tracker.log))
+    job.checkpoint.safe_point("after the EVA loop, before its evaluation")
+    scores, predictions = job.evaluate(peft_model)
+    job.checkpoint.safe_point("after the EVA evaluation")
+    record = PhaseRecord(scores, trained.steps, len(job.train), trainable(peft_model), job.phase_cost(),
+                         trained.capture)
+    outputs.write_predictions(job, predictions)
+    return Outcome(peft_model, ranks, record, "eva", lambda: outputs.write_adapter(job, peft_model.save_pretrained))
+
+
 PHASES: dict[str, Callable[[Job, Tracker], Outcome]] = {
-    "autolora": run_autolora, "lora": run_lora, "adalora": run_adalora}
+    "autolora": run_autolora, "lora": run_lora, "adalora": run_adalora, "eva": run_eva}
 assert PHASES.keys() == METHODS.keys(), "every method of method.registry needs its phases here"

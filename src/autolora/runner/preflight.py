@@ -19,6 +19,7 @@ from autolora.method.inject import check_rank_keys
 from autolora.models.backbone import HEAD_CLASSES, architecture, load_tokenizer
 from autolora.models.targets import target_names
 from autolora.runner.run_config import Settings
+from autolora.tasks.base import select_on_heldout
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def read_ranks_file(settings: Settings) -> Mapping[str, int] | None:
 def load_inputs(settings: Settings, task) -> Inputs:
     """The splits, the tokenizer (checked against task.max_length), the model's architecture and a ranks file
     against it. Everything here runs before the run folder is claimed and a model loads."""
-    splits = task.load(settings.data)
+    splits = select_on_heldout(task.load(settings.data), settings.data)
     check_labels(splits)
     try:
         tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")

@@ -19,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 from autolora.engine.capture import COMPILE_MODES
 from autolora.errors import ConfigError
 from autolora.method.adalora import AdaLoraSettings
+from autolora.method.eva import EvaSettings
 from autolora.method.registry import METHODS
 from autolora.method.search import SearchConfig
 from autolora.method.train import RetrainConfig
@@ -49,6 +50,7 @@ class Settings:
     search: SearchConfig
     retrain: RetrainConfig
     adalora: AdaLoraSettings
+    eva: EvaSettings
     logger: LoggerConfig
 
 
@@ -98,6 +100,7 @@ def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
             log_every=cfg.log_every, progress=cfg.progress, verbose=bool(cfg.verbose), lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),
             retrain=RetrainConfig(**_node(cfg, "retrain")), adalora=AdaLoraSettings(**_node(cfg, "adalora")),
+            eva=EvaSettings(**_node(cfg, "eva")),
             logger=LoggerConfig(**_node(cfg, "logger")),
         )
     except (ValueError, TypeError) as err:
@@ -176,13 +179,16 @@ def folder_name(path: str) -> str:
     return Path(str(path).rstrip("/")).name or str(path)
 
 
-def method_label(method: str, lora_r: int, target_r: int, search: str | None) -> str:
+def method_label(method: str, lora_r: int, target_r: int, search: str | None, eva_r: int | None = None,
+                 eva_rho: float | None = None) -> str:
     """${autolora.method:...}: run folders named by method: autolora (or autolora_<search option>), lora_r8,
-    adalora_r4."""
+    adalora_r4, eva_r4_rho2. eva_r, eva_rho: optional, as configs saved before method=eva pass four values."""
     if method == "lora":
         return f"lora_r{lora_r}"
     if method == "adalora":
         return f"adalora_r{target_r}"
+    if method == "eva":
+        return f"eva_r{eva_r}_rho{float(eva_rho):g}"
     return method if search in (None, "default") else f"{method}_{search}"
 
 

@@ -105,6 +105,8 @@ def ranks_origin(record: Mapping[str, Any]) -> str:
         return "method=lora: the same rank everywhere (lora.r)"
     if ranks_from == "adalora":
         return "method=adalora: AdaLoRA's pruning during training"
+    if ranks_from == "eva":
+        return "method=eva: EVA's explained-variance split of eva.r x modules, before training"
     return "unknown (a run written before ranks_from existed)"
 
 

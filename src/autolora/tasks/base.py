@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the search loop imports this module; it must not need `data
 log = logging.getLogger(__name__)
 HEADS = ("sequence_classification", "token_classification", "causal_lm")
 DATA_SOURCES = ("auto", "local", "hub", "sample")
+SELECT_ON = ("dev", "heldout")
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,20 @@ class DataConfig:
     data_dir: str | None
     max_train_samples: int | None
     max_eval_samples: int | None
+    # Model selection never looks at the reported split: select_on=heldout trains on train minus a seeded
+    # heldout_fraction of it and scores those held-out rows in place of dev/test (same rows for every run seed).
+    select_on: str = "dev"  # dev (the reported split) | heldout
+    heldout_fraction: float = 0.1
+    heldout_seed: int = 0
 
     def __post_init__(self):
         check_types(self, "data")
         if self.source not in DATA_SOURCES:
             raise ValueError(f"data.source must be one of {DATA_SOURCES}, got {self.source!r}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"data.select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"data.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -65,6 +75,22 @@ class Splits:
         if not found:
             raise DataError(f"{self.origin}: no evaluation split (a dev or a test file)")
         return found
+
+
+def select_on_heldout(splits: Splits, data: DataConfig) -> Splits:
+    """data.select_on=heldout: train on the rest of train, score a seeded share of it as `dev`; the task's own
+    dev and test splits are dropped, so selecting learning rates or budgets on this run never sees them."""
+    if data.select_on == "dev":
+        return splits
+    order = np.random.default_rng(data.heldout_seed).permutation(len(splits.train))
+    n_out = round(len(order) * data.heldout_fraction)
+    if not 1 <= n_out < len(order):
+        raise DataError(f"{splits.origin}: {len(order)} training row(s) are too few to hold out "
+                        f"data.heldout_fraction={data.heldout_fraction:g} of them")
+    held, kept = sorted(order[:n_out].tolist()), sorted(order[n_out:].tolist())
+    dev = truncate(splits.train.select(held), data.max_eval_samples)
+    return Splits(splits.train.select(kept), dev, f"{splits.origin} (train minus {n_out} held-out rows scored as dev)",
+                  files=splits.files)
 
 
 def fingerprint(splits: Splits) -> dict[str, str]:
