@@ -19,11 +19,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
+from autolora.analysis import protocol_table
 from autolora.analysis.report import report_folder
+from autolora.cli.protocol import SELECTION, run_matrix
 from autolora.layout import METRICS, SMALL_FILES, config_dir
 from autolora.provenance import git_commit
 
@@ -72,6 +75,17 @@ def collect(root: Path, target: Path) -> int:
     return count
 
 
+def run_multiruns(planned: list[tuple[str, str, list[str]]], dry_run: bool) -> list[str]:
+    """One Hydra multirun after the other; returns the experiment/spec of those that failed."""
+    failed = []
+    for index, (experiment, spec, run_args) in enumerate(planned, start=1):
+        command = [sys.executable, "-m", "autolora", *run_args]
+        print(f"[{index}/{len(planned)}] {experiment} · {spec}: autolora-run {' '.join(run_args)}", flush=True)
+        if not dry_run and subprocess.run(command).returncode != 0:
+            failed.append(f"{experiment}/{spec}")
+    return failed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--matrix", default="paper")
@@ -81,17 +95,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--launcher", choices=["local", "slurm"], default=None,
                         help="Hydra launcher for each multirun (default: Hydra's basic launcher, one job at a time)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (matrices with a select node)")
+    parser.add_argument("--continue", dest="resume", type=Path, default=None,
+                        help="continue the matrix in this root (finished runs skipped, started ones resumed)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override for every run, e.g. model.path=/data/mpnet (repeatable)")
+    parser.add_argument("--no-report", action="store_true", help="run only; collect and report later")
+    parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
     args = parser.parse_args(argv)
     matrix = load_matrix(args.matrix)
-    root = args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")  # never reuse run dirs
-    planned = jobs(matrix, args.data_dir, root, args.launcher)
-    failed = []
-    for index, (experiment, spec, run_args) in enumerate(planned, start=1):
-        command = [sys.executable, "-m", "autolora", *run_args]
-        print(f"[{index}/{len(planned)}] {experiment} · {spec}: autolora-run {' '.join(run_args)}", flush=True)
-        if not args.dry_run and subprocess.run(command).returncode != 0:
-            failed.append(f"{experiment}/{spec}")
-    if args.dry_run:
+    # never reuse run dirs: a new matrix gets a new root; --continue names an earlier one
+    root = args.resume or args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    if "select" in matrix:  # the selection protocol: tune on held-out train, then the seeds (cli/protocol.py)
+        deadline = None if args.deadline_min is None else time.time() + 60 * args.deadline_min
+        common = [*matrix.get("overrides", []), *data_override(args.data_dir), *args.extra]
+        failed = run_matrix(matrix, root, common, args.jobs, deadline, args.dry_run)
+    else:
+        planned = [(e, spec, [*a, *args.extra]) for e, spec, a in jobs(matrix, args.data_dir, root, args.launcher)]
+        failed = run_multiruns(planned, args.dry_run)
+    if args.dry_run or args.no_report:
+        if failed:
+            print(f"reproduce: {len(failed)} failed or not started: {failed[:10]}", file=sys.stderr)
         return
     target = args.results / "runs" / args.matrix
     shutil.rmtree(target, ignore_errors=True)  # the folder mirrors this reproduction, nothing older
@@ -106,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
                  "and resolved config are in its metrics.json and config.yaml.",
     }
     (target / "report.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    written, warnings = report_folder(target, args.results)
+    if "select" in matrix:  # its own table (selection, paired tests), from the copied select/ and final/ runs
+        shutil.copy2(root / SELECTION, target / SELECTION)
+        written, warnings = [protocol_table.write(target, args.results, args.matrix, device,
+                                                  provenance["command"])], []
+    else:
+        written, warnings = report_folder(target, args.results)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for path in written:

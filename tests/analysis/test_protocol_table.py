@@ -1,0 +1,76 @@
+"""analysis.protocol_table: the glue_base table from run folders: means, the nearest-by-parameters pairing, the
+Wilcoxon test on the paired differences, the chosen learning rates and the rank figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from autolora.analysis import protocol_table
+
+NAMES = [f"encoder.layer.{i}.attention.attn.{m}" for i in range(2) for m in ("q", "v")]
+PARAMS = {"lora_r2": 30_000, "lora_r4": 55_000, "lora_r8": 110_000, "autolora": 50_000}
+# score = base[task] + offset[spec] + seed noise: autolora minus lora_r4 is +0.01 per pair except one pair
+BASE = {"rte": 0.70, "mrpc": 0.85}
+OFFSET = {"lora_r2": -0.02, "lora_r4": 0.0, "lora_r8": 0.005, "autolora": 0.01}
+
+
+def score(task, spec, seed):
+    bump = 0.03 if (task, spec, seed) == ("mrpc", "autolora", 2) else 0.0
+    return BASE[task] + OFFSET[spec] + 0.001 * seed + bump
+
+
+def _finished(root, task, spec, seed, ranks):
+    folder = root / "final" / f"mpnet_glue_{task}" / spec / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    metric = "accuracy"
+    (folder / "metrics.json").write_text(json.dumps({
+        "task": f"glue/{task}", "main_metric": metric,
+        "retrain": {"dev": {metric: score(task, spec, seed)}, "trainable_params": PARAMS[spec], "gpu_seconds": 10.0},
+        "ranks": ranks}))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "retrain": {"lr": 3e-4}}))
+    if spec == "autolora":
+        (folder / "ranks.json").write_text(json.dumps({"ranks": ranks}))
+
+
+@pytest.fixture
+def root(tmp_path):
+    rng = np.random.default_rng(0)
+    for task in BASE:
+        for spec in PARAMS:
+            for seed in range(3):
+                uniform = {"lora_r2": 2, "lora_r4": 4, "lora_r8": 8}.get(spec)
+                ranks = {n: uniform if uniform else int(rng.integers(0, 9)) for n in NAMES}
+                _finished(tmp_path, task, spec, seed, ranks)
+    (tmp_path / "selection.json").write_text(json.dumps({
+        f"mpnet_glue_{t}/{s}": {"key": "retrain.lr", "scores": {"1e-4": 0.5, "3e-4": 0.6, "1e-3": None},
+                                "chosen": "3e-4"} for t in BASE for s in PARAMS}))
+    return tmp_path
+
+
+def test_the_table_pairs_autolora_with_the_uniform_arm_nearest_in_parameters(root, tmp_path):
+    runs = protocol_table.read_finals(root)
+    assert protocol_table.nearest_uniform(runs, "rte", "autolora") == "lora_r4"  # 50k: nearer 55k than 30k
+    result = protocol_table.paired(runs, ["rte", "mrpc"], "autolora")
+    diffs = [score(t, "autolora", s) - score(t, "lora_r4", s) for t in ("rte", "mrpc") for s in range(3)]
+    assert result["n"] == 6
+    assert result["mean_diff"] == pytest.approx(np.mean(diffs))
+    assert result["wilcoxon_p"] == pytest.approx(stats.wilcoxon(diffs).pvalue)
+    assert result["per_task"]["rte"]["t_p"] is None  # three identical differences: no t-test, not a p of 0
+
+
+def test_the_page_carries_provenance_means_choices_and_figures(root, tmp_path):
+    out = tmp_path / "results"
+    page = protocol_table.write(root, out, "glue_test", "NVIDIA H200", "make reproduce MATRIX=glue_base").read_text()
+    for line in ("- command: `make reproduce MATRIX=glue_base`", "- device: NVIDIA H200", "- commit: ", "- date: "):
+        assert line in page
+    lora_r4 = next(line for line in page.splitlines() if line.startswith("| LoRA r=4 |"))
+    # RTE: 70.0, 70.1, 70.2 -> 70.1 ± 0.1; MRPC 85.1 ± 0.1; average 77.6; 55,000 parameters; 3/3 seeds
+    assert lora_r4.split("|")[2:7] == [" 70.1 ± 0.1 ", " 85.1 ± 0.1 ", " 77.6 ", " 55,000 ", " 3/3 "]
+    assert "3e-4 (1e-4: 50.0, 3e-4: 60.0, 1e-3: –)" in page
+    assert (out / "figures" / "glue_test_ranks_rte.png").stat().st_size > 0
+    assert "figures/glue_test_ranks_mrpc.png" in page
