@@ -75,6 +75,22 @@ def collect(root: Path, target: Path) -> int:
     return count
 
 
+def subset(matrix: dict, experiments: str | None, methods: str | None) -> dict:
+    """The matrix limited to some experiments and method specs (comma lists); a name not in it is an error."""
+    for key, names in (("experiments", experiments), ("methods", methods)):
+        if names is None:
+            continue
+        wanted = names.split(",")
+        unknown = [n for n in wanted if n not in matrix[key]]
+        if unknown:
+            print(f"reproduce: {unknown[0]!r} is not among the matrix's {key}: {', '.join(matrix[key])}",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        matrix = {**matrix, key: [n for n in matrix[key] if n in wanted] if key == "experiments"
+                  else {n: v for n, v in matrix[key].items() if n in wanted}}
+    return matrix
+
+
 def run_multiruns(planned: list[tuple[str, str, list[str]]], dry_run: bool) -> list[str]:
     """One Hydra multirun after the other; returns the experiment/spec of those that failed."""
     failed = []
@@ -102,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="one more override for every run, e.g. model.path=/data/mpnet (repeatable)")
     parser.add_argument("--no-report", action="store_true", help="run only; collect and report later")
     parser.add_argument("--deadline-min", type=float, default=None, help="start no run after this many minutes")
+    parser.add_argument("--only", default=None, metavar="EXP,...", help="run these experiments of the matrix only")
+    parser.add_argument("--methods", default=None, metavar="SPEC,...", help="run these method specs only")
     args = parser.parse_args(argv)
-    matrix = load_matrix(args.matrix)
+    matrix = subset(load_matrix(args.matrix), args.only, args.methods)
     # never reuse run dirs: a new matrix gets a new root; --continue names an earlier one
     root = args.resume or args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     if "select" in matrix:  # the selection protocol: tune on held-out train, then the seeds (cli/protocol.py)
