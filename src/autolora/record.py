@@ -57,7 +57,7 @@ class SearchRecord:
     threshold: float
     cost: PhaseCost
     capture: Mapping[str, Any] | None
-    gate_report: Mapping[str, Any]  # {"diagnostics": ..., "warning": ...}
+    gate_report: Mapping[str, Any]  # {"diagnostics": ..., "noise_test": ..., "warning": ...}
 
     def to_json(self) -> dict[str, Any]:
         return {**self.scores, "steps": self.steps, "n_train": self.n_train, "n_val": self.n_val,
@@ -73,13 +73,13 @@ class SearchRecord:
             raise RanksFileError(f"{RANKS}: its search record lacks {', '.join(missing)}: not written by this "
                                  "version's search; start the run in a new folder")
         named = {"steps", "n_train", "n_val", "trainable_params", "threshold", "wall_time_s", "gpu_seconds",
-                 "peak_memory_mib", "capture", "diagnostics", "warning"}
+                 "peak_memory_mib", "capture", "diagnostics", "noise_test", "warning"}
         return cls(scores={k: v for k, v in saved.items() if k not in named}, steps=saved["steps"],
                    n_train=saved["n_train"], n_val=saved["n_val"], trainable_params=saved["trainable_params"],
                    threshold=saved["threshold"],
                    cost=PhaseCost(saved["wall_time_s"], saved["gpu_seconds"], saved["peak_memory_mib"]),
                    capture=saved["capture"],
-                   gate_report={k: saved[k] for k in ("diagnostics", "warning") if k in saved})
+                   gate_report={k: saved[k] for k in ("diagnostics", "noise_test", "warning") if k in saved})
 
 
 @dataclass

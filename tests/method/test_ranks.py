@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import GPT2_TARGETS, ROBERTA_TARGETS, tiny_gpt2, tiny_roberta, token_batch
 
-from autolora.method import export, ranks
+from autolora.method import export, noise_test, ranks
 from autolora.method.inject import adapter_ranks, inject
 from autolora.models.targets import target_names
 
@@ -179,22 +179,30 @@ def test_gate_entropy_matches_scipy_on_random_gates():
         assert ranks.gate_entropy(gate) == pytest.approx(entropy(gate), abs=1e-12)
 
 
-def test_noise_warning_for_undecided_gates_only():
-    """Gates within 1e-7 of 1/k (a 2-step search) warn, naming how many matrices; a clearly separated table and
-    sigmoid gates far from 0.5 (spread 0) do not; the bound is one bf16 step, 2^-8 of the threshold."""
+SUPPORTED = {"verdict": noise_test.SUPPORTED, "correlation": 0.4, "p": 0.001, "matrices": 4, "level": 0.05}
+NOISE = {"verdict": noise_test.NOISE, "correlation": 0.01, "p": 0.45, "matrices": 4, "level": 0.05}
+
+
+def test_undecided_gates_are_counted_and_the_warning_follows_the_noise_test():
+    """Gates within one bf16 step of 1/k (a 2-step search) are counted as undecided; the warning comes from the
+    noise test alone: none where it found the ranks supported, one naming its p-value where it did not."""
     k = 8
     near = {"a": [1 / k + 1e-7] * 4 + [1 / k - 1e-7] * 4, "b": [1 / k] * 8}
     separated = {"c": [0.3, 0.3, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05], "d": [0.2, 0.15, 0.13, 0.12, 0.1, 0.1, 0.1, 0.1]}
-    warned = ranks.search_diagnostics({**near, **separated}, 1 / k)
-    assert warned["diagnostics"]["undecided"] == ["a", "b"] and "2 of 4 matrices" in warned["warning"]
-    assert "search.alpha_lr" in warned["warning"]
-    summary = warned["diagnostics"]["summary"]
+    report = ranks.search_diagnostics({**near, **separated}, 1 / k, SUPPORTED)
+    assert report["diagnostics"]["undecided"] == ["a", "b"] and report["warning"] is None
+    summary = report["diagnostics"]["summary"]
     assert summary["noise_bound"] == pytest.approx(2**-11) and summary["spread_max"] == pytest.approx(0.25)
-    assert ranks.search_diagnostics(separated, 1 / k)["warning"] is None
-    assert ranks.search_diagnostics({"s": [0.7] * 8}, 0.5)["warning"] is None
+    assert report["noise_test"] == SUPPORTED
+    warned = ranks.search_diagnostics(separated, 1 / k, NOISE)["warning"]
+    assert "ranks indistinguishable from noise" in warned and "p = 0.45" in warned and "search.epochs" in warned
+    untested = ranks.search_diagnostics(separated, 1 / k, noise_test.untested(2))["warning"]
+    assert "noise test not run: 2 search steps" in untested
     bound = ranks.NOISE_BOUND / k
-    assert ranks.search_diagnostics({"x": [1 / k + 0.99 * bound, 1 / k - 0.99 * bound]}, 1 / k)["warning"]
-    assert ranks.search_diagnostics({"x": [1 / k + 1.01 * bound, 1 / k - 1.01 * bound]}, 1 / k)["warning"] is None
+    assert ranks.search_diagnostics({"x": [1 / k + 0.99 * bound, 1 / k - 0.99 * bound]}, 1 / k,
+                                    SUPPORTED)["diagnostics"]["undecided"] == ["x"]
+    assert ranks.search_diagnostics({"x": [1 / k + 1.01 * bound, 1 / k - 1.01 * bound]}, 1 / k,
+                                    SUPPORTED)["diagnostics"]["undecided"] == []
 
 
 def test_noise_bound_is_one_bf16_step_below_the_threshold():

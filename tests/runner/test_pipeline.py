@@ -25,7 +25,8 @@ def run_in(tmp_path, *overrides: str, name: str = "run"):
 
 def test_full_pipeline_writes_the_run_directory(tmp_path):
     """search -> ranks -> retrain -> evaluate: every artefact is there, the 2-step search warns that its ranks
-    are rounding noise, and the adapter loads in plain peft with exactly the ranks of ranks.json."""
+    are unchecked (too short for the noise test), and the adapter loads in plain peft with exactly the ranks of
+    ranks.json."""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForSequenceClassification
@@ -36,7 +37,8 @@ def test_full_pipeline_writes_the_run_directory(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["search"]) >= {"dev", "wall_time_s", "gpu_seconds", "peak_memory_mib", "trainable_params",
                                       "steps"}
-    assert "rounding noise" in metrics["search"]["warning"] and len(metrics["search"]["diagnostics"]["gates"]) == 4
+    assert "noise test not run" in metrics["search"]["warning"] and len(metrics["search"]["diagnostics"]["gates"]) == 4
+    assert metrics["search"]["noise_test"]["verdict"] == "not tested"
     assert 0 <= metrics["retrain"]["dev"]["accuracy"] <= 1 and metrics["versions"]["torch"] == torch.__version__
     ranks = json.loads((run_dir / "ranks.json").read_text())["ranks"]
     assert ranks == metrics["ranks"] and len(ranks) == 4

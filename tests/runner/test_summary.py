@@ -9,14 +9,21 @@ from autolora.method.ranks import search_diagnostics
 from autolora.runner.summary import evaluated_splits, flat_summary, gate_lines, summary_text
 
 
-def test_gate_block_shows_spread_and_the_warning_only_when_raised():
-    """Undecided gates give the spread line plus a warning line with the advice; separated gates no warning;
-    a search record from before the diagnostics gives no block at all."""
-    undecided = gate_lines(search_diagnostics({"m": [0.125 + 1e-7, 0.125 - 1e-7] + [0.125] * 6}, 0.125))
-    assert len(undecided) == 2 and "over 1 matrices: min 2e-07 / median 2e-07 / max 2e-07" in undecided[0]
-    assert undecided[1].startswith("warning  ") and "search.alpha_lr" in undecided[1]
-    separated = gate_lines(search_diagnostics({"m": [0.3, 0.3] + [0.4 / 6] * 6}, 0.125))
-    assert len(separated) == 1 and "max 0.23" in separated[0]
+def test_gate_block_shows_spread_and_the_noise_test_s_verdict():
+    """A search whose noise test did not find the ranks supported gives the spread line plus a warning line
+    with the advice; a supported one a `noise` line with its p-value and no warning; a search record from
+    before the diagnostics gives no block at all."""
+    from autolora.method import noise_test
+
+    untested = gate_lines(search_diagnostics({"m": [0.125 + 1e-7, 0.125 - 1e-7] + [0.125] * 6}, 0.125,
+                                             noise_test.untested(2)))
+    assert len(untested) == 2 and "over 1 matrices: min 2e-07 / median 2e-07 / max 2e-07" in untested[0]
+    assert untested[1].startswith("warning  noise test not run") and "search.alpha_lr" in untested[1]
+    supported = {"verdict": noise_test.SUPPORTED, "correlation": 0.31, "p": 0.002, "matrices": 1, "level": 0.05}
+    separated = gate_lines(search_diagnostics({"m": [0.3, 0.3] + [0.4 / 6] * 6}, 0.125, supported))
+    assert len(separated) == 2 and "max 0.23" in separated[0]
+    assert separated[1] == ("noise    ranks supported: split-half alpha increments correlate r = +0.310 over 1 "
+                            "matrices, permutation p = 0.002 (level 0.05)")
     assert gate_lines({"steps": 2, "threshold": 0.125}) == []
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from autolora.errors import RanksFileError
 from autolora.files import read_text, write_json
 from autolora.layout import ALPHA, RANKS
+from autolora.method import noise_test
 
 # Gates are float32 on the device; a gate equal to the threshold up to float32 rounding (1/3 as
 # float32 vs 1/3 as float64, say) counts as reaching it.
@@ -92,9 +93,11 @@ def gate_offset(gate: Sequence[float], threshold: float) -> float:
     return max(abs(float(g) - threshold) for g in gate)
 
 
-def search_diagnostics(gates: Mapping[str, Sequence[float]], threshold: float) -> dict[str, Any]:
-    """Per matrix the gate spread, entropy and offset from the threshold, a summary over matrices, and a
-    warning when some matrices' gates never left the threshold's rounding noise (NOISE_BOUND)."""
+def search_diagnostics(gates: Mapping[str, Sequence[float]], threshold: float,
+                       noise: Mapping[str, Any]) -> dict[str, Any]:
+    """Per matrix the gate spread, entropy and offset from the threshold, a summary over matrices (with the
+    matrices whose gates never left one bf16 step of the threshold, NOISE_BOUND), the search's noise test
+    (method.noise_test) and a warning unless that test found the ranks supported."""
     bound = NOISE_BOUND * threshold
     per_matrix = {name: {"spread": gate_spread(gate), "entropy": gate_entropy(gate),
                          "offset": gate_offset(gate, threshold)} for name, gate in gates.items()}
@@ -106,11 +109,11 @@ def search_diagnostics(gates: Mapping[str, Sequence[float]], threshold: float) -
                "entropy_mean": statistics.fmean(entropies), "entropy_uniform": math.log(k),
                "noise_bound": bound, "undecided": len(undecided), "matrices": len(per_matrix)}
     warning = None
-    if undecided:
-        warning = (f"the search did not separate the components of {len(undecided)} of {len(per_matrix)} matrices: "
-                   f"every gate within {bound:.2g} of the threshold {threshold:.4g} (one bf16 step), so their "
-                   "ranks are rounding noise; search longer (search.epochs) or raise search.alpha_lr")
-    return {"diagnostics": {"gates": per_matrix, "summary": summary, "undecided": undecided}, "warning": warning}
+    if noise["verdict"] != noise_test.SUPPORTED:
+        warning = (f"{noise_test.describe(noise)}: these ranks may be noise; search longer (search.epochs) or "
+                   "raise search.alpha_lr, and compare with uniform LoRA before trusting them")
+    return {"diagnostics": {"gates": per_matrix, "summary": summary, "undecided": undecided}, "noise_test": dict(noise),
+            "warning": warning}
 
 
 def save(

@@ -26,6 +26,7 @@ from autolora.engine.loop import Loop
 from autolora.engine.loss_window import LossWindow
 from autolora.engine.rng import GraphSafeStates, ReplayedSeed, dropout_streams
 from autolora.errors import Diverged
+from autolora.method import noise_test
 from autolora.method.hypergrad import (
     FD_SCHEMES,
     HYPERGRADS,
@@ -213,6 +214,12 @@ class Searched:
     gates: dict[str, list[float]]
     capture: dict[str, float] | None  # capture.CaptureStats.as_dict(), None when the step ran eagerly
     alphas: dict[str, list[float]] = field(default_factory=dict)
+    noise: dict | None = None  # method.noise_test: do the ranks carry a signal?
+
+
+def alpha_lists(model: nn.Module) -> dict[str, list[float]]:
+    with torch.no_grad():
+        return {name: alpha.float().cpu().tolist() for name, alpha in raw_alphas(model).items()}
 
 
 def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, cfg: SearchConfig, *,
@@ -234,6 +241,9 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, loop.log_every, mean=mean)
     window.restore(saved.get("window"))
+    # raw alpha at the start and after the noise test's two steps (saved with the checkpoint for a resume)
+    halves = noise_test.snapshot_steps(total)
+    snapshots = saved.get("alpha_snapshots") or ({"start": alpha_lists(model)} if done == 0 else {})
     train_batches, val_batches = batches_from(train_loader, seed, done), batches_from(val_loader, seed + 1, done)
     loss = capture.compiled(forward_loss(model, compute_loss, loop.autocast), loop.compile_mode)
     step_fn = capture.make_step(lambda tr, val: search_update(state, tr, val, cfg, loss, mean), loop.compile_mode,
@@ -246,6 +256,8 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
             window.add(step_fn(batch, val_batch))
             state.schedule.step()
             bar.update()
+            if halves is not None and step in halves:
+                snapshots[f"t{halves.index(step) + 1}"] = alpha_lists(model)
             if window.due(step, total):
                 record = {"phase": "search", "epoch": (step - 1) // len(train_loader), **window.read("search", step),
                           "lr": capture.current_lr(state.opt_w)}
@@ -259,10 +271,16 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
                 loop.log(record, step)
             if checkpoint is not None:
                 checkpoint.after_step("search", step, total, model, optimizers, state.schedule,
-                                      {"window": window.state(), "streams": state.streams.state_dict()})
+                                      {"window": window.state(), "streams": state.streams.state_dict(),
+                                       "alpha_snapshots": snapshots})
     with torch.no_grad():
         found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
-        alphas = {name: alpha.float().cpu().tolist() for name, alpha in raw_alphas(model).items()}
+    alphas = alpha_lists(model)
     if not all(math.isfinite(g) for gate in found.values() for g in gate):
         raise Diverged("non-finite alpha at the end of the search: no ranks written")
-    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None, alphas)
+    if halves is None or not {"start", "t1", "t2"} <= snapshots.keys():  # short, or resumed from an older checkpoint
+        noise = noise_test.untested(total)
+    else:
+        noise = noise_test.split_half_test(snapshots["start"], snapshots["t1"], snapshots["t2"], alphas, seed=seed)
+    return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None, alphas,
+                    noise)

@@ -69,7 +69,8 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     record = SearchRecord(scores=scores, steps=s.epochs * len(train_loader), n_train=len(tr_idx), n_val=len(val_idx),
                           trainable_params=trainable(model), threshold=s.selection_threshold, cost=job.phase_cost(),
                           capture=searched.capture,
-                          gate_report=ranks_io.search_diagnostics(searched.gates, s.selection_threshold))
+                          gate_report=ranks_io.search_diagnostics(searched.gates, s.selection_threshold,
+                                                                      searched.noise))
     if job.world.is_main:
         ranks_io.save(job.run_dir, found, searched.gates, {
             "model": job.settings.model.name, "task": job.task.name, "seed": job.settings.seed,

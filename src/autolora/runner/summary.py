@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from autolora.method import noise_test
+
 
 def evaluated_splits(phase: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """A phase record's metrics by evaluation split (dev, test), the headline split (`eval_split`) last.
@@ -89,6 +91,9 @@ def gate_lines(search: Mapping[str, Any]) -> list[str]:
     lines = [f"gates    spread (max - min) over {d['matrices']} matrices: min {d['spread_min']:.2g} / median"
              f" {d['spread_median']:.2g} / max {d['spread_max']:.2g}; mean entropy {d['entropy_mean']:.4f}"
              f" (uniform {d['entropy_uniform']:.4f})"]
+    noise = search.get("noise_test")
+    if noise is not None and noise["verdict"] == noise_test.SUPPORTED:
+        lines.append(f"noise    {noise_test.describe(noise)}")
     if search["warning"]:
         lines.append(f"warning  {search['warning']}")
     return lines
