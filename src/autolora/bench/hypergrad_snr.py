@@ -117,7 +117,7 @@ def study(model_dir: str, data_dir: Path, task: str, pairs: int, steps: int, see
     for step, (tr, va) in enumerate(zip(train, val, strict=True), start=1):
         search_update(state, tr, va, cfg, loss)
         state.schedule.step()
-        if step in (early, steps):  # not at step 0: B starts at zero, so every alpha gradient is zero there
+        if step in (early, steps):  # not at step 0: B starts at zero, so every alpha gradient is ~0
             result["early" if step == early else "late"] = {**probe(state, loss, cfg, probe_pairs), "after_steps": step}
     result["seconds"] = round(time.time() - started, 1)
     return result
