@@ -126,5 +126,5 @@ def test_a_signal_on_one_process_stops_all_at_the_same_step_and_rank_0_saves(tmp
 
     assert STOP_POLL > 7  # the stop arrives between two agreement points
     assert [(tmp_path / f"stopped{r}").read_text() for r in range(2)] == [str(STOP_POLL)] * 2
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["step"] == STOP_POLL and saved["phase"] == "search"

@@ -76,7 +76,7 @@ def test_no_output_is_half_written_after_sigkill(tmp_path, at):
     for path in run_dir.glob("*.yaml"):
         yaml.safe_load(path.read_text())
     if (run_dir / "checkpoint.pt").exists():
-        assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["phase"] in ("search", "retrain")
+        assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["phase"] in ("search", "retrain")
     if (run_dir / "events.jsonl").exists():
         for line in (run_dir / "events.jsonl").read_text().splitlines():
             json.loads(line)
@@ -128,14 +128,14 @@ def test_a_stop_request_waits_for_a_safe_point_and_the_loop_end_is_saved(tmp_pat
     stop = StopFlag()
     checkpoint = Checkpointer(tmp_path, every=100, stop=stop)
     checkpoint.after_step("search", 5, 5, model, {"w": optimizer}, schedule, {})  # the loop's end
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 5
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 5
     stop.handle(signal.SIGTERM)  # what the kernel's delivery runs; it must not raise
     with pytest.raises(Interrupted, match="SIGTERM after the search") as interrupted:
         checkpoint.safe_point("after the search")
     assert interrupted.value.signum == signal.SIGTERM and interrupted.value.saved
     with pytest.raises(Interrupted, match="during the retrain at step 3") as interrupted:
         checkpoint.after_step("retrain", 3, 9, model, {"w": optimizer}, schedule, {})
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["phase"] == "retrain"
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["phase"] == "retrain"
 
 
 @pytest.mark.slow
@@ -149,11 +149,11 @@ def test_a_signal_at_any_point_saves_the_state_and_exits_128_plus_n(tmp_path):
     first = launch("signal:SIGTERM:evaluate", 1, [*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
     assert first.returncode == 143, first.stderr[-2000:]
     assert "interrupted by SIGTERM after the search's evaluation; state saved in" in first.stderr
-    saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert (saved["phase"], saved["step"]) == ("search", 2) and not (run_dir / "ranks.json").exists()
     second = launch("signal:SIGINT:retrain", 2, [*TINY, "resume=true", f"hydra.run.dir={run_dir}"], tmp_path)
     assert second.returncode == 130 and "interrupted by SIGINT during the retrain at step 2" in second.stderr
-    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["phase"] == "retrain"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["phase"] == "retrain"
     third = launch("none", 0, [*TINY, "resume=true", f"hydra.run.dir={run_dir}"], tmp_path)
     assert third.returncode == 0, third.stderr[-2000:]
     ref_metrics, got_metrics = (json.loads((d / "metrics.json").read_text()) for d in (reference, run_dir))

@@ -35,6 +35,9 @@ from autolora.layout import CHECKPOINT
 STOP_POLL = 20  # data-parallel processes agree on a stop request every this many steps (one host sync)
 
 
+# What every checkpoint holds, and its type; `save` adds each loop's extras.
+LAYOUT = {"step": int, "elapsed_s": int | float, "params": dict, "optimizers": dict, "schedule": dict, "rng": dict}
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -91,15 +94,23 @@ def batches_from(loader: DataLoader, seed: int, start: int) -> Iterator:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain containers (what torch.load(weights_only=True) accepts): NumPy's
+    key array becomes an int64 tensor, since a pickled ndarray would need numpy's reconstructor allowed."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def restore_rng(state: Mapping[str, Any]) -> None:
+    """Undo rng_state."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"],
+                         saved["has_gauss"], saved["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -144,18 +155,33 @@ class Checkpointer:
         return self.prior_s + time.perf_counter() - self.started
 
     def load(self, phase: str) -> dict[str, Any] | None:
-        """The saved state of `phase`, or None when there is none (or it belongs to another phase)."""
+        """The saved state of `phase`, or None when there is none (or it belongs to another phase).
+        weights_only: the unpickler builds tensors and plain containers only, so a checkpoint.pt that someone
+        else placed in the folder cannot run code when it is read; anything else is a corrupt checkpoint."""
         if not self.path.is_file():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError, OSError) as err:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if "Weights only load failed" not in str(err):
+                raise CorruptCheckpoint(f"{self.path} cannot be read (UnpicklingError: {str(err).splitlines()[0][:120]}"
+                                        "); move it away to restart this phase from its first step") from None
+            raise CorruptCheckpoint(f"{self.path} holds objects other than tensors and plain containers, so it "
+                                    "is not a checkpoint of this program and was not loaded (unpickling it could "
+                                    "run code); move it away to restart this phase from its first step") from None
+        except (RuntimeError, EOFError, ValueError, KeyError, AttributeError, OSError) as err:
             raise CorruptCheckpoint(f"{self.path} cannot be read "
                                     f"({type(err).__name__}: {str(err).splitlines()[0][:120]}"
                                     "); move it away to restart this phase from its first step") from None
         if not isinstance(state, dict) or state.get("phase") not in ("search", "retrain"):
             raise CorruptCheckpoint(f"{self.path} is not a checkpoint of this program; move it away to restart "
                                     "this phase from its first step")
+        wrong = [key for key, kind in LAYOUT.items() if not isinstance(state.get(key), kind)
+                 or isinstance(state.get(key), bool)]
+        if wrong or state["step"] < 0 or not all(isinstance(v, torch.Tensor) for v in state["params"].values()):
+            raise CorruptCheckpoint(f"{self.path} does not fit this run (key {(wrong or ['step/params'])[0]!r} "
+                                    "missing or of the wrong type); move it away to restart this phase from its "
+                                    "first step")
         return state if state["phase"] == phase else None
 
     def save(self, phase: str, step: int, model: nn.Module, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -205,9 +231,18 @@ def resume_loop(checkpoint: Checkpointer | None, phase: str, model: nn.Module,
     saved = checkpoint.load(phase) if checkpoint is not None else None
     if saved is None:
         return 0, {}
-    restore_trainable(model, saved["params"])
-    for key, optimizer in optimizers.items():
-        optimizer.load_state_dict(saved["optimizers"][key])
-    schedule.load_state_dict(saved["schedule"])
-    restore_rng(saved["rng"])
-    return saved["step"], saved
+    try:
+        restore_trainable(model, saved["params"])
+        for key, optimizer in optimizers.items():
+            optimizer.load_state_dict(saved["optimizers"][key])
+        schedule.load_state_dict(saved["schedule"])
+        restore_rng(saved["rng"])
+        step = saved["step"]
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"step {step!r}")
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        # plain containers of the wrong shape (an older layout, or a file made by hand)
+        raise CorruptCheckpoint(f"{checkpoint.path} does not fit this run ({type(err).__name__}: "
+                                f"{str(err).splitlines()[0][:120] if str(err) else ''}); move it away to "
+                                "restart this phase from its first step") from None
+    return step, saved
