@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,11 +162,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as err:
-            raise ConfigError(f"cannot create {self.path} ({err.strerror}); choose another hydra.run.dir") from None
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -181,6 +178,25 @@ class RunLock:
                   .encode(), 0)
         self.fd = fd
         return self
+
+    def _open(self) -> int:
+        """The lock file, opened without following a symbolic link and refused unless it is a plain file with one
+        name: the lock is truncated and rewritten, so a link placed there would destroy the file it points to."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ConfigError(f"{self.path} is a symbolic link, not this program's lock file; remove it (its "
+                                  "target is left as it was)") from None
+            raise ConfigError(f"cannot create {self.path} ({err.strerror}); choose another hydra.run.dir") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(fd)
+            what = "a hard link to another file" if stat.S_ISREG(info.st_mode) else "not a plain file"
+            raise ConfigError(f"{self.path} is {what}, not this program's lock file; remove it (the file is left "
+                              "as it was)")
+        return fd
 
     def _take_by_pid(self, fd: int) -> None:
         """No flock here: refuse a holder that is alive on this host (or on another host); take a dead one's lock."""
