@@ -14,7 +14,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -151,3 +151,34 @@ def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
 def check_text(path: str | Path, error: type[Exception] = ValueError, chunk: int = 1 << 20) -> None:
     """read_text's checks without holding the file: for a large table that another library will parse."""
     _decode(Path(path), error, chunk, keep=False)
+
+
+def owned_names(folder: Path, manifest: str, error: type[Exception]) -> set[str]:
+    """The names listed in folder/manifest (paths relative to folder, one a line): the files this program wrote."""
+    path = folder / manifest
+    if not os.path.lexists(path):
+        return set()
+    if path.is_symlink() or not path.is_file():
+        raise error(f"{path}: not a plain file; move it away (it lists the files this program wrote there)")
+    text = _decode(path, error, 1 << 20, keep=True) if path.stat().st_size else ""
+    return {line for line in text.splitlines() if line.strip()}
+
+
+def write_owned(folder: Path, outputs: Mapping[str, str | bytes], manifest: str,
+                error: type[Exception]) -> list[Path]:
+    """Write `outputs` (path relative to `folder` -> text or bytes) atomically, but only over files this program
+    wrote: those listed in folder/manifest. A name that exists (a file, a folder or a link) and is not listed is
+    refused with `error` before anything is written. The list grows before the files are written, so output
+    cut off midway is still this program's to replace."""
+    folder = Path(folder)
+    for parent in sorted({(folder / name).parent for name in outputs}):
+        if os.path.lexists(parent) and not parent.is_dir():
+            raise error(f"{parent} is a file, not a folder; move it away or write elsewhere")
+    ours = owned_names(folder, manifest, error)
+    foreign = [name for name in outputs if os.path.lexists(folder / name) and name not in ours]
+    if foreign:
+        raise error(f"{folder / foreign[0]} exists and was not written by this program (not listed in "
+                    f"{folder / manifest}); move it away or write elsewhere")
+    write_text(folder / manifest, "".join(f"{name}\n" for name in sorted(ours | set(outputs))))
+    return [write_atomic(folder / name, lambda f, data=data: f.write(data), binary=isinstance(data, bytes))
+            for name, data in outputs.items()]

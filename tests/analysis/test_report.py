@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 import yaml
+from conftest import REPO
 
 from autolora.analysis import report
 
@@ -227,3 +229,50 @@ def test_every_matrix_names_existing_experiments():
         for key in ("experiments", "grid_experiments", "ablation_experiments"):
             for experiment in matrix.get(key, []):
                 assert (config_dir() / "experiment" / f"{experiment}.yaml").is_file(), (path.name, experiment)
+
+
+def test_the_report_overwrites_only_files_it_wrote(tmp_path, capsys):
+    """A second report over its own output replaces it (listed in report/.autolora-report); a NAME.md the report
+    did not write, a link in its place, and FOLDER/report being a file each end in one 'error:' line, exit 2,
+    with every file as it was."""
+    runs = tmp_path / "sweep"
+    _run(runs, "a0")
+    written, _ = report.report_folder(runs)
+    assert report.report_folder(runs)[0] == written  # its own files: replaced
+    listed = (runs / "report" / ".autolora-report").read_text().splitlines()
+    assert {"sweep.md", "sweep.csv", "figures/sweep_ranks.png"} <= set(listed)
+    mine = tmp_path / "mine"
+    _run(mine, "a0")
+    (mine / "report").mkdir()
+    (mine / "report" / "mine.md").write_text("my notes\n")
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text("keep me\n")
+    linked = tmp_path / "linked"
+    _run(linked, "a0")
+    (linked / "report").mkdir()
+    (linked / "report" / "linked.csv").symlink_to(elsewhere)
+    blocked = tmp_path / "blocked"
+    _run(blocked, "a0")
+    (blocked / "report").write_text("a file where the folder goes\n")
+    capsys.readouterr()
+    assert report.main([str(mine), str(linked), str(blocked)]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(line.startswith("error: ") for line in errors), errors
+    assert "mine/report/mine.md exists and was not written by this program" in errors[0]
+    assert "linked/report/linked.csv exists and was not written by this program" in errors[1]
+    assert "blocked/report is a file, not a folder" in errors[2]
+    assert (mine / "report" / "mine.md").read_text() == "my notes\n" and sorted(os.listdir(mine / "report")) == [
+        "mine.md"]
+    assert elsewhere.read_text() == "keep me\n" and (blocked / "report").read_text().startswith("a file")
+
+
+def test_make_report_owns_the_committed_report_outputs():
+    """results/.autolora-report lists every file `make report` writes into results/ that is committed, so the
+    committed tables can be regenerated in place; it lists nothing else."""
+    results = REPO / "results"
+    listed = (results / ".autolora-report").read_text().splitlines()
+    names = [path.name for path in (results / "runs").iterdir() if path.is_dir()]
+    expected = sorted(str(path.relative_to(results)) for name in names for path in
+                      [*results.glob(f"{name}.*"), *results.glob(f"{name}_seeds.csv"),
+                       *results.glob(f"figures/{name}_*.png")])
+    assert listed == expected

@@ -30,10 +30,11 @@ import numpy as np
 
 from autolora.analysis import agreement, tables
 from autolora.analysis.finished_runs import Run, find_runs
-from autolora.files import write_atomic, write_text
+from autolora.files import write_owned
 from autolora.layout import PREDICTIONS
 from autolora.method.ranks import NOISE_BOUND, gate_entropy, gate_offset, gate_spread
 
+OWNED = ".autolora-report"  # in the output folder: the files the report wrote there, one a line
 META_KEYS = ("title", "command", "commit", "device", "date", "notes")  # report.json, all optional
 
 
@@ -336,19 +337,23 @@ def write_report(folder: Path, out: Path, runs: list[Run], warnings: list[str],
     split = "/".join(sorted({row["split"] for row in rows}))
     latex = "\n".join(tables.pivot_latex(rows, metric, f"{name}: {metric or 'main metric'} ({split}), mean ± std over seeds")
                       for metric in [None, *dict.fromkeys(m for row in rows for m in row["scores"])])
-    written = [write_text(out / f"{name}.md", text + ("\n" + samples if samples else "")),
-               write_text(out / f"{name}.csv", tables.csv_text(rows)), write_text(out / f"{name}.tex", latex)]
+    outputs = {f"{name}.md": text + ("\n" + samples if samples else ""), f"{name}.csv": tables.csv_text(rows),
+               f"{name}.tex": latex}
     if any(run.gates for run in runs):
-        written.append(write_text(out / f"{name}_seeds.csv", seeds_csv(groups)))
+        outputs[f"{name}_seeds.csv"] = seeds_csv(groups)
     figures = {"ranks": ranks_figure(groups, f"ranks found by AutoLoRA, every seed ({name})"),
                "score_params": score_params_figure(rows), "cost": cost_figure(rows)}
-    for kind, fig in figures.items():
-        if fig is not None:
-            path = out / "figures" / f"{name}_{kind}.png"
-            written.append(write_atomic(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=120,
-                                                                               bbox_inches="tight"), binary=True))
-            plt.close(fig)
-    return written, warnings
+    try:
+        for kind, fig in figures.items():
+            if fig is not None:
+                image = io.BytesIO()
+                fig.savefig(image, format="png", dpi=120, bbox_inches="tight")
+                outputs[f"figures/{name}_{kind}.png"] = image.getvalue()
+    finally:
+        for fig in figures.values():
+            if fig is not None:
+                plt.close(fig)
+    return write_owned(out, outputs, OWNED, ReportError), warnings
 
 
 def report_folder(folder: Path, out: Path | None = None) -> tuple[list[Path], list[str]]:
