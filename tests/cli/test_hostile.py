@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from harness import TINY, fake_run, snapshot
+from harness import GOOD_ROWS, TINY, fake_run, glue_files, snapshot
 
 from autolora.cli.main import main
 
@@ -93,3 +93,22 @@ def test_a_symlink_placed_as_the_lock_leaves_its_target_untouched(tmp_path, caps
     line = one_line(capsys, [*TINY, f"hydra.run.dir={folder}"])
     assert re.search(r"run/\.autolora-lock is a hard link to another file", line), line
     assert precious.read_text() == "the user's thesis\n"
+
+
+def test_a_resumed_sweep_does_not_skip_a_finished_point_whose_data_changed(tmp_path, capsys):
+    """A finished sweep point whose data file was edited afterwards: resume=true refuses it (one line naming
+    the file) instead of skipping it as finished, which would report the old data's result as the new one's."""
+    from conftest import compose
+
+    from autolora.errors import ConfigError
+    from autolora.runner.pipeline import execute
+
+    data = glue_files(tmp_path / "data", GOOD_ROWS)
+    args = [*TINY, "task=glue/rte", f"data.data_dir={data}"]
+    run_dir = tmp_path / "point"
+    assert execute(compose(*args), run_dir) is not None
+    assert execute(compose(*args, "resume=true"), run_dir, sweep=True) is None  # same data: skipped
+    train = data / "glue" / "RTE" / "train.tsv"
+    train.write_text(train.read_text().replace("sentence 3", "sentence three"))
+    with pytest.raises(ConfigError, match=r"holds a finished run of other data: .*RTE/train.tsv changed"):
+        execute(compose(*args, "resume=true"), run_dir, sweep=True)

@@ -55,13 +55,14 @@ def execute(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: boo
     decided = world.share_outcome(lambda: runfolder.plan(run_dir, resolved, settings.resume, sweep, own_logs),
                                   ConfigError)
     run_dir = decided.path  # rank 0's folder on every process: all read its checkpoint
-    if decided.action == "skip":
-        print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
-        return None
     with (stop or StopFlag()).installed() as stop:
         checkpoint = Checkpointer(run_dir, settings.checkpoint_every, world, settings.device, stop)
         seed_everything(settings.seed)
         inputs = load_inputs(settings, task)
+        if decided.action == "skip":  # finished, but on this data? Its result would stand for the new data
+            runfolder.check_same_data(run_dir, fingerprint(inputs.splits), finished=True)
+            print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
+            return None
         checkpoint.safe_point("before the run started", started=False)
         first_files = {layout.CONFIG: OmegaConf.to_yaml(cfg, resolve=True),
                        **{f".hydra/{name}": text for name, text in (hydra_files or {}).items()}}

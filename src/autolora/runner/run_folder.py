@@ -254,8 +254,9 @@ def claim(decided: Plan, data: Mapping[str, str], first_files: Mapping[str, str]
     return lock
 
 
-def check_same_data(folder: Path, data: Mapping[str, str]) -> None:
-    """A resume refuses data that changed since the run started (its fingerprint in the marker), naming the file."""
+def check_same_data(folder: Path, data: Mapping[str, str], finished: bool = False) -> None:
+    """A resume refuses data that changed since the run started (its fingerprint in the marker), naming the file;
+    `finished`: a resumed sweep skipping this finished point, whose result would then stand for other data."""
     try:
         recorded = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
@@ -267,5 +268,9 @@ def check_same_data(folder: Path, data: Mapping[str, str]) -> None:
         if before.get(name) != data.get(name):
             change = ("changed" if name in before and name in data else
                       "is read now but was not when it started" if name in data else "is no longer read")
+            if finished:
+                raise ConfigError(f"resume=true: {folder} holds a finished run of other data: {name} {change} "
+                                  "since it ran (skipping it would report the old data's result); run the sweep "
+                                  "into a new hydra.sweep.dir")
             raise ConfigError(f"resume=true: the data changed since the run started: {name} {change} "
                               "(resuming would mix two datasets); start a new run")
