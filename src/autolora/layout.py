@@ -18,12 +18,14 @@ ALPHA = "alpha.json"  # matrix name -> the gates at the end of the search
 EVENTS = "events.jsonl"  # one line every log_every steps
 CHECKPOINT = "checkpoint.pt"  # the loop state of the phase in progress
 LABELS = "labels.json"  # class id -> label, as the model's head numbers them
-PREDICTIONS = "predictions.txt"  # generation and NER predictions on the headline split
+PREDICTIONS = "predictions.jsonl"  # generation and NER predictions on the headline split (predictions.py)
+LEGACY_PREDICTIONS = "predictions.txt"  # the same, written before predictions.jsonl (text could break it)
 RANKS_FIGURE = "ranks.png"
 ADAPTER = "adapter"  # the retrained adapter in peft format
 BASE_MODEL = "base_model"  # random-init backbones only: the weights the adapter belongs to
 RESCORED = "metrics_rescored.json"  # analysis/rescore.py's output beside metrics.json
-SMALL_FILES = (METRICS, RESCORED, RANKS, CONFIG, LABELS, PREDICTIONS)  # what results/runs/ keeps of a run
+# what results/runs/ keeps of a run
+SMALL_FILES = (METRICS, RESCORED, RANKS, CONFIG, LABELS, PREDICTIONS, LEGACY_PREDICTIONS)
 
 # Config keys that change what a run shows, not what it computes: a resume may change them.
 DISPLAY_KEYS = ("resume", "progress", "verbose")

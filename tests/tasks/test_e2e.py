@@ -163,7 +163,7 @@ OFFICIAL_COMMITTED = {"e2e-autolora-s0": (0.5786, 6.8393, 0.3807, 0.6464, 1.5737
 def test_committed_predictions_score_as_the_official_script(run):
     """The committed E2E predictions (630 MRs, 4,693 references) score as the official script printed them, to
     its 4 decimals."""
-    from autolora.analysis.rescore import read_predictions
+    from autolora import predictions
 
     data = shared_data()
     if data is None or not (data / "e2e").is_dir():
@@ -172,7 +172,8 @@ def test_committed_predictions_score_as_the_official_script(run):
     references: dict[str, list[str]] = {}
     for source, target in zip(test["source"], test["target"], strict=True):
         references.setdefault(source, []).append(target)
-    generated = read_predictions(REPO / "results" / "runs" / "e2e" / run / "predictions.txt")
+    found = predictions.read(REPO / "results" / "runs" / "e2e" / run)  # an older run: predictions.txt
+    generated = {record["source"]: record["generated"] for record in found.records}
     scores = metrics.e2e_scores([generated[s] for s in references], list(references.values()))
     assert tuple(scores.values()) == pytest.approx(OFFICIAL_COMMITTED[run], abs=5.1e-5)
 
@@ -191,7 +192,7 @@ def test_caption_metrics_are_reported_missing_without_java(monkeypatch):
 def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     """search -> ranks -> retrain -> generate -> score on tiny GPT-2 and a handful of E2E rows: some c_attn
     ends with different q and v ranks, and the retrained model (and its peft export) has exactly those;
-    autolora.analysis.rescore on a machine without Java gets BLEU and NIST back from predictions.txt, under "test".
+    autolora.analysis.rescore on a machine without Java gets BLEU and NIST back from predictions.jsonl, under "test".
     (The run itself skips the Java scorers' start-up, seconds a call; test_meteor_* and the rescore run them.)"""
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
@@ -211,8 +212,8 @@ def test_tiny_gpt2_pipeline_with_per_slice_ranks(tmp_path, monkeypatch):
     assert any(ranks[f"{layer}:q"] != ranks[f"{layer}:v"] for layer in layers), ranks
     assert record["retrain"]["eval_split"] == "test" and "dev" not in record["retrain"]
     assert set(record["retrain"]["test"]) == {"bleu", "nist", "meteor", "rouge_l", "cider"}
-    predictions = (tmp_path / "run" / "predictions.txt").read_text().splitlines()
-    assert predictions[0] == "source\tgenerated" and len(predictions) == 1 + 2  # two unique test MRs
+    lines = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert lines[0] == {"predictions": "generation", "version": 1, "count": 2} and len(lines) == 1 + 2  # 2 MRs
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.warns(UserWarning, match="METEOR, ROUGE-L and CIDEr skipped"):
         rescored = rescore(tmp_path / "run", str(FIXTURES))

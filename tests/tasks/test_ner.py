@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import REPO, compose, shared_data, task_config
 
@@ -118,7 +120,7 @@ def test_conlleval_and_strict_differ_on_ill_formed_tags():
 
 
 def test_tiny_roberta_end_to_end(tmp_path):
-    """search -> retrain -> evaluate on a handful of sentences; CoNLL-format predictions are written, and
+    """search -> retrain -> evaluate on a handful of sentences; predictions.jsonl is written, and
     autolora.analysis.rescore gets the same scores back from them."""
     from autolora.analysis.rescore import rescore
     from autolora.runner.pipeline import execute
@@ -126,9 +128,40 @@ def test_tiny_roberta_end_to_end(tmp_path):
     record = execute(compose("debug=tiny", "task=ner/conll2003", f"data.data_dir={FIXTURES}"), tmp_path / "run")
     assert record["retrain"]["eval_split"] == "test" and "dev" not in record["retrain"]
     assert {"f1", "precision", "recall", "f1_strict", "token_accuracy", "per_type"} <= set(record["retrain"]["test"])
-    lines = (tmp_path / "run" / "predictions.txt").read_text().split("\n")
-    assert lines[0].split(" ")[:2] == ["Oslo", "B-LOC"] and len(lines[0].split(" ")) == 3
+    lines = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert lines[0] == {"predictions": "token_classification", "version": 1, "count": record["n_test"]}
+    assert lines[1]["words"][0] == "Oslo" and lines[1]["gold"][0] == "B-LOC"
+    assert len(lines[1]["words"]) == len(lines[1]["predicted"])
     assert (tmp_path / "run" / "labels.json").is_file()
-    rescored = rescore(tmp_path / "run", data_dir=None)  # from predictions.txt alone, no data
+    rescored = rescore(tmp_path / "run", data_dir=None)  # from predictions.jsonl alone, no data
     assert rescored["eval_split"] == "test" and rescored["test"] == record["retrain"]["test"]
     assert rescored["n_sentences"] == record["n_test"]
+
+
+def test_a_word_without_sub_tokens_keeps_the_predictions_aligned():
+    """A zero-width space (which MiniLM's tokenizer drops entirely) as a word: it is read as [UNK], so every
+    word keeps a label position and each prediction lands on its own word, not the next one."""
+    from datasets import Dataset
+
+    task = build_task(task_config("ner/conll2003"))
+    task.labels = ["O", "B-PER", "I-PER"]
+    tokenizer = _tokenizer()
+    words, tags = ["Anna", "\u200b", "Berg", "left"], ["B-PER", "O", "B-PER", "O"]
+    assert tokenizer("\u200b", add_special_tokens=False)["input_ids"] == []
+    encoded = task.encode(Dataset.from_dict({"words": [words], "tags": [tags]}), tokenizer)
+    labelled = [label for label in encoded[0]["labels"] if label != IGNORE]
+    assert [task.labels[label] for label in labelled] == tags
+    split = Dataset.from_dict({"words": [words], "tags": [tags]})
+    scores, text = task.score(split, encoded, [labelled])  # predicting the gold ids: every word right
+    assert scores["token_accuracy"] == 1.0 and json.loads(text.splitlines()[1])["words"] == words
+
+
+def test_tags_of_another_scheme_are_refused_before_training(tmp_path):
+    """A training file whose tags are not IOB2 (bare 'PER', or IOBES's 'S-PER' under scheme IOB2): one DataError
+    at load naming the file and tag (seqeval used to fail on them after training)."""
+    for bad in ("PER", "S-PER", "B-"):
+        (tmp_path / "conll2003").mkdir(exist_ok=True)
+        (tmp_path / "conll2003" / "train.txt").write_text(f"Anna NNP B-NP {bad}\nleft VBD B-VP O\n")
+        (tmp_path / "conll2003" / "test.txt").write_text("Anna NNP B-NP O\n")
+        with pytest.raises(DataError, match=rf"train.txt: sentence 1: tag '{bad}' is not of the IOB2 scheme"):
+            build_task(task_config("ner/conll2003")).load(DataConfig("local", str(tmp_path), None, None))

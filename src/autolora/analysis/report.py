@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from autolora import predictions
 from autolora.analysis import agreement, tables
 from autolora.analysis.finished_runs import Run, find_runs
 from autolora.files import write_owned
-from autolora.layout import PREDICTIONS
+from autolora.layout import LEGACY_PREDICTIONS, PREDICTIONS
 from autolora.method.ranks import NOISE_BOUND, gate_entropy, gate_offset, gate_spread
 
 OWNED = ".autolora-report"  # in the output folder: the files the report wrote there, one a line
@@ -202,60 +203,20 @@ def seeds_csv(groups: list[Group]) -> str:
     return buffer.getvalue()
 
 
-def ranks_figure(groups: list[Group], title: str):
-    """The ranks of every AutoLoRA run: one row per group, one panel per seed, one colour scale."""
-    from autolora.analysis.figures import ranks_by_seed
-
-    chosen = [(group.method if len({g.task for g in groups}) == 1 else f"{group.task} · {group.method}",
-               [(run.seed, run.ranks) for run in group.by_seed()]) for group in groups
-              if group.runs[0].method == "autolora" and any(run.ranks for run in group.runs)]
-    if not chosen:
-        return None
-    runs = [run for group in groups if group.runs[0].method == "autolora" for run in group.runs]
-    top = max([len(g) for run in runs for g in (run.gates or {}).values()] +
-              [max(run.ranks.values(), default=0) for run in runs] + [1])
-    return ranks_by_seed(chosen, top, title)
-
-
-def score_params_figure(rows: list[dict[str, Any]]):
-    """Main metric (mean ± std over seeds) against trainable parameters, one panel per task, one point per method."""
-    from autolora.analysis.figures import plt, score_params
-
-    if len(rows) < 2:
-        return None
-    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
-    panels = []
-    for task, model in dict.fromkeys((r["task"], r["model"]) for r in rows):
-        points = [(r["method"], r["trainable_params"], r["scores"][r["main_metric"]]["mean"],
-                   r["scores"][r["main_metric"]]["std"] or 0.0) for r in rows
-                  if (r["task"], r["model"]) == (task, model) and (r["scores"].get(r["main_metric"]) or {}).get("mean") is not None]
-        metric = next((r["main_metric"] for r in rows if r["task"] == task), "score")
-        panels.append((f"{task} · {model}", metric, points))
-    return score_params(panels, colours)
-
-
-def cost_figure(rows: list[dict[str, Any]]):
-    """Wall time per method: AutoLoRA (search + retrain) and AdaLoRA beside the whole uniform-rank grid."""
-    from autolora.analysis.figures import cost_bars
-
-    panels = []
-    for key in dict.fromkeys((r["task"], r["model"]) for r in rows):
-        grid = [r for r in rows if (r["task"], r["model"]) == key and r["method"].startswith("LoRA r=")]
-        if len(grid) < 2:
-            continue
-        bars = {r["method"]: r["cost_s"] for r in rows if (r["task"], r["model"]) == key and not r["method"].startswith("LoRA r=")}
-        bars[f"LoRA grid ({len(grid)} ranks)"] = sum(r["cost_s"] for r in grid)
-        panels.append((f"{key[0]} · {key[1]}", bars))
-    return cost_bars(panels) if panels else None
-
-
 def sample_generations(groups: list[Group], count: int = 4) -> str:
-    """The first `count` sources of a generation task with each method's output (first seed), from predictions.txt."""
+    """The first `count` sources of a generation task with each method's output (first seed), from its predictions
+    (a run whose predictions cannot be read shows none)."""
     outputs = {}
     for group in groups:
-        path = group.by_seed()[0].path / PREDICTIONS
-        if path.is_file() and path.read_text().startswith("source\t"):  # NER writes CoNLL lines, not sources
-            outputs[group.method] = dict(line.split("\t", 1) for line in path.read_text().splitlines()[1:] if "\t" in line)
+        folder = group.by_seed()[0].path
+        if not any((folder / name).is_file() for name in (PREDICTIONS, LEGACY_PREDICTIONS)):
+            continue
+        try:
+            found = predictions.read(folder, ReportError)
+        except ReportError:
+            continue
+        if found.kind == "generation":
+            outputs[group.method] = {record["source"]: record["generated"] for record in found.records}
     if not outputs:
         return ""
     lines = ["## Sample generations", ""]
@@ -323,6 +284,7 @@ def page(rows: list[dict[str, Any]], groups: list[Group], lines: Mapping[str, st
 def write_report(folder: Path, out: Path, runs: list[Run], warnings: list[str],
                  command: str) -> tuple[list[Path], list[str]]:
     """Group, summarise and write NAME.md/.csv/.tex, NAME_seeds.csv and the figures into `out`."""
+    from autolora.analysis import report_figures
     from autolora.analysis.figures import plt
 
     name = folder.resolve().name
@@ -341,8 +303,8 @@ def write_report(folder: Path, out: Path, runs: list[Run], warnings: list[str],
                f"{name}.tex": latex}
     if any(run.gates for run in runs):
         outputs[f"{name}_seeds.csv"] = seeds_csv(groups)
-    figures = {"ranks": ranks_figure(groups, f"ranks found by AutoLoRA, every seed ({name})"),
-               "score_params": score_params_figure(rows), "cost": cost_figure(rows)}
+    figures = {"ranks": report_figures.ranks_figure(groups, f"ranks found by AutoLoRA, every seed ({name})"),
+               "score_params": report_figures.score_params_figure(rows), "cost": report_figures.cost_figure(rows)}
     try:
         for kind, fig in figures.items():
             if fig is not None:

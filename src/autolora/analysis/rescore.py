@@ -1,9 +1,11 @@
 """Recompute a run's metrics from its predictions, on another machine if need be.
 
 Generation: the GPU machine may lack Java (METEOR, ROUGE-L and CIDEr need it) or pycocoevalcap, and
-generating is the expensive part, so it is not repeated: this reads RUN_DIR/predictions.txt and the run's
-config, reloads the references from the data and scores with metrics.e2e_scores. Token classification (NER):
-predictions.txt holds `word gold predicted` lines, so no data is needed; scored with metrics.entity_scores.
+generating is the expensive part, so it is not repeated: this reads RUN_DIR/predictions.jsonl and the run's
+config, reloads the references from the data (refused unless they are the files the run read) and scores with
+metrics.e2e_scores. Token classification (NER): the predictions hold each sentence's words, gold and predicted
+tags, so no data is needed; scored with metrics.entity_scores. The predictions are read by autolora.predictions:
+predictions.jsonl, or the predictions.txt of an older run.
 Writes RUN_DIR/metrics_rescored.json (the original metrics.json is left untouched; `autolora.analysis.report` prefers
 the rescored metrics).
 
@@ -13,9 +15,7 @@ the rescored metrics).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import io
 import json
 import platform
 import sys
@@ -23,68 +23,78 @@ from pathlib import Path
 
 import yaml
 
+from autolora import predictions
+from autolora.errors import DataError
 from autolora.files import read_text, write_json
-from autolora.layout import CONFIG, METRICS, PREDICTIONS, RESCORED
+from autolora.layout import CONFIG, MARKER, METRICS, RESCORED
 from autolora.tasks import build_task, metrics
 from autolora.tasks.base import DataConfig
+from autolora.tasks.base import sha256_file as fingerprint_file
+from autolora.tasks.ner import label_list
 
-RESCORABLE = ("generation", "generation_files", "ner", "token_classification")  # task families with predictions.txt
+RESCORABLE = ("generation", "generation_files", "ner", "token_classification")  # task families with predictions
 
 
 class RescoreError(ValueError):
     """A folder that cannot be rescored; the message names it and what is wrong."""
 
 
-def read_predictions(path: Path) -> dict[str, str]:
-    """source -> generated text, from the TSV the generation task writes."""
-    rows = list(csv.reader(io.StringIO(read_text(path, RescoreError), newline=""), delimiter="\t",
-                           quoting=csv.QUOTE_NONE))
-    if not rows or rows[0] != ["source", "generated"]:
-        raise RescoreError(f"{path}: expected a 'source<TAB>generated' header")
-    for lineno, row in enumerate(rows[1:], start=2):
-        if len(row) != 2:
-            raise RescoreError(f"{path}:{lineno}: expected 2 tab-separated fields, found {len(row)}")
-    return {source: generated for source, generated in rows[1:]}
-
-
-def read_conll_predictions(path: Path) -> tuple[list[list[str]], list[list[str]]]:
-    """(gold, predicted) tags per sentence from the `word gold predicted` lines the NER task writes."""
-    gold: list[list[str]] = [[]]
-    predicted: list[list[str]] = [[]]
-    for lineno, line in enumerate(read_text(path, RescoreError).splitlines(), start=1):
-        if not line.strip():
-            if gold[-1]:
-                gold.append([])
-                predicted.append([])
-            continue
-        fields = line.rsplit(" ", 2)  # the tags hold no space; a word might
-        if len(fields) != 3:
-            raise ValueError(f"{path}:{lineno}: expected 'word gold predicted', found {line!r}")
-        gold[-1].append(fields[1])
-        predicted[-1].append(fields[2])
-    if not gold[-1]:
-        gold.pop()
-        predicted.pop()
-    return gold, predicted
+def check_references(run_dir: Path, files: tuple) -> None:
+    """The reference files read here are those the run read (their sha256 in the run's marker): scores against
+    other references would be scores of another dataset. A run from before data fingerprints is not checked."""
+    try:
+        recorded = json.loads((run_dir / MARKER).read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict) or not recorded:
+        return
+    for path in files:
+        if fingerprint_file(Path(path)) not in recorded.values():
+            raise RescoreError(f"{path}: not the file the run in {run_dir} read (its sha256 differs from every "
+                               f"file recorded in {MARKER}); give the --data-dir of the run's own data")
 
 
 def generation_scores(run_dir: Path, task, config: dict, data_dir: str | None) -> tuple[dict, dict]:
-    """The generation metrics of predictions.txt against the references reloaded from data_dir."""
+    """The generation metrics of the run's predictions against the references reloaded from data_dir."""
     if data_dir is None:
-        raise ValueError(f"{run_dir}: a generation run needs --data-dir (its references come from the data)")
+        raise RescoreError(f"{run_dir}: a generation run needs --data-dir (its references come from the data)")
     data = DataConfig(source="local", data_dir=data_dir, max_train_samples=1,
                       max_eval_samples=config["data"]["max_eval_samples"])
-    split = list(task.load(data).scored().values())[-1]  # the headline split (E2E: test)
+    splits = task.load(data)
+    check_references(run_dir, splits.files)
+    split = list(splits.scored().values())[-1]  # the headline split (E2E: test)
     references: dict[str, list[str]] = {}
     for source, target in zip(split["source"], split["target"], strict=True):
         references.setdefault(source, []).append(target)
-    generated = read_predictions(run_dir / PREDICTIONS)
+    found = predictions.read(run_dir, RescoreError)
+    if found.kind != "generation":
+        raise RescoreError(f"{found.path}: holds {found.kind} predictions, not a generation run's")
+    generated = {record["source"]: record["generated"] for record in found.records}
     missing = [s for s in references if s not in generated]
-    if missing:
-        raise ValueError(f"{run_dir}: predictions.txt lacks {len(missing)} sources, e.g. {missing[0]!r}")
+    extra = [s for s in generated if s not in references]
+    if missing or extra or len(generated) != len(found.records):
+        what = (f"lacks {len(missing)} sources of the references, e.g. {missing[0]!r}" if missing else
+                f"holds {len(extra)} sources the references lack, e.g. {extra[0]!r}" if extra else
+                "holds a source twice")
+        raise RescoreError(f"{found.path}: {what}")
     sources = list(references)
     scores = metrics.e2e_scores([generated[s] for s in sources], [references[s] for s in sources])
     return scores, {"n_sources": len(sources)}
+
+
+def tagging_scores(run_dir: Path, task) -> tuple[dict, dict]:
+    """The entity scores of the run's predictions (gold tags included: no data needed)."""
+    found = predictions.read(run_dir, RescoreError)
+    if found.kind != "token_classification":
+        raise RescoreError(f"{found.path}: holds {found.kind} predictions, not a token-classification run's")
+    gold = [record["gold"] for record in found.records]
+    predicted = [record["predicted"] for record in found.records]
+    try:
+        for tags in (gold, predicted):
+            label_list(tags, task.scheme, found.path)
+    except DataError as err:
+        raise RescoreError(str(err)) from None
+    return metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
 
 
 def run_config(run_dir: Path) -> dict:
@@ -111,7 +121,7 @@ def headline_split(run_dir: Path) -> str:
 
 
 def rescore(run_dir: Path, data_dir: str | None) -> dict:
-    """The run's metrics recomputed here from predictions.txt; returns what was written to metrics_rescored.json,
+    """The run's metrics recomputed here from its predictions; returns what was written to metrics_rescored.json,
     the scores under the name of the run's headline split (metrics.json retrain.eval_split: test for NER, E2E)."""
     config = run_config(run_dir)
     if config["task"].get("family") not in RESCORABLE:
@@ -123,13 +133,12 @@ def rescore(run_dir: Path, data_dir: str | None) -> dict:
         raise RescoreError(f"{run_dir / 'config.yaml'}: task: {err}") from None
     split = headline_split(run_dir)
     if task.head == "token_classification":
-        gold, predicted = read_conll_predictions(run_dir / PREDICTIONS)
-        scores, counts = metrics.entity_scores(gold, predicted, task.scheme), {"n_sentences": len(gold)}
+        scores, counts = tagging_scores(run_dir, task)
     else:
         scores, counts = generation_scores(run_dir, task, config, data_dir)
     payload = {"eval_split": split, split: scores, **counts, "scored_on": platform.node(),
                "date": dt.date.today().isoformat(),
-               "note": "recomputed from predictions.txt by autolora.analysis.rescore"}
+               "note": "recomputed from the run's predictions by autolora.analysis.rescore"}
     write_json(run_dir / RESCORED, payload)
     return payload
 
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             payload = rescore(run_dir, args.data_dir)
             print(run_dir, payload[payload["eval_split"]])
-        except ValueError as err:  # RescoreError, DataError, and the scorers' own checks of their input
+        except (ValueError, OSError) as err:  # RescoreError, DataError, the scorers' checks, an unwritable output
             print(f"rescore: error: {err}", file=sys.stderr)
             failed += 1
     if failed:

@@ -97,12 +97,12 @@ def fingerprint(splits: Splits) -> dict[str, str]:
     """What the data is, to notice a change between a kill and a resume: the sha256 of each file read, or of
     the rows themselves (Arrow stream bytes) for data read from no file (the hub, the datasets cache)."""
     if splits.files:
-        return {str(Path(path).resolve()): _sha256_file(Path(path)) for path in splits.files}
+        return {str(Path(path).resolve()): sha256_file(Path(path)) for path in splits.files}
     return {f"{splits.origin} ({name} split)": _sha256_rows(split) for name, split in
             (("train", splits.train), ("dev", splits.dev), ("test", splits.test)) if split is not None}
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from autolora.engine.batch import Batch
 from autolora.errors import DataError
 from autolora.files import read_text
+from autolora.predictions import generation_text
 from autolora.tasks import metrics
 from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
 
@@ -156,14 +157,13 @@ class TextGeneration:
         return self.generate(model, tokenizer, items, device=device, autocast=autocast)
 
     def score(self, split: Dataset, items: list[str], predictions: list[str]) -> tuple[dict[str, float], str]:
-        """Each source's generation scored against all its references; the metrics and a TSV of
-        (source, generated text)."""
+        """Each source's generation scored against all its references; the metrics and the predictions file's
+        text (source, generated text)."""
         references: dict[str, list[str]] = {}
         for source, target in zip(split["source"], split["target"], strict=True):
             references.setdefault(source, []).append(target)
         scores = metrics.e2e_scores(predictions, [references[s] for s in items])
-        table = "source\tgenerated\n" + "".join(f"{s}\t{h}\n" for s, h in zip(items, predictions, strict=True))
-        return scores, table
+        return scores, generation_text(items, predictions)
 
     def generate(self, model: nn.Module, tokenizer, sources: list[str], *, device, autocast) -> list[str]:
         """Left-padded batches through model.generate with the configured beam search."""

@@ -25,6 +25,7 @@ from transformers import DataCollatorForTokenClassification
 from autolora.engine.batch import Batch, model_inputs
 from autolora.errors import DataError
 from autolora.files import read_text
+from autolora.predictions import tagging_text
 from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
 
 IGNORE = -100
@@ -95,9 +96,19 @@ def read_columns(path: Path, layout: ColumnLayout) -> tuple[list[list[str]], lis
     return words, tags, starts
 
 
-def label_list(tags: list[list[str]]) -> list[str]:
-    """'O' first, then entity tags sorted by type and prefix (a stable id mapping)."""
+PREFIXES = {"IOB2": "BI", "IOBES": "BIES", "IOE2": "IE"}  # the tag prefixes of each scheme (then "-TYPE")
+
+
+def label_list(tags: list[list[str]], scheme: str, path: Path) -> list[str]:
+    """'O' first, then entity tags sorted by type and prefix (a stable id mapping). Every tag must be of the
+    scheme (O, or PREFIX-TYPE): seqeval would otherwise fail on it, or count it as no entity, after training."""
     seen = {tag for sentence in tags for tag in sentence}
+    for tag in sorted(seen):
+        prefix, dash, kind = tag.partition("-")
+        if tag != "O" and not (dash and kind and len(prefix) == 1 and prefix in PREFIXES[scheme]):
+            line = next((i for i, sentence in enumerate(tags) if tag in sentence), 0) + 1
+            raise DataError(f"{path}: sentence {line}: tag {tag!r} is not of the {scheme} scheme (O, or one of "
+                            f"{', '.join(PREFIXES[scheme])} then '-' and a type); fix the file or set task.scheme")
     return ["O", *sorted(seen - {"O"}, key=lambda t: (t[2:], t[:2]))] if "O" in seen else sorted(seen)
 
 
@@ -108,6 +119,14 @@ def check_known_tags(path: Path, tags: list[list[str]], starts: list[int], label
         for offset, tag in enumerate(sentence):
             if tag not in known:
                 raise DataError(f"{path}:{first_line + offset}: tag {tag!r} does not occur in the training file")
+
+
+def visible(words: list[str], tokenizer) -> list[str]:
+    """The words as the model reads them: one that the tokenizer turns into no sub-token at all (a zero-width or
+    control character, which BERT's tokenizer drops) is read as the unknown token instead, so every word keeps
+    its own label position and prediction; the predictions file still shows the word itself."""
+    stand_in = tokenizer.unk_token or tokenizer.eos_token
+    return [word if tokenizer(word, add_special_tokens=False)["input_ids"] else stand_in for word in words]
 
 
 class TokenTagging:
@@ -127,7 +146,7 @@ class TokenTagging:
     def windows(self, words: list[str], tokenizer) -> list[tuple[int, int]]:
         """[start, stop) word ranges whose sub-tokens (plus specials) fit max_length; never splits a word."""
         budget = self.max_length - tokenizer.num_special_tokens_to_add(pair=False)
-        counts = [max(1, len(tokenizer(w, add_special_tokens=False)["input_ids"])) for w in words]
+        counts = [len(tokenizer(w, add_special_tokens=False)["input_ids"]) for w in words]  # >= 1: see visible
         spans, start, used = [], 0, 0
         for i, count in enumerate(counts):
             if used + count > budget and i > start:
@@ -142,6 +161,7 @@ class TokenTagging:
         label_ids = {label: i for i, label in enumerate(self.labels)}
         rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "sentence": [], "first_word": []}
         for index, (words, tags) in enumerate(zip(split["words"], split["tags"], strict=True)):
+            words = visible(words, tokenizer)
             for start, stop in self.windows(words, tokenizer):
                 encoded = tokenizer(words[start:stop], is_split_into_words=True, truncation=True,
                                     max_length=self.max_length)
@@ -149,6 +169,9 @@ class TokenTagging:
                 for word in encoded.word_ids():
                     labels.append(IGNORE if word is None or word == previous else label_ids[tags[start + word]])
                     previous = word
+                if sum(label != IGNORE for label in labels) != stop - start:  # a prediction per word, in order
+                    raise DataError(f"sentence {index + 1}: the tokenizer gives no first sub-token to some of words "
+                                    f"{start + 1}-{stop}, so their predictions would shift onto the next words")
                 rows["input_ids"].append(encoded["input_ids"])
                 rows["attention_mask"].append(encoded["attention_mask"])
                 rows["labels"].append(labels)
@@ -191,7 +214,7 @@ class TokenTagging:
         return predicted
 
     def score(self, split: Dataset, items: Dataset, predictions: list[list[int]]) -> tuple[dict[str, Any], str]:
-        """Entity P/R/F1 (conlleval and strict), per-type table, token accuracy; CoNLL predictions."""
+        """Entity P/R/F1 (conlleval and strict), per-type table, token accuracy; the predictions file's text."""
         from autolora.tasks import metrics
 
         words, gold = list(split["words"]), list(split["tags"])
@@ -199,9 +222,7 @@ class TokenTagging:
         for sentence, first, labels in zip(items["sentence"], items["first_word"], predictions, strict=True):
             guesses[sentence][first : first + len(labels)] = [self.labels[i] for i in labels]
         scores = metrics.entity_scores(gold, guesses, self.scheme)
-        conll = "".join("".join(f"{w} {g} {p}\n" for w, g, p in zip(ws, gs, ps, strict=True)) + "\n"
-                        for ws, gs, ps in zip(words, gold, guesses, strict=True))
-        return scores, conll
+        return scores, tagging_text(words, gold, guesses)
 
 
 @dataclass
@@ -230,7 +251,7 @@ class NerTask(TokenTagging):
         else:
             folder, origin = located
             train_words, train_tags, _ = read_columns(folder / self.local.train, self.local)
-            self.labels = label_list(train_tags)
+            self.labels = label_list(train_tags, self.scheme, folder / self.local.train)
             eval_path = folder / self.local.eval
             files = (folder / self.local.train, eval_path)
             eval_words, eval_tags, starts = read_columns(eval_path, self.local)

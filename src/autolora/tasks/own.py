@@ -231,7 +231,7 @@ class TokenClassificationTask(TokenTagging):
                                   token_column=c.token_column, tag_column=c.tag_column, docstart=c.docstart)
             words, tags, starts = read_columns(path, layout)
             if training:
-                self.labels = label_list(tags)
+                self.labels = label_list(tags, self.scheme, path)
             else:
                 check_known_tags(path, tags, starts, self.labels)
         return Dataset.from_dict({"words": words, "tags": tags})
@@ -246,7 +246,7 @@ class TokenClassificationTask(TokenTagging):
                 raise DataError(f"{row_location(path, row)}: {len(ws)} tokens but {len(ts)} tags "
                                 f"(columns {self.tokens_column!r}, {self.tags_column!r})")
         if training:
-            self.labels = label_list(tags)
+            self.labels = label_list(tags, self.scheme, path)
         known = set(self.labels)
         for row, sentence in enumerate(tags):
             unseen = [t for t in sentence if t not in known]
