@@ -276,3 +276,23 @@ def test_make_report_owns_the_committed_report_outputs():
                       [*results.glob(f"{name}.*"), *results.glob(f"{name}_seeds.csv"),
                        *results.glob(f"figures/{name}_*.png")])
     assert listed == expected
+
+
+def test_runs_on_different_data_are_not_seeds_of_one_group(tmp_path):
+    """Two seeds whose configs differ only in data.data_dir (a path key) but whose data files differ (the sha256
+    in their markers) form two groups, not one mean ± std; the same files in two folders form one group. A run
+    without started_at takes its date from the marker (it used to be skipped: 'could not convert string')."""
+    runs = tmp_path / "sweep"
+    for name, seed, sha in (("a0", 0, "1" * 64), ("a1", 1, "1" * 64), ("b0", 0, "2" * 64), ("b1", 1, "2" * 64)):
+        path = _run(runs, name, seed=seed, accuracy=0.5 + 0.1 * seed)
+        (path / ".autolora-run").write_text(json.dumps({"created": "2026-11-30T09:00:00",
+                                                        "data": {f"/data/{name}/train.tsv": sha}}))
+    metrics = json.loads((runs / "a0" / "metrics.json").read_text())
+    del metrics["started_at"]
+    (runs / "a0" / "metrics.json").write_text(json.dumps(metrics))
+    groups, _ = report.group_runs(report.find_runs(runs)[0])
+    assert sorted(len(group.runs) for group in groups) == [2, 2]
+    assert {frozenset(run.path.name for run in group.runs) for group in groups} == {frozenset({"a0", "a1"}),
+                                                                                     frozenset({"b0", "b1"})}
+    assert report.find_runs(runs)[1] == [] and "2026-11-30" in report.provenance(
+        report.find_runs(runs)[0], {}, runs, "x")["date"]

@@ -7,7 +7,9 @@ files. A run that cannot be read is skipped with a one-line reason; nothing here
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,13 +115,34 @@ def _gates(path: Path, metrics: Mapping[str, Any]) -> tuple[dict[str, list[float
     return None, None
 
 
+def marker(path: Path) -> dict[str, Any]:
+    """The run marker's record ({} when it is absent or unreadable: results/runs/ copies leave it out)."""
+    try:
+        payload = json.loads((path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def data_identity(path: Path) -> str | None:
+    """The sha256 of every data file the run read (its marker), digested into one short JSON value; None without
+    a marker. The
+    paths are left out (the same files sit in different folders on different machines), the contents are not:
+    runs on different data are never seeds of one group."""
+    data = marker(path).get("data")
+    if not isinstance(data, dict) or not data:
+        return None
+    return json.dumps(hashlib.sha256(" ".join(sorted(map(str, data.values()))).encode()).hexdigest()[:12])
+
+
 def run_date(path: Path, metrics: Mapping[str, Any]) -> str:
-    """The day the run started: metrics.json's started_at, else the run marker's time, else the file's."""
+    """The day the run started: metrics.json's started_at, else the run marker's creation time, else the file's."""
     if "started_at" in metrics:
         return str(metrics["started_at"])[:10]
-    marker = path / MARKER
-    stamp = float(marker.read_text().split()[0]) if marker.is_file() else (path / METRICS).stat().st_mtime
-    return dt.date.fromtimestamp(stamp).isoformat() + ("" if marker.is_file() else " (file time)")
+    created = str(marker(path).get("created", ""))[:10]
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", created):
+        return created
+    return dt.date.fromtimestamp((path / METRICS).stat().st_mtime).isoformat() + " (file time)"
 
 
 def _parse(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> Run:
@@ -143,7 +166,8 @@ def _parse(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) ->
         search_s=None if search is None else float(search["wall_time_s"]), retrain_s=float(retrain["wall_time_s"]),
         budget={"n_train": metrics.get("n_train"), "n_dev": metrics.get("n_dev"), "n_test": metrics.get("n_test"),
                 "search steps": None if search is None else search.get("steps"), "retrain steps": retrain.get("steps")},
-        config=flat_config(config, str(config["method"])),
+        config={**flat_config(config, str(config["method"])),
+                **({"data files (sha256)": identity} if (identity := data_identity(path)) else {})},
         provenance={"command": metrics.get("command"), "commit": metrics.get("git_commit"),
                     "device": metrics.get("device"), "date": run_date(path, metrics),
                     "versions": ", ".join(f"{k} {v}" for k, v in (metrics.get("versions") or {}).items()) or None},
