@@ -112,3 +112,12 @@ def test_a_resumed_sweep_does_not_skip_a_finished_point_whose_data_changed(tmp_p
     train.write_text(train.read_text().replace("sentence 3", "sentence three"))
     with pytest.raises(ConfigError, match=r"holds a finished run of other data: .*RTE/train.tsv changed"):
         execute(compose(*args, "resume=true"), run_dir, sweep=True)
+
+
+def test_a_training_file_of_a_single_class_is_one_line(tmp_path, capsys):
+    """Every training row of one label: one line before the model loads (it used to train to accuracy 1.0)."""
+    rows = "".join(f"{i}\tsentence {i}\tother {i}\tentailment\n" for i in range(8))
+    data = glue_files(tmp_path / "data", rows)
+    line = one_line(capsys, [*TINY, "task=glue/rte", f"data.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert re.search(r"RTE: the training split holds a single class \(8 rows", line), line
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

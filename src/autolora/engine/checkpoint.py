@@ -163,7 +163,7 @@ class Checkpointer:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            if "Weights only load failed" not in str(err):
+            if "GLOBAL" not in str(err) and "Unsupported global" not in str(err):  # garbage, not objects
                 raise CorruptCheckpoint(f"{self.path} cannot be read (UnpicklingError: {str(err).splitlines()[0][:120]}"
                                         "); move it away to restart this phase from its first step") from None
             raise CorruptCheckpoint(f"{self.path} holds objects other than tensors and plain containers, so it "

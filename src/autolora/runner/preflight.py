@@ -86,7 +86,13 @@ def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] 
 
 def check_labels(splits) -> None:
     """Numeric labels (regression scores) must be finite: a NaN would read as divergence in training and give
-    a NaN metric; files are checked line by line when read, this covers data from the hub."""
+    a NaN metric; files are checked line by line when read, this covers data from the hub. A classifier's
+    training split must hold two classes at least: on one it learns a constant and scores 1.0 on that class."""
+    train = splits.train
+    if "labels" in train.column_names and train.features["labels"].dtype.startswith("int"):
+        if len(set(train["labels"])) < 2:
+            raise DataError(f"{splits.origin}: the training split holds a single class ({len(train)} rows, all "
+                            "of one label): a classifier needs two at least")
     for name, split in (("train", splits.train), *splits.scored().items()):
         if "labels" in split.column_names and split.features["labels"].dtype.startswith("float"):
             bad = [i for i, value in enumerate(split["labels"]) if not math.isfinite(value)]
