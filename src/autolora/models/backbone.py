@@ -37,7 +37,7 @@ from transformers.pytorch_utils import Conv1D
 
 from autolora.errors import TargetError
 from autolora.models import assembled
-from autolora.models.targets import TargetConfig, find_targets, linear_layers
+from autolora.models.targets import TargetConfig, attention_targets, find_targets
 
 HEAD_CLASSES = {
     "sequence_classification": AutoModelForSequenceClassification,
@@ -58,7 +58,7 @@ class ModelConfig:
     path: str | None  # pretrained weights: hub id, local folder or pkg://; None = random init from `config`
     config: Mapping[str, Any] | None  # transformers config kwargs for random init (model_type=...)
     tokenizer: str | None  # None: the tokenizer stored with `path`
-    targets: TargetConfig  # modules None: peft's default LoRA targets for the architecture
+    targets: TargetConfig  # modules None: the attention blocks' query and value projections
     head_modules: tuple[str, ...]  # trained in full next to LoRA (peft modules_to_save), besides the new modules
     attn_implementation: str  # sdpa (fast) or eager (needed by hypergrad=exact: double backward)
     fan_in_fan_out: bool | None  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag); None: detected
@@ -224,11 +224,11 @@ def architecture(cfg: ModelConfig):
 
 
 def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
-    """Fill in model.kind, model.targets.modules and model.fan_in_fan_out where they are auto, from the
-    architecture (peft's default LoRA targets per model type; Conv1D targets store weights (in, out)), and check
+    """Fill in model.kind, model.targets and model.fan_in_fan_out where they are auto, from the architecture
+    (the query and value projections of its attention blocks: targets.attention_targets; Conv1D targets store
+    weights (in, out)), and check
     on the model built on the meta device (no weights read) that the targets match; TargetError otherwise.
     sdpa becomes eager for an architecture without SDPA attention (`attention`)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -250,13 +250,9 @@ def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
     head = head if kind == "encoder" or head == "causal_lm" else "causal_lm"  # a mismatch is check_compatible's
     with torch.device("meta"):
         meta = HEAD_CLASSES[head].from_config(config, attn_implementation="eager")
-    modules = cfg.targets.modules
-    if modules is None:
-        if model_type not in PEFT_TARGETS:
-            raise TargetError(f"model.targets.modules: peft has no default LoRA targets for {model_type}; "
-                              f"name some of its linear layers: {', '.join(linear_layers(meta))}")
-        modules = tuple(PEFT_TARGETS[model_type])
-    targets = dataclasses.replace(cfg.targets, modules=tuple(modules))
+    targets = cfg.targets
+    if targets.modules is None:  # the paper's choice, found in the model's structure
+        targets = attention_targets(meta, getattr(config, "num_attention_heads", None))
     found = find_targets(meta, targets)
     fan_in_fan_out = cfg.fan_in_fan_out
     if fan_in_fan_out is None:
