@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -182,6 +183,21 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, new
+
+
+def takes_4d_mask(cfg: ModelConfig, head: str) -> bool:
+    """Whether the architecture builds its attention masks with transformers' masking utilities, which use a
+    ready 4D mask as it is (models.runtime.four_d_attention_mask). An architecture that builds its own from a
+    0/1 padding mask (DeBERTa-v2: mask.bool()) would read the additive 4D mask's 0 as "masked", every
+    position masked, and give NaN: it gets the 2D padding mask."""
+    if cfg.gguf_file:  # GGUF holds llama-like decoders, all on the masking utilities; its header is not read again
+        return True
+    try:
+        cls = HEAD_CLASSES[head]._model_mapping[type(architecture(cfg))]
+    except KeyError:  # no such head for this architecture: loading the model says so
+        return False
+    module = sys.modules[cls.__module__]  # imported by the mapping lookup
+    return any(hasattr(module, name) for name in ("create_bidirectional_mask", "create_causal_mask"))
 
 
 def attention(cfg: ModelConfig, config, head: str) -> str:
