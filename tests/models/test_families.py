@@ -76,6 +76,7 @@ def model_folder(root, family: str, tokenizer):
     return folder
 
 
+@pytest.mark.slow  # 10-25 s per family on 2 CPU cores (the structure alone: tests/models/test_targets.py)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_model_path_alone_searches_and_retrains(family, tokenizers, tmp_path, monkeypatch, capfd, caplog):
     """The console path with model.path=<folder> and nothing else about the model: the run ends, the targets
