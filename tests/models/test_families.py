@@ -104,4 +104,5 @@ def test_model_path_alone_searches_and_retrains(family, tokenizers, tmp_path, mo
     assert f"targets  {', '.join(kinds)}: 4 matrices (found in the architecture" in out, out
     eager = [r.getMessage() for r in caplog.records if "using eager attention" in r.getMessage()]
     assert len(eager) == (0 if sdpa else 1), eager
+    assert (out + err).count("using eager attention") == len(eager)  # the one line reaches the console
     assert "Traceback" not in out + err
