@@ -86,7 +86,8 @@ def task_config(name: str, *overrides: str) -> dict:
 def model_folders(tmp_path_factory) -> dict[str, Path]:
     """Tiny random models saved with save_pretrained next to real tokenizers, as a user's model folders:
     my-bert (BertModel: peft has default targets), my-distilbert (DistilBertForMaskedLM: peft has none, and
-    a classifier lacks pre_classifier) with MiniLM's WordPiece, my-gpt2 (GPT2LMHeadModel) with GPT-2's BPE."""
+    a classifier lacks pre_classifier) with MiniLM's WordPiece, my-gpt2 (GPT2LMHeadModel) and my-mamba (no
+    attention at all) with GPT-2's BPE."""
     from transformers import (
         AutoTokenizer,
         BertConfig,
@@ -95,6 +96,8 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
         DistilBertForMaskedLM,
         GPT2Config,
         GPT2LMHeadModel,
+        MambaConfig,
+        MambaForCausalLM,
     )
 
     from autolora.models.backbone import GPT2_BPE, ModelConfig, load_tokenizer, resolve_location
@@ -115,6 +118,8 @@ def model_folders(tmp_path_factory) -> dict[str, Path]:
                           wordpiece),
         "my-gpt2": (GPT2LMHeadModel(GPT2Config(vocab_size=len(bpe), n_positions=128, n_embd=32, n_layer=2, n_head=2,
                                                bos_token_id=50256, eos_token_id=50256)), bpe),
+        "my-mamba": (MambaForCausalLM(MambaConfig(vocab_size=len(bpe), hidden_size=16, num_hidden_layers=2,
+                                                  state_size=4, bos_token_id=50256, eos_token_id=50256)), bpe),
     }
     folders = {}
     for name, (model, tokenizer) in models.items():

@@ -102,6 +102,7 @@ class RunRecord:
     command: str
     processes: int
     started_at: str  # ISO time with zone: the report's date
+    targets: Mapping[str, Any]  # the adapted projections and how they were chosen (models.targets.describe)
     wandb: Mapping[str, str] | None = None  # where the W&B run is
     search: SearchRecord | None = None
     ranks_file: str | None = None  # search.ranks_file, when the ranks came from there
@@ -119,7 +120,7 @@ class RunRecord:
             **{f"n_{split}": n for split, n in self.n_eval.items()},
             "device": self.device, "precision": self.precision, "compile": dict(self.compile),
             "git_commit": self.git_commit, "versions": dict(self.versions), "command": self.command,
-            "processes": self.processes, "started_at": self.started_at,
+            "processes": self.processes, "started_at": self.started_at, "targets": dict(self.targets),
         }
         optional = {"wandb": self.wandb, "search": self.search and self.search.to_json(),
                     "ranks_file": self.ranks_file, "ranks_from": self.ranks_from,

@@ -97,7 +97,8 @@ def model_and_folder_cases(tmp_path):
          r"no module of GPT2ForSequenceClassification matches model.targets.modules=\['query', 'value'\]; "
          r"its linear layers: c_attn"),
         ("offline hub data", [*TINY, "task=glue/rte"],
-         r"glue/rte: no data.data_dir given, so the data comes from the hub"),
+         r"glue/rte: no data.data_dir given, so the data comes from the hub .*; "
+         r"set data.data_dir=<folder holding glue/RTE/>"),
         ("run dir inside a file", [*TINY, f"hydra.run.dir={a_file / 'run'}"], r"a_file is a file, not a folder"),
         ("run dir is a file", [*TINY, f"hydra.run.dir={a_file}"], r"a_file is a file, not a folder"),
         ("new run in a used folder", [*TINY, f"hydra.run.dir={foreign}"], r"foreign is not empty \(ranks.json\)"),

@@ -99,6 +99,48 @@ def _fused_c_attn(d=4, seed=0, rank_q=3, rank_v=5) -> SelectableLoRA:
     return wrapped
 
 
+def _per_head_qkv(d=4, heads=2, seed=0, rank_q=3, rank_v=5) -> SelectableLoRA:
+    """GPT-NeoX's query_key_value: per head h, rows [h*3*hd, (h+1)*3*hd) hold [q | k | v] of that head."""
+    torch.manual_seed(seed)
+    hd = d // heads
+    linear = nn.Linear(d, 3 * d).to(torch.float64)
+    parts = [PartSpec("q", 0, hd, rank_q, groups=heads), PartSpec("v", 2 * hd, 3 * hd, rank_v, groups=heads)]
+    wrapped = SelectableLoRA(linear, parts, lora_alpha=8.0, dropout=0.0, alpha_norm="softmax").to(torch.float64)
+    _randomise(wrapped, seed=seed + 1)
+    return wrapped
+
+
+def _rows(d=4, heads=2) -> dict[str, list[int]]:
+    """Brute force: the output rows of q, k and v in the per-head layout."""
+    hd = d // heads
+    return {p: [h * 3 * hd + i * hd + j for h in range(heads) for j in range(hd)] for i, p in enumerate("qkv")}
+
+
+def test_per_head_split_changes_only_the_q_and_v_rows_of_every_head():
+    """groups=heads: the k rows of every head are bitwise the base output; each part's rows (found by brute
+    force) get exactly its dense update, row by row."""
+    wrapped, rows = _per_head_qkv(), _rows()
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
+    base_out, out = wrapped.base(x), wrapped(x)
+    assert torch.equal(out[..., rows["k"]], base_out[..., rows["k"]])
+    for name, part in wrapped.parts.items():
+        expected = base_out[..., rows[name]] + x @ part.delta_weight().T
+        torch.testing.assert_close(out[..., rows[name]], expected, rtol=1e-12, atol=1e-12)
+    wrapped.eval()
+    before = wrapped(x)
+    wrapped.merge()
+    torch.testing.assert_close(wrapped(x), before, rtol=1e-12, atol=1e-12)
+
+
+def test_per_head_split_refuses_a_slice_outside_its_block():
+    """A slice must fit in one block (out / groups rows) and the blocks must divide the output."""
+    linear = nn.Linear(4, 12)
+    with pytest.raises(ValueError, match="bad LoRA part"):
+        SelectableLoRA(linear, [PartSpec("q", 4, 7, 2, groups=2)], lora_alpha=1, dropout=0, alpha_norm=None)
+    with pytest.raises(ValueError, match="bad LoRA part"):
+        SelectableLoRA(linear, [PartSpec("q", 0, 2, 2, groups=5)], lora_alpha=1, dropout=0, alpha_norm=None)
+
+
 def test_fused_c_attn_changes_only_q_and_v():
     """The k third of c_attn is bitwise the base output; q and v both move, with their own ranks."""
     d = 4
@@ -110,8 +152,9 @@ def test_fused_c_attn_changes_only_q_and_v():
     assert not torch.allclose(out[..., 2 * d :], base_out[..., 2 * d :])
     assert wrapped.ranks() == {"q": 3, "v": 5}
     for part in wrapped.parts.values():  # one block adapter over c_attn = each part's dense update on its rows
-        expected = base_out[..., part.start : part.stop] + x @ part.delta_weight().T
-        torch.testing.assert_close(out[..., part.start : part.stop], expected, rtol=1e-12, atol=1e-12)
+        [(start, stop, _)] = part.runs
+        expected = base_out[..., start:stop] + x @ part.delta_weight().T
+        torch.testing.assert_close(out[..., start:stop], expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["linear", "fused"])

@@ -156,6 +156,37 @@ def test_fused_q_and_v_ranks_export_as_one_block_adapter():
         torch.testing.assert_close(peft_model(**batch).logits, ours, rtol=1e-5, atol=1e-5)
 
 
+def test_per_head_q_and_v_ranks_export_as_one_block_adapter():
+    """GPT-NeoX query_key_value ([q | k | v] per head) with q rank 2 and v rank 3: one peft adapter of rank 5
+    with the same logits (each part's B lands on its rows in every head)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from autolora.models.targets import attention_targets
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=100, hidden_size=16, num_hidden_layers=2,
+                                             num_attention_heads=2, intermediate_size=32,
+                                             attn_implementation="eager")).eval()
+    targets = attention_targets(model, 2)
+    found = dict(zip(target_names(model, targets), [2, 3, 1, 4], strict=True))
+    inject(model, targets, found, lora_alpha=8, dropout=0.0, alpha_norm=None, trainable_modules=[])
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    batch = token_batch(2, 6)
+    with torch.no_grad():
+        ours = model(**batch).logits
+    config = ranks.peft_config(found, lora_alpha=8, dropout=0.0, modules_to_save=[], task_type="CAUSAL_LM",
+                               fan_in_fan_out=False)
+    peft_model = export.to_peft(model, config).eval()
+    assert _peft_ranks(peft_model) == {"gpt_neox.layers.0.attention.query_key_value": 5,
+                                       "gpt_neox.layers.1.attention.query_key_value": 5}
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(**batch).logits, ours, rtol=1e-5, atol=1e-5)
+
+
 def test_gate_statistics_against_hand_computed_values():
     """Spread, entropy and offset from the threshold on small gates worked out by hand."""
     import math

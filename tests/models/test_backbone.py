@@ -58,3 +58,35 @@ def test_only_frozen_untied_matmul_weights_change_dtype():
     assert store_frozen_linears_in(model, torch.bfloat16) == 0  # idempotent
     store_frozen_linears_in(model, torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_4d_masks_only_for_architectures_on_transformers_masking_utilities():
+    """BERT, GPT-2 and Llama take the ready 4D mask; DeBERTa-v2, which reads its mask as 0/1, keeps the 2D one:
+    given the additive 4D mask it masks every position and its loss is NaN (checked here, so the rule is not
+    kept for nothing)."""
+    import dataclasses
+
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    from autolora.models.backbone import ModelConfig, takes_4d_mask
+    from autolora.models.runtime import four_d_attention_mask
+
+    def random(model_type: str, **kwargs) -> ModelConfig:
+        return ModelConfig(name=model_type, kind="auto", path=None, config={"model_type": model_type, **kwargs},
+                           tokenizer="t", targets=None, head_modules=("classifier",), attn_implementation="eager",
+                           fan_in_fan_out=None, gguf_file=None, special_tokens=None)
+
+    assert takes_4d_mask(random("bert"), "sequence_classification")
+    assert takes_4d_mask(random("gpt2"), "causal_lm") and takes_4d_mask(random("llama"), "causal_lm")
+    assert not takes_4d_mask(random("deberta-v2"), "sequence_classification")
+    assert takes_4d_mask(dataclasses.replace(random("llama"), gguf_file="m.gguf"), "causal_lm")
+    torch.manual_seed(0)
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        attn_implementation="eager")).eval()
+    batch = token_batch(2, 6)
+    batch["attention_mask"][1, 4:] = 0
+    labels = torch.tensor([0, 1])
+    assert torch.isfinite(deberta(**batch, labels=labels).loss)
+    four_d = four_d_attention_mask(batch["attention_mask"], causal=False, attn_implementation="eager")
+    assert torch.isnan(deberta(input_ids=batch["input_ids"], attention_mask=four_d, labels=labels).loss)

@@ -1,5 +1,6 @@
-"""Your own model folder (model.path): model=local, peft's default targets per architecture, the one-line
-error listing linear layers, new modules trained, the name from the folder, quiet loading."""
+"""Your own model folder (model.path): model=local, the attention blocks' query and value projections found in
+the architecture, the one-line error listing linear layers, new modules trained, the name from the folder,
+quiet loading."""
 
 from __future__ import annotations
 
@@ -36,19 +37,25 @@ def test_model_path_alone_selects_local_named_after_the_folder(model_folders):
     assert local_model(str(model_folders["my-bert"]) + "/").name == "my-bert"
 
 
-def test_peft_default_targets_kind_and_layout_come_from_the_architecture(model_folders):
-    """BERT: peft's query/value, an encoder; GPT-2: peft's c_attn, a decoder whose Conv1D stores (in, out)."""
+def test_targets_kind_and_layout_come_from_the_architecture(model_folders):
+    """BERT: query/value, an encoder; DistilBERT (no peft default): q_lin/v_lin; GPT-2: the q and v slices of
+    c_attn, a decoder whose Conv1D stores (in, out)."""
     bert = resolve_auto(local_model(model_folders["my-bert"]), "sequence_classification")
     assert (bert.targets.modules, bert.kind, bert.fan_in_fan_out) == (("query", "value"), "encoder", False)
+    distilbert = resolve_auto(local_model(model_folders["my-distilbert"]), "sequence_classification")
+    assert distilbert.targets.modules == ("q_lin", "v_lin") and distilbert.targets.found
     gpt2 = resolve_auto(local_model(model_folders["my-gpt2"]), "causal_lm")
-    assert (gpt2.targets.modules, gpt2.kind, gpt2.fan_in_fan_out) == (("c_attn",), "decoder", True)
+    assert (gpt2.targets.modules, gpt2.targets.split, gpt2.targets.parts, gpt2.kind, gpt2.fan_in_fan_out) == (
+        ("c_attn",), ("q", "k", "v"), ("q", "v"), "decoder", True)
 
 
 def test_no_matching_target_is_one_line_listing_the_linear_layers(model_folders):
-    """DistilBERT has no peft default, and query/value match nothing: both errors list its linear layers."""
+    """A model without attention blocks (Mamba), and targets that match nothing (query/value on DistilBERT):
+    both errors list the model's linear layers."""
+    with pytest.raises(TargetError, match=r"found no attention block .* in MambaForCausalLM: its linear layers: "
+                                          r"in_proj, x_proj, dt_proj, out_proj, lm_head; name the projections"):
+        resolve_auto(local_model(model_folders["my-mamba"]), "causal_lm")
     layers = "q_lin, k_lin, v_lin, out_lin, lin1, lin2, pre_classifier, classifier"
-    with pytest.raises(TargetError, match=f"peft has no default LoRA targets for distilbert; .*: {layers}$"):
-        resolve_auto(local_model(model_folders["my-distilbert"]), "sequence_classification")
     with pytest.raises(TargetError,
                        match=rf"matches model.targets.modules=\['query', 'value'\]; its linear layers: {layers}$"):
         resolve_auto(local_model(model_folders["my-distilbert"], "model.targets.modules=[query,value]"),

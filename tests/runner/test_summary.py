@@ -61,3 +61,18 @@ def test_summary_says_where_ranks_and_the_wandb_run_are():
     assert "ranks    from search.ranks_file=/old/ranks.json" in reused
     assert ("W&B      offline run /runs/r/wandb/offline-run-1; upload it with: wandb sync /runs/r/wandb/offline-run-1"
             in reused)
+
+
+def test_summary_names_the_targets_and_who_chose_them():
+    """The targets line: the matrices' last names, how many, and whether the architecture (per head for a
+    per-head fused projection) or model.targets chose them; a record from before targets has none."""
+    from autolora.models.targets import TargetConfig, describe
+
+    found = describe(TargetConfig(("query_key_value",), ("q", "k", "v"), ("q", "v"), groups=4, found=True))
+    text = summary_text(record(ranks_from="search", targets=found), Path("/runs/r"))
+    assert (f"targets  query_key_value:q, query_key_value:v: {len(RANKS)} matrices (found in the architecture: the "
+            "query and value projections of its attention blocks; the slices of each of its 4 heads)") in text
+    configured = describe(TargetConfig(("bert.encoder.layer.0.attention.self.query",), (), ()))
+    text = summary_text(record(ranks_from="search", targets=configured), Path("/runs/r"))
+    assert f"targets  query: {len(RANKS)} matrices (model.targets)" in text
+    assert "targets" not in summary_text(record(ranks_from="search"), Path("/runs/r"))

@@ -3,7 +3,6 @@ the one data-folder rule, and errors that name file, line and column."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -148,16 +147,6 @@ def test_wrong_data_dir_says_did_you_mean(tmp_path, wrong):
     given = root / "glue" / "RTE" if wrong.startswith("data") else tmp_path / wrong
     with pytest.raises(DataError, match=rf"no such folder .*did you mean data.data_dir={root}\?"):
         build_task(task_config("glue/rte")).load(data(given))
-
-
-def test_old_glue_folder_rule_is_read_with_a_warning(tmp_path, caplog):
-    """data.data_dir=<the glue/ folder itself> (the old GLUE meaning) still reads, and says the new rule."""
-    root = tmp_path / "data"
-    for name in ("train.tsv", "dev.tsv"):
-        _write(root / "glue" / "RTE", name, "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
-    with caplog.at_level(logging.WARNING):
-        splits = build_task(task_config("glue/rte")).load(data(root / "glue"))
-    assert len(splits.train) == 1 and f"(data.data_dir={root})" in caplog.text
 
 
 def test_task_file_outside_the_package_via_searchpath(tmp_path):

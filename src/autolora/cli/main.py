@@ -17,6 +17,7 @@ import contextlib
 import copy
 import datetime as dt
 import errno
+import logging
 import os
 import re
 import shutil
@@ -169,6 +170,24 @@ def check_folders(points: list[Point], words: list[str], new_folders: set[Path])
     return sweep_dir
 
 
+@contextlib.contextmanager
+def logging_restored():
+    """Hydra's job logging (a console handler bound to the sys.stdout of the moment, the run folder's log file)
+    for the jobs only: the root logger gets back its handlers and level afterwards, the added handlers closed.
+    Left in place, a second main() in the same process (tests, a notebook) would send what it logs before its
+    own jobs start (the checks of every job) to a closed stream and into the first run's log file."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 def main() -> None:
     """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
     sys.argv[1:] = expand_overrides(sys.argv[1:])  # model.path=<folder> alone selects model=local
@@ -200,7 +219,8 @@ def main() -> None:
             _job(cfg, stop, invocation, new_folders)
 
         try:
-            hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)()
+            with logging_restored():
+                hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)()
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)

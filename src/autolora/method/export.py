@@ -39,11 +39,8 @@ def peft_factors(module: SelectableLoRA) -> tuple[Tensor, Tensor]:
     if any(part.alpha is not None for part in parts):
         raise ValueError("only fixed-rank LoRA (no alpha) can be exported to peft")
     a = torch.cat([part.A.detach() for part in parts])  # (r_total, in)
-    b = a.new_zeros(module.out_features, a.shape[0])  # (out, r_total): block structure
-    col = 0
-    for part in parts:
-        b[part.start : part.stop, col : col + part.rank] = part.B.detach() * part.scale
-        col += part.rank
+    # (out, r_total): block structure, each part's B at its own output rows (LoRAPart.placed)
+    b = torch.cat([part.placed(part.B.detach() * part.scale, module.out_features) for part in parts], dim=1)
     return a, b
 
 

@@ -45,7 +45,7 @@ def inject(
     for param in model.parameters():
         param.requires_grad_(False)
     for module_name, slices in found.items():
-        specs = [PartSpec(p, s, e, ranks[public_name(module_name, p)]) for p, s, e in slices]
+        specs = [PartSpec(p, s, e, ranks[public_name(module_name, p)], targets.groups) for p, s, e in slices]
         specs = [spec for spec in specs if spec.rank > 0]
         if not specs:
             continue  # rank 0 everywhere: this module keeps no adapter at all

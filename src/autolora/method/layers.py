@@ -42,22 +42,30 @@ def initial_alpha(k: int, alpha_norm: str) -> Tensor:
 
 @dataclass(frozen=True)
 class PartSpec:
-    """One adapted output slice ``[start, stop)`` of a projection, with its number of components."""
+    """One adapted output slice ``[start, stop)`` of a projection, with its number of components; with
+    groups > 1 the slice lies at ``[start, stop)`` of each of that many equal output blocks (one per head)."""
 
     name: str
     start: int
     stop: int
     rank: int
+    groups: int = 1
+
+    def runs(self, out_features: int) -> list[tuple[int, int, int]]:
+        """(first row, end row, first row of B) of each contiguous run of output rows this part adapts."""
+        block, width = out_features // self.groups, self.stop - self.start
+        return [(g * block + self.start, g * block + self.stop, g * width) for g in range(self.groups)]
 
 
 class LoRAPart(nn.Module):
     """K rank-1 components for one output slice: delta(x) = scale · (x Aᵀ ⊙ g) Bᵀ."""
 
-    def __init__(self, spec: PartSpec, in_features: int, scale: float, alpha_norm: str | None):
+    def __init__(self, spec: PartSpec, in_features: int, out_features: int, scale: float, alpha_norm: str | None):
         super().__init__()
-        self.start, self.stop, self.scale, self.alpha_norm = spec.start, spec.stop, scale, alpha_norm
+        self.scale, self.alpha_norm = scale, alpha_norm
+        self.runs = spec.runs(out_features)  # [(first row, end row, first row of B)] in the projection's output
         self.A = nn.Parameter(torch.empty(spec.rank, in_features))  # (K, in)
-        self.B = nn.Parameter(torch.zeros(spec.stop - spec.start, spec.rank))  # (out_part, K)
+        self.B = nn.Parameter(torch.zeros(spec.groups * (spec.stop - spec.start), spec.rank))  # (out_part, K)
         nn.init.kaiming_uniform_(self.A, a=5**0.5)  # as peft/LoRA: A random, B zero, so delta = 0 at init
         self.alpha = None if alpha_norm is None else nn.Parameter(initial_alpha(spec.rank, alpha_norm))
 
@@ -85,6 +93,15 @@ class LoRAPart(nn.Module):
         """The dense update scale · B diag(g) A, shape (out_part, in); used by merge() and tests only."""
         return (self.B * self.column_scale()) @ self.A  # scales B's columns
 
+    def placed(self, b: Tensor, out_features: int) -> Tensor:
+        """b (out_part, R) with zero rows around it so that its rows sit at this part's output rows: (out, R).
+        Out of place (pads and a concatenation): autograd still needs b."""
+        pieces, row = [], 0
+        for first, end, offset in self.runs:
+            pieces += [b.new_zeros(first - row, b.shape[1]), b[offset : offset + end - first]]
+            row = end
+        return torch.cat([*pieces, b.new_zeros(out_features - row, b.shape[1])])
+
 
 class SelectableLoRA(nn.Module):
     """A frozen projection plus one ``LoRAPart`` per adapted slice; ``base`` runs unchanged."""
@@ -105,15 +122,19 @@ class SelectableLoRA(nn.Module):
         in_features, out_features = projection_shape(base)
         ordered = sorted(parts, key=lambda p: p.start)
         for i, spec in enumerate(ordered):
-            if not 0 <= spec.start < spec.stop <= out_features or spec.rank < 1:
+            block = out_features // spec.groups if spec.groups >= 1 and out_features % spec.groups == 0 else 0
+            if not 0 <= spec.start < spec.stop <= block or spec.rank < 1:
                 raise ValueError(f"bad LoRA part {spec} for a projection with {out_features} outputs")
+            if i and spec.groups != ordered[i - 1].groups:
+                raise ValueError(f"LoRA parts {ordered[i - 1].name!r} and {spec.name!r} split the output differently")
             if i and spec.start < ordered[i - 1].stop:
                 raise ValueError(f"LoRA parts {ordered[i - 1].name!r} and {spec.name!r} overlap")
         self.base = base
         self.in_features, self.out_features = in_features, out_features
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.parts = nn.ModuleDict(
-            {spec.name: LoRAPart(spec, in_features, lora_alpha / spec.rank, alpha_norm) for spec in ordered}
+            {spec.name: LoRAPart(spec, in_features, out_features, lora_alpha / spec.rank, alpha_norm)
+             for spec in ordered}
         )
         self.merged = False
 
@@ -123,7 +144,7 @@ class SelectableLoRA(nn.Module):
             return out
         x = self.dropout(x)
         parts = list(self.parts.values())
-        if len(parts) == 1 and parts[0].stop - parts[0].start == self.out_features:
+        if len(parts) == 1 and parts[0].B.shape[0] == self.out_features:
             return out + parts[0](x).to(out.dtype)
         # Several parts (GPT-2's fused c_attn: q and v), or one part of the output: one adapter over the
         # whole projection, as peft has, instead of one per part plus a concatenation of the (.., out)
@@ -131,8 +152,7 @@ class SelectableLoRA(nn.Module):
         # components; B is block-structured, zero outside each part's rows, so untouched slices get + 0.
         hidden = F.linear(x, torch.cat([part.A for part in parts]))  # (..., R), R = sum of the parts' ranks
         column_scale = torch.cat([part.column_scale() for part in parts])  # (R,): scale, or gate * scale
-        block_b = torch.cat([F.pad(part.B, (0, 0, part.start, self.out_features - part.stop)) for part in parts],
-                            dim=1)  # (out, R)
+        block_b = torch.cat([part.placed(part.B, self.out_features) for part in parts], dim=1)  # (out, R)
         return out + F.linear(hidden * column_scale.to(hidden.dtype), block_b).to(out.dtype)
 
     def ranks(self) -> dict[str, int]:
@@ -144,10 +164,12 @@ class SelectableLoRA(nn.Module):
         weight = self.base.weight
         for part in self.parts.values():
             delta = part.delta_weight().to(weight.dtype) * sign  # (out_part, in)
-            if isinstance(self.base, Conv1D):  # Conv1D stores (in, out): the one place layout matters
-                weight[:, part.start : part.stop] += delta.T
-            else:
-                weight[part.start : part.stop, :] += delta
+            for first, end, offset in part.runs:
+                rows = delta[offset : offset + end - first]
+                if isinstance(self.base, Conv1D):  # Conv1D stores (in, out): the one place layout matters
+                    weight[:, first:end] += rows.T
+                else:
+                    weight[first:end, :] += rows
 
     def merge(self) -> None:
         """Fold the update into the base weight (inference); forward then runs the base alone."""

@@ -16,6 +16,7 @@ import dataclasses
 import importlib.util
 import logging
 import shutil
+import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from transformers.pytorch_utils import Conv1D
 
 from autolora.errors import TargetError
 from autolora.models import assembled
-from autolora.models.targets import TargetConfig, find_targets, linear_layers
+from autolora.models.targets import TargetConfig, attention_targets, find_targets
 
 HEAD_CLASSES = {
     "sequence_classification": AutoModelForSequenceClassification,
@@ -58,7 +59,7 @@ class ModelConfig:
     path: str | None  # pretrained weights: hub id, local folder or pkg://; None = random init from `config`
     config: Mapping[str, Any] | None  # transformers config kwargs for random init (model_type=...)
     tokenizer: str | None  # None: the tokenizer stored with `path`
-    targets: TargetConfig  # modules None: peft's default LoRA targets for the architecture
+    targets: TargetConfig  # modules None: the attention blocks' query and value projections
     head_modules: tuple[str, ...]  # trained in full next to LoRA (peft modules_to_save), besides the new modules
     attn_implementation: str  # sdpa (fast) or eager (needed by hypergrad=exact: double backward)
     fan_in_fan_out: bool | None  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag); None: detected
@@ -184,6 +185,21 @@ def load_model(cfg: ModelConfig, head: str, num_labels: int, tokenizer, seed: in
     return model, new
 
 
+def takes_4d_mask(cfg: ModelConfig, head: str) -> bool:
+    """Whether the architecture builds its attention masks with transformers' masking utilities, which use a
+    ready 4D mask as it is (models.runtime.four_d_attention_mask). An architecture that builds its own from a
+    0/1 padding mask (DeBERTa-v2: mask.bool()) would read the additive 4D mask's 0 as "masked", every
+    position masked, and give NaN: it gets the 2D padding mask."""
+    if cfg.gguf_file:  # GGUF holds llama-like decoders, all on the masking utilities; its header is not read again
+        return True
+    try:
+        cls = HEAD_CLASSES[head]._model_mapping[type(architecture(cfg))]
+    except KeyError:  # no such head for this architecture: loading the model says so
+        return False
+    module = sys.modules[cls.__module__]  # imported by the mapping lookup
+    return any(hasattr(module, name) for name in ("create_bidirectional_mask", "create_causal_mask"))
+
+
 def attention(cfg: ModelConfig, config, head: str) -> str:
     """cfg.attn_implementation, or eager (said once, in the log) where it is sdpa and the transformers class of
     this architecture and head has no SDPA attention: transformers would refuse to build it (ValueError)."""
@@ -224,11 +240,11 @@ def architecture(cfg: ModelConfig):
 
 
 def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
-    """Fill in model.kind, model.targets.modules and model.fan_in_fan_out where they are auto, from the
-    architecture (peft's default LoRA targets per model type; Conv1D targets store weights (in, out)), and check
+    """Fill in model.kind, model.targets and model.fan_in_fan_out where they are auto, from the architecture
+    (the query and value projections of its attention blocks: targets.attention_targets; Conv1D targets store
+    weights (in, out)), and check
     on the model built on the meta device (no weights read) that the targets match; TargetError otherwise.
     sdpa becomes eager for an architecture without SDPA attention (`attention`)."""
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -250,13 +266,9 @@ def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
     head = head if kind == "encoder" or head == "causal_lm" else "causal_lm"  # a mismatch is check_compatible's
     with torch.device("meta"):
         meta = HEAD_CLASSES[head].from_config(config, attn_implementation="eager")
-    modules = cfg.targets.modules
-    if modules is None:
-        if model_type not in PEFT_TARGETS:
-            raise TargetError(f"model.targets.modules: peft has no default LoRA targets for {model_type}; "
-                              f"name some of its linear layers: {', '.join(linear_layers(meta))}")
-        modules = tuple(PEFT_TARGETS[model_type])
-    targets = dataclasses.replace(cfg.targets, modules=tuple(modules))
+    targets = cfg.targets
+    if targets.modules is None:  # the paper's choice, found in the model's structure
+        targets = attention_targets(meta, getattr(config, "num_attention_heads", None))
     found = find_targets(meta, targets)
     fan_in_fan_out = cfg.fan_in_fan_out
     if fan_in_fan_out is None:

@@ -3,6 +3,10 @@
 Every adapted matrix has one public name: the module path (``bert.encoder.layer.3.attention.self.query``)
 or, for a slice of a fused projection, ``module:part`` (``transformer.h.3.attn.c_attn:q``). The same
 strings key ``alpha`` in the logs, ``ranks.json`` and the peft ``rank_pattern``.
+
+With ``model.targets.modules`` null the targets are found from the model's structure (`attention_targets`):
+the paper's choice, the query and value projections of every attention block, whatever the architecture
+calls them; a fused query/key/value projection gets its q and v slices.
 """
 
 from __future__ import annotations
@@ -32,15 +36,21 @@ def projection_shape(base: nn.Module) -> tuple[int, int]:
 class TargetConfig:
     """Which projections get LoRA: peft-style name suffixes, plus the slices of a fused projection."""
 
-    # e.g. ("query", "value") or ("c_attn",); None: found from the architecture (backbone.resolve_auto)
+    # e.g. ("query", "value") or ("c_attn",); None: found from the architecture (attention_targets)
     modules: tuple[str, ...] | None
     split: tuple[str, ...]  # equal output slices of a fused projection, e.g. ("q", "k", "v"); () if not fused
     parts: tuple[str, ...]  # the slices that get LoRA, e.g. ("q", "v"); () if not fused
+    # the split repeats in this many equal output blocks: 1 for [q | k | v] (GPT-2's c_attn), the number of
+    # heads where every head holds its own [q | k | v] (GPT-NeoX's query_key_value)
+    groups: int = 1
+    found: bool = False  # True: attention_targets chose them from the architecture (said in the summary)
 
     def __post_init__(self):
         if self.modules is not None and not self.modules:
             raise ValueError("model.targets.modules is empty: name at least one projection to adapt "
-                             "(or null: peft's default)")
+                             "(or null: the attention blocks' query and value projections)")
+        if self.groups < 1:
+            raise ValueError(f"model.targets.groups must be >= 1, got {self.groups}")
         unknown = set(self.parts) - set(self.split)
         if unknown or bool(self.split) != bool(self.parts):
             raise ValueError(f"model.targets.parts {list(self.parts)} must be a non-empty subset of split "
@@ -70,9 +80,10 @@ def find_targets(model: nn.Module, targets: TargetConfig) -> dict[str, list[tupl
         if not targets.split:
             found[name] = [(WHOLE, 0, out_features)]
             continue
-        if out_features % len(targets.split):
-            raise ValueError(f"{name}: {out_features} outputs do not split into {list(targets.split)}")
-        width = out_features // len(targets.split)
+        if out_features % (len(targets.split) * targets.groups):
+            raise ValueError(f"{name}: {out_features} outputs do not split into {list(targets.split)}"
+                             + (f" in each of {targets.groups} groups" if targets.groups > 1 else ""))
+        width = out_features // targets.groups // len(targets.split)  # one slice within one group
         found[name] = [(p, i * width, (i + 1) * width) for i, p in enumerate(targets.split) if p in targets.parts]
     if not found:
         raise TargetError(f"no module of {type(model).__name__} matches model.targets.modules={list(targets.modules)}; "
@@ -89,3 +100,58 @@ def linear_layers(model: nn.Module) -> list[str]:
 def target_names(model: nn.Module, targets: TargetConfig) -> list[str]:
     """Public names of all matrices the search adapts, in model order."""
     return [public_name(m, p) for m, slices in find_targets(model, targets).items() for p, _, _ in slices]
+
+
+# An attention block: a module whose own linear children include a query, a key and a value projection,
+# named by role as the architectures name them (BERT query, DistilBERT q_lin, MPNet q, DeBERTa query_proj,
+# Llama q_proj, ...). Or one fused projection computing all three, listed here with its output layout.
+QUERY = ("query", "q", "q_proj", "q_lin", "query_proj", "wq")
+KEY = ("key", "k", "k_proj", "k_lin", "key_proj", "wk")
+VALUE = ("value", "v", "v_proj", "v_lin", "value_proj", "wv")
+PER_HEAD, CONTIGUOUS = "per head", "contiguous"
+FUSED = {"c_attn": CONTIGUOUS, "Wqkv": CONTIGUOUS, "qkv_proj": CONTIGUOUS, "qkv": CONTIGUOUS,
+         "query_key_value": PER_HEAD}  # GPT-NeoX, Bloom, Falcon: view(..., heads, 3 * head_size)
+
+
+def attention_targets(model: nn.Module, heads: int | None) -> TargetConfig:
+    """The query and value projections of every attention block of `model` (built on the meta device will do):
+    separate projections by name suffix (or by full path where the suffix would catch more), fused ones as
+    their q and v slices. heads: the config's number of attention heads (for a per-head fused layout).
+    TargetError, listing the linear layers, where the model has no attention block."""
+    separate, fused = [], {}  # paths of the q and v projections; path of a fused projection -> its layout
+    for name, module in model.named_modules():
+        children = {child for child, m in module.named_children() if isinstance(m, nn.Linear | Conv1D)}
+        path = f"{name}." if name else ""
+        roles = [next((c for c in names if c in children), None) for names in (QUERY, KEY, VALUE)]
+        if all(roles):
+            separate += [path + roles[0], path + roles[2]]
+        for child in sorted(children & set(FUSED)):
+            in_features, out_features = projection_shape(module.get_submodule(child))
+            if out_features == 3 * in_features:  # q, k and v as wide as the input: equal thirds (no grouped KV)
+                fused[path + child] = FUSED[child]
+    where = f"{type(model).__name__}: its linear layers: {', '.join(linear_layers(model))}"
+    if not separate and not fused:
+        raise TargetError(f"model.targets.modules: found no attention block (query, key and value projections) "
+                          f"in {where}; name the projections to adapt: model.targets.modules=[...]")
+    if (separate and fused) or len(set(fused.values())) > 1:
+        raise TargetError(f"model.targets.modules: attention blocks of different layouts in {where}; name the "
+                          "projections to adapt: model.targets.modules=[...] (with model.targets.split/parts)")
+    paths = separate or list(fused)
+    suffixes = tuple(dict.fromkeys(p.rpartition(".")[2] for p in paths))
+    caught = [n for n, m in model.named_modules() if matches(n, suffixes) and isinstance(m, nn.Linear | Conv1D)]
+    modules = suffixes if sorted(caught) == sorted(paths) else tuple(paths)
+    if separate:
+        return TargetConfig(modules, (), (), found=True)
+    per_head = next(iter(fused.values())) == PER_HEAD
+    if per_head and not heads:
+        raise TargetError(f"model.targets.modules: {paths[0]} holds q, k and v per head, and the model config "
+                          "names no num_attention_heads; name the projections to adapt: model.targets.modules=[...]")
+    return TargetConfig(modules, ("q", "k", "v"), ("q", "v"), groups=heads if per_head else 1, found=True)
+
+
+def describe(targets: TargetConfig) -> dict:
+    """The targets as metrics.json and ranks.json record them (and the summary prints them)."""
+    matrices = [f"{m}:{p}" for m in targets.modules for p in targets.parts] if targets.split else list(targets.modules)
+    return {"matrices": matrices, "modules": list(targets.modules), "split": list(targets.split),
+            "parts": list(targets.parts), "groups": targets.groups,
+            "from": "architecture" if targets.found else "model.targets"}

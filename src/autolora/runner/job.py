@@ -21,7 +21,7 @@ from autolora.engine.checkpoint import Checkpointer
 from autolora.engine.distributed import SINGLE, World
 from autolora.engine.loop import Loop
 from autolora.errors import ConfigError
-from autolora.models.backbone import load_model
+from autolora.models.backbone import load_model, takes_4d_mask
 from autolora.models.runtime import four_d_attention_mask, store_frozen_linears_in
 from autolora.record import PhaseCost
 from autolora.runner.run_config import Settings
@@ -85,6 +85,7 @@ class Job:
         self.heads = settings.model.head_modules if task.head != "causal_lm" else ()
         self.seed = settings.seed * 1_000_003  # data-order seeds: search D_tr, D_val, retrain = seed, +1, +2
         self.pad = task.collate(tokenizer)  # built once, not per batch
+        self.mask_4d = takes_4d_mask(settings.model, task.head)  # False: the model reads its 2D padding mask
 
     def loop(self, phase: str, log) -> Loop:
         """The run-side settings of the phase's training loop (search or retrain)."""
@@ -106,12 +107,14 @@ class Job:
 
     def collate(self, rows: list[dict]) -> dict:
         """The task's padded batch, padded on to its length bucket (few shapes: each step shape is captured
-        once, engine/capture.py), its padding mask turned 4D on the host (no mask.all() sync later)."""
+        once, engine/capture.py), its padding mask turned 4D on the host (no mask.all() sync later) where the
+        architecture takes a 4D mask."""
         batch = pad_to_bucket(self.pad(rows), self.settings.pad_to_multiple, self.task.max_length,
                               self.tokenizer.pad_token_id)
         model = self.settings.model
-        batch["attention_mask"] = four_d_attention_mask(
-            batch["attention_mask"], causal=model.kind == "decoder", attn_implementation=model.attn_implementation)
+        if self.mask_4d:
+            batch["attention_mask"] = four_d_attention_mask(batch["attention_mask"], causal=model.kind == "decoder",
+                                                            attn_implementation=model.attn_implementation)
         return batch
 
     def fresh_model(self):

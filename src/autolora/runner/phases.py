@@ -26,7 +26,7 @@ from autolora.method.inject import inject
 from autolora.method.registry import METHODS
 from autolora.method.search import search
 from autolora.method.train import train
-from autolora.models.targets import target_names
+from autolora.models.targets import describe, target_names
 from autolora.record import PhaseRecord, SearchRecord
 from autolora.runner import outputs
 from autolora.runner.job import PEFT_TASK_TYPES, Job, trainable
@@ -74,7 +74,8 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     if job.world.is_main:
         ranks_io.save(job.run_dir, found, searched.gates, {
             "model": job.settings.model.name, "task": job.task.name, "seed": job.settings.seed,
-            "k": s.k, "alpha_norm": s.alpha_norm, "threshold": s.selection_threshold, "min_rank": s.min_rank,
+            "targets": describe(job.settings.model.targets), "k": s.k, "alpha_norm": s.alpha_norm,
+            "threshold": s.selection_threshold, "min_rank": s.min_rank,
             "readout": s.readout, "raw_alpha": searched.alphas, "search": record.to_json()})
     return found, record
 

@@ -20,6 +20,7 @@ from autolora.engine.checkpoint import Checkpointer, StopFlag
 from autolora.engine.distributed import SINGLE, World
 from autolora.errors import ConfigError
 from autolora.files import write_json
+from autolora.models.targets import describe
 from autolora.provenance import device_name, git_commit, versions
 from autolora.record import RunRecord
 from autolora.runner import joblog, outputs
@@ -103,7 +104,8 @@ def run_claimed(job: Job, resumed: bool, resolved: Mapping[str, Any], inputs: In
         n_eval={split: len(rows) for split, rows in job.evaluation.items()}, device=device_name(settings.device),
         precision=settings.precision, compile=job.compile, git_commit=git_commit(), versions=versions(),
         command=" ".join(sys.argv), processes=job.world.size,
-        started_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"), wandb=tracker.where())
+        started_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        targets=describe(settings.model.targets), wandb=tracker.where())
     try:
         outcome = PHASES[settings.method](job, tracker)
         record.search, record.retrain, record.ranks_from = outcome.search, outcome.retrain, outcome.ranks_from

@@ -89,7 +89,7 @@ def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
         modules = targets["modules"] if targets["modules"] is None else tuple(targets["modules"])
         model = ModelConfig(
             **{**model, "head_modules": tuple(model["head_modules"])},
-            targets=TargetConfig(modules, tuple(targets["split"]), tuple(targets["parts"])),
+            targets=TargetConfig(modules, tuple(targets["split"]), tuple(targets["parts"]), targets["groups"]),
         )
         device = resolve_device(cfg.device) if here else placeholder_device(cfg.device)
         check_compile(cfg.compile, device if here else None)

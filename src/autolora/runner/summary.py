@@ -49,6 +49,7 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"search   {s['steps']} steps in {s['wall_time_s']:.1f} s; {scores or 'not evaluated'};"
                      f" threshold {s['threshold']:.4g}")
         lines += gate_lines(s)
+    lines += target_lines(record)
     kinds, layers, grid = rank_grid(record["ranks"])
     lines.append(f"ranks    from {ranks_origin(record)}")
     lines.append("         layer " + " ".join(f"{layer:>3}" for layer in layers))
@@ -69,6 +70,19 @@ def summary_text(record: Mapping[str, Any], run_dir: Path) -> str:
         lines.append(f"W&B      {wandb['url']}" if wandb["mode"] == "online" else
                      f"W&B      offline run {wandb['dir']}; upload it with: {wandb['sync']}")
     return "\n".join(lines)
+
+
+def target_lines(record: Mapping[str, Any]) -> list[str]:
+    """Which projections got LoRA (models.targets.describe), and whether the architecture or the config chose
+    them; none for a record written before targets were recorded."""
+    targets = record.get("targets")
+    if targets is None:
+        return []
+    how = ("found in the architecture: the query and value projections of its attention blocks"
+           if targets["from"] == "architecture" else "model.targets")
+    per_head = f"; the slices of each of its {targets['groups']} heads" if targets["groups"] > 1 else ""
+    kinds = dict.fromkeys(name.rpartition(".")[2] for name in targets["matrices"])  # full paths: their last names
+    return [f"targets  {', '.join(kinds)}: {len(record['ranks'])} matrices ({how}{per_head})"]
 
 
 def capture_lines(record: Mapping[str, Any]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from autolora.typecheck import check_types
 if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
     from datasets import Dataset
 
-log = logging.getLogger(__name__)
 HEADS = ("sequence_classification", "token_classification", "causal_lm")
 DATA_SOURCES = ("auto", "local", "hub", "sample")
 SELECT_ON = ("dev", "heldout")
@@ -178,13 +176,13 @@ def local_folder(data: DataConfig, task_name: str, subdir: str, sample: str | No
     if folder.is_dir():
         return folder, f"local {folder}"
     better = folder_with(root, subdir)
-    first, *rest = Path(subdir).parts
-    if rest and root.name == first and better == root.resolve().parent:
-        # The old GLUE rule (data_dir = the glue/ folder itself): still read, with the new rule spelled out.
-        log.warning("data.data_dir=%s is the %s/ folder itself; data.data_dir is the folder holding it "
-                    "(data.data_dir=%s); read %s this time", data.data_dir, first, better, root / Path(*rest))
-        return root / Path(*rest), f"local {root / Path(*rest)}"
     hint = f"; did you mean data.data_dir={better}?" if better is not None else ""
+    first, *rest = Path(subdir).parts
+    if rest and (root / Path(*rest)).is_dir() and better is None:
+        # The glue/ folder itself under another name (download_glue_data.py writes glue_data/): refused like
+        # every wrong folder, so that data.data_dir means one thing for every task, sweep and make reproduce.
+        hint = (f"; it holds {Path(*rest)}/ itself: rename or link it as <folder>/{first}/ and set "
+                "data.data_dir=<folder>")
     raise DataError(f"{folder}: no such folder (data.data_dir={data.data_dir} must hold {subdir}/){hint}")
 
 
