@@ -14,9 +14,11 @@ from autolora.models.targets import target_names
 
 
 def test_known_tables():
-    """Hand-made gates with known answers: count of gates >= threshold."""
+    """Hand-made gates with known answers: count of gates >= threshold; gates that never left the threshold (b)
+    are undecided and get min_rank, not k."""
     gates = {"a": [0.5, 0.3, 0.1, 0.1], "b": [0.25, 0.25, 0.25, 0.25], "c": [0.7, 0.1, 0.1, 0.1]}
-    assert ranks.select_ranks(gates, 0.25) == {"a": 2, "b": 4, "c": 1}
+    assert ranks.select_ranks(gates, 0.25) == {"a": 2, "b": 0, "c": 1}
+    assert ranks.select_ranks(gates, 0.25, min_rank=1) == {"a": 2, "b": 1, "c": 1}
 
 
 def test_all_gates_below_the_threshold_remove_the_adapter():
@@ -30,15 +32,19 @@ def test_ties_at_the_threshold_are_kept_despite_float32_rounding():
     """A gate equal to the threshold counts, also when float32 rounding puts it a hair below."""
     third = float(torch.tensor(1 / 3, dtype=torch.float32))
     below = float(torch.nextafter(torch.tensor(1 / 3, dtype=torch.float32), torch.tensor(0.0)))
-    assert ranks.select_ranks({"x": [third, third, third]}, 1 / 3) == {"x": 3}
+    assert ranks.select_ranks({"x": [third, third, third, 0.0]}, 1 / 3) == {"x": 3}
+    assert ranks.select_ranks({"x": [third, third, third]}, 1 / 3) == {"x": 0}  # all at the threshold: undecided
     assert ranks.select_ranks({"x": [below, 0.5, 0.1]}, 1 / 3) == {"x": 2}
     assert ranks.select_ranks({"x": [1 / 3 - 1e-3, 0.5, 0.1]}, 1 / 3) == {"x": 1}
 
 
 def test_k_equal_one():
-    """k = 1: the softmax gate is exactly 1, at the threshold 1/k: the rank is 1."""
-    gate = torch.softmax(torch.zeros(1), 0).tolist()
-    assert ranks.select_ranks({"x": gate}, ranks.default_threshold(1, "softmax")) == {"x": 1}
+    """k = 1: the softmax gate is exactly 1 whatever alpha is, at the threshold 1/k: undecided, min_rank (and
+    SearchConfig refuses k = 1 under softmax); a sigmoid gate that moved decides."""
+    gate = torch.softmax(torch.randn(1), 0).tolist()
+    assert ranks.select_ranks({"x": gate}, ranks.default_threshold(1, "softmax")) == {"x": 0}
+    assert ranks.select_ranks({"x": gate}, ranks.default_threshold(1, "softmax"), min_rank=1) == {"x": 1}
+    assert ranks.select_ranks({"x": [0.6]}, ranks.default_threshold(1, "sigmoid")) == {"x": 1}
 
 
 def test_ranks_stay_in_range_and_fall_as_the_threshold_rises():

@@ -12,8 +12,9 @@ from autolora.runner.pipeline import execute
 
 def test_released_readout_counts_alphas_at_or_above_their_mean():
     alphas = {"a": [0.3, 0.1, 0.2, 0.2], "b": [1.0, 1.0, 1.0, 1.0], "c": [-2.0, 0.0, 5.0, 1.0]}
-    # a: mean 0.2 -> 0.3, 0.2, 0.2; b: all equal (the start) -> k; c: mean 1 -> 5, 1
-    assert ranks.select_ranks_released(alphas) == {"a": 3, "b": 4, "c": 2}
+    # a: mean 0.2 -> 0.3, 0.2, 0.2; b: all equal (the start) -> undecided, min_rank; c: mean 1 -> 5, 1
+    assert ranks.select_ranks_released(alphas) == {"a": 3, "b": 0, "c": 2}
+    assert ranks.select_ranks_released(alphas, min_rank=2) == {"a": 3, "b": 2, "c": 2}
 
 
 def test_released_readout_is_alpha_over_its_sum_for_a_positive_sum_and_shift_invariant():

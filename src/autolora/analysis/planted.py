@@ -31,14 +31,15 @@ from transformers import BertConfig, BertModel
 
 # TargetConfig and Loop are the types inject() and search() take; they are imported from the method modules
 # whose signatures name them (tests/test_architecture.py: analysis may import method, not models or engine).
+from autolora.method import readout as rank_readouts
 from autolora.method.inject import TargetConfig, inject
-from autolora.method.ranks import select_ranks, select_ranks_released
 from autolora.method.search import Loop, SearchConfig, search
 
 TARGETS = TargetConfig(("query", "value"), (), ())
 QUERY_RANKS = (0, 1, 2, 4)  # planted per layer; value reverses it, so q and v differ in every layer
 VALUE_RANKS = (4, 2, 1, 0)
-READOUTS = ("gates", "released", "svd")  # svd: an oracle diagnostic, not a rule the method has (learned_ranks)
+# svd: an oracle diagnostic, not a rule the method has (learned_ranks); energy and budget: method.readout's ΔW rules
+READOUTS = ("gates", "released", "svd", "energy", "budget")
 METRICS = ("spearman", "exact", "mae", "zeros_hit", "zeros_total", "mean_rank", "val_ratio")
 CPU = torch.device("cpu")
 
@@ -61,6 +62,7 @@ class Study:
     lr: float = 1e-2
     alpha_lr: float = 1e-2
     alpha_norm: str = "softmax"
+    eta: float | None = None  # the look-ahead step; None: lr (conf/search/default.yaml's eta: ${.lr})
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ def search_config(study: Study, steps: int, batches: int) -> SearchConfig:
     learning rates, with as many epochs over D_tr as the step budget takes."""
     if steps % batches:
         raise ValueError(f"{steps} steps are not a whole number of epochs of {batches} batches")
-    return SearchConfig(k=study.k, alpha_norm=study.alpha_norm, hypergrad="fd", fd="forward", eta=study.lr,
+    eta = study.lr if study.eta is None else study.eta
+    return SearchConfig(k=study.k, alpha_norm=study.alpha_norm, hypergrad="fd", fd="forward", eta=eta,
                         fd_eps=0.01, lr=study.lr, alpha_lr=study.alpha_lr, weight_decay=0.01, alpha_weight_decay=0.0,
                         warmup_ratio=0.06, epochs=steps // batches, batch_size=study.batch_size, val_fraction=0.5,
                         lora_alpha=16.0, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
@@ -198,9 +201,11 @@ def run(study: Study, setting: Setting) -> dict:
     searched = search(student, train, val, cfg, compute_loss=hidden_mse, seed=seed,
                       loop=Loop(CPU, log_every=setting.steps, progress=False))
     student.eval()
-    found = {"gates": select_ranks(searched.gates, cfg.selection_threshold),
-             "released": select_ranks_released(searched.alphas),
-             "svd": None if setting.control else learned_ranks(student, base, planted, setting.strength)}
+    every = rank_readouts.every_readout(gates=searched.gates, alphas=searched.alphas, spectra=searched.spectra,
+                                  threshold=cfg.selection_threshold, min_rank=0, energy=cfg.energy)
+    found = {"gates": every["gates"], "released": every["released"],
+             "svd": None if setting.control else learned_ranks(student, base, planted, setting.strength),
+             "energy": every["energy"], "budget": every["budget"]}
     reference = planted_ranks(base) if setting.control else planted
     record = {**asdict(setting), "val_ratio": mean_loss(student, val) / start}
     for readout, ranks in found.items():

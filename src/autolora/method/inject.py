@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from autolora.errors import RankKeyError
-from autolora.method.layers import PartSpec, SelectableLoRA
+from autolora.method.layers import GateGroup, PartSpec, SelectableLoRA
 from autolora.models.targets import TargetConfig, find_targets, matches, public_name
 
 
@@ -61,7 +62,18 @@ def inject(
             raise ValueError(f"trainable module {pattern!r} not found in {type(model).__name__}")
         for head in heads:
             head.requires_grad_(True)
+    if alpha_norm == "global_softmax":
+        couple_gates(model)
     check_adapter_ranks(model, ranks)
+
+
+def couple_gates(model: nn.Module) -> None:
+    """Put every search part of the model into one GateGroup (one softmax across all matrices)."""
+    parts = [part for module in model.modules() if isinstance(module, SelectableLoRA)
+             for part in module.parts.values() if part.alpha is not None]
+    group = GateGroup(parts)
+    for part in parts:
+        part.group = group
 
 
 def adapter_ranks(model: nn.Module) -> dict[str, int]:
@@ -115,3 +127,17 @@ def gates(model: nn.Module) -> dict[str, Tensor]:
         for part_name, part in module.parts.items()
         if part.alpha is not None
     }
+
+
+@torch.no_grad()
+def update_spectra(model: nn.Module) -> dict[str, tuple[list[float], int]]:
+    """Public name -> (the singular values of the learned update ΔW = scale · B diag(gate) A, largest first, the
+    first `components` of them (ΔW has rank <= components); what one component costs in parameters, in + out),
+    the input of the ΔW readouts (method.readout)."""
+    spectra = {}
+    for name, module in model.named_modules():
+        if isinstance(module, SelectableLoRA):
+            for part_name, part in module.parts.items():
+                values = torch.linalg.svdvals(part.delta_weight().double())[: part.rank]  # (components,)
+                spectra[public_name(name, part_name)] = (values.tolist(), part.A.shape[1] + part.B.shape[0])
+    return spectra

@@ -17,12 +17,14 @@ from transformers.pytorch_utils import Conv1D
 
 from autolora.models.targets import projection_shape
 
-ALPHA_NORMS = ("softmax", "none", "sigmoid")
+ALPHA_NORMS = ("softmax", "none", "sigmoid", "global_softmax")
 
 
 def normalise(alpha: Tensor, alpha_norm: str) -> Tensor:
-    """The gate the forward pass multiplies each rank-1 component by (docs/method.md §1, ablations §5)."""
-    if alpha_norm == "softmax":  # the paper: alpha on the simplex
+    """The gate the forward pass multiplies each rank-1 component by (docs/method.md §1, ablations §5).
+
+    global_softmax couples matrices (GateGroup); on one matrix's alpha alone it is that matrix's softmax."""
+    if alpha_norm in ("softmax", "global_softmax"):  # the paper: alpha on the simplex
         return torch.softmax(alpha, dim=-1)
     if alpha_norm == "sigmoid":  # ablation: element-wise gate in (0, 1)
         return torch.sigmoid(alpha)
@@ -35,9 +37,30 @@ def initial_alpha(k: int, alpha_norm: str) -> Tensor:
     """Raw alpha such that the gate starts neutral: uniform 1/k (softmax, none) or 0.5 (sigmoid)."""
     if alpha_norm == "none":
         return torch.full((k,), 1.0 / k)
-    if alpha_norm in ("softmax", "sigmoid"):
+    if alpha_norm in ("softmax", "sigmoid", "global_softmax"):
         return torch.zeros(k)
     raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
+
+
+class GateGroup:
+    """One softmax across every component of several parts (search.alpha_norm=global_softmax, issue #31).
+
+    gate of part p = M · softmax(concat of the M parts' alpha)[p's slice]: the gates of all matrices share one
+    budget of M, so a matrix can lose all of it (every gate under 1/k: rank 0) while the mean gate stays 1/k, the
+    per-matrix softmax's, and with it the update's scale at the start. A plain object, not a Module: it holds the
+    parts without registering them twice, and reads each part's `alpha` attribute at call time, so that
+    torch.func.functional_call's substituted alpha (the hypergradient's) is what it normalises.
+    """
+
+    def __init__(self, parts: Sequence[LoRAPart]):
+        self.parts = list(parts)
+
+    def gate(self, part: LoRAPart) -> Tensor:
+        alphas = [p.alpha for p in self.parts]
+        index = next(i for i, p in enumerate(self.parts) if p is part)
+        start = sum(a.shape[0] for a in alphas[:index])
+        gates = torch.softmax(torch.cat(alphas), dim=0) * len(alphas)  # (sum of k,): mean 1/k per matrix
+        return gates[start : start + alphas[index].shape[0]]
 
 
 @dataclass(frozen=True)
@@ -68,14 +91,19 @@ class LoRAPart(nn.Module):
         self.B = nn.Parameter(torch.zeros(spec.groups * (spec.stop - spec.start), spec.rank))  # (out_part, K)
         nn.init.kaiming_uniform_(self.A, a=5**0.5)  # as peft/LoRA: A random, B zero, so delta = 0 at init
         self.alpha = None if alpha_norm is None else nn.Parameter(initial_alpha(spec.rank, alpha_norm))
+        self.group: GateGroup | None = None  # global_softmax: set by inject.couple_gates; alone, its own softmax
 
     @property
     def rank(self) -> int:
         return self.A.shape[0]
 
     def gate(self) -> Tensor | None:
-        """normalise(alpha), or None for plain LoRA (all gates one)."""
-        return None if self.alpha is None else normalise(self.alpha, self.alpha_norm)
+        """normalise(alpha), or None for plain LoRA (all gates one); the group's share under global_softmax."""
+        if self.alpha is None:
+            return None
+        if self.group is not None:
+            return self.group.gate(self)
+        return normalise(self.alpha, self.alpha_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         hidden = F.linear(x, self.A)  # (..., K): never materialises the (out, in) update

@@ -27,36 +27,41 @@ FORMAT_VERSION = 1
 
 
 def default_threshold(k: int, alpha_norm: str) -> float:
-    """1/k on the simplex (the paper); 0.5 for the sigmoid ablation."""
+    """1/k on the simplex (the paper; global_softmax's mean gate is 1/k too); 0.5 for the sigmoid ablation."""
     return 0.5 if alpha_norm == "sigmoid" else 1.0 / k
 
 
+def undecided(values: Sequence[float], level: float) -> bool:
+    """Every value equal to `level` up to float32 rounding: gates (or alpha) that never left their start."""
+    return all(abs(float(v) - level) <= TIE_TOLERANCE * max(1.0, abs(level)) for v in values)
+
+
 def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 0) -> dict[str, int]:
-    """rank_l = #{j : gate_l^j >= threshold}, raised to min_rank; rank 0 means the matrix gets no LoRA."""
+    """rank_l = #{j : gate_l^j >= threshold}, raised to min_rank; rank 0 means the matrix gets no LoRA.
+
+    A matrix whose every gate sits at the threshold (the start: alpha never moved, or k = 1 under softmax) is
+    undecided and gets min_rank, not k: the paper's >= would keep all of its components on no evidence."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
     ranks = {}
     for name, gate in gates.items():
         kept = sum(1 for g in gate if float(g) >= threshold * (1.0 - TIE_TOLERANCE))
-        ranks[name] = min(len(gate), max(kept, min_rank))
+        ranks[name] = min_rank if undecided(gate, threshold) else min(len(gate), max(kept, min_rank))
     return ranks
-
-
-READOUTS = ("gates", "released")
 
 
 def select_ranks_released(alphas: Mapping[str, Sequence[float]], min_rank: int = 0) -> dict[str, int]:
     """The released code's readout: rank_l = #{j : alpha_l^j / sum_j alpha_l^j >= 1/k} on the raw alpha, read
     as alpha_l^j >= mean(alpha_l) (the same for sum > 0, the released initialisation; like softmax it does not
     move when every alpha shifts by a constant, which the softmax gradient never changes). At least one
-    component always reaches the mean, so no matrix gets rank 0 unless min_rank says so; with every alpha
-    equal (the start) every rank is k."""
+    component always reaches the mean, so no matrix gets rank 0 unless min_rank says so; a matrix whose alpha
+    are all equal (the start) is undecided and gets min_rank (the released code: k)."""
     ranks = {}
     for name, alpha in alphas.items():
         values = [float(a) for a in alpha]
         mean = sum(values) / len(values)
         kept = sum(1 for a in values if a >= mean - TIE_TOLERANCE * max(1.0, abs(mean)))
-        ranks[name] = min(len(values), max(kept, min_rank))
+        ranks[name] = min_rank if undecided(values, mean) else min(len(values), max(kept, min_rank))
     return ranks
 
 

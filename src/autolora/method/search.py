@@ -36,9 +36,10 @@ from autolora.method.hypergrad import (
     hypergradient,
     single_process,
 )
-from autolora.method.inject import gates, raw_alphas, split_params
+from autolora.method.inject import gates, raw_alphas, split_params, update_spectra
 from autolora.method.layers import ALPHA_NORMS
-from autolora.method.ranks import READOUTS, default_threshold
+from autolora.method.ranks import default_threshold
+from autolora.method.readout import READOUTS
 from autolora.typecheck import at_least, check_ranges, check_types, in_unit_interval, positive_or_none
 
 ComputeLoss = Callable[[object, Batch], Tensor]  # (model outputs, batch) -> scalar loss
@@ -70,13 +71,17 @@ class SearchConfig:
     max_grad_norm: float | None
     ranks_file: str | None  # retrain with these ranks and skip the search
     evaluate: bool  # score the search model on dev after the search (costly for generation tasks)
-    readout: str = "gates"  # gates: threshold normalise(alpha) (paper) | released: alpha / sum(alpha) >= 1/k
+    readout: str = "gates"  # gates (paper) | released | energy | budget (method/readout.py)
+    energy: float = 0.9  # readout=energy: the share of ‖ΔW‖_F² the kept components hold
     train_head: bool = True  # the task head learns in the search (paper); the released code keeps it frozen
 
     def __post_init__(self):
         check_types(self, "search")
         checks = [
             (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
+            (self.k >= 2 or self.alpha_norm != "softmax",
+             "search.k must be >= 2 under alpha_norm=softmax: one component's gate is 1 whatever alpha is"),
+            (0 < self.energy <= 1, f"search.energy must lie in (0, 1], got {self.energy}"),
             (self.alpha_norm in ALPHA_NORMS,
              f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
             (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
@@ -215,6 +220,7 @@ class Searched:
     capture: dict[str, float] | None  # capture.CaptureStats.as_dict(), None when the step ran eagerly
     alphas: dict[str, list[float]] = field(default_factory=dict)
     noise: dict | None = None  # method.noise_test: do the ranks carry a signal?
+    spectra: dict[str, tuple[list[float], int]] = field(default_factory=dict)  # inject.update_spectra at the end
 
 
 def alpha_lists(model: nn.Module) -> dict[str, list[float]]:
@@ -283,4 +289,4 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
     else:
         noise = noise_test.split_half_test(snapshots["start"], snapshots["t1"], snapshots["t2"], alphas, seed=seed)
     return Searched(found, step_fn.stats.as_dict() if isinstance(step_fn, capture.CapturedStep) else None, alphas,
-                    noise)
+                    noise, update_spectra(model))

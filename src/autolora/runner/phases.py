@@ -22,6 +22,7 @@ from autolora.errors import ConfigError
 from autolora.method import adalora as adalora_method
 from autolora.method import eva as eva_method
 from autolora.method import ranks as ranks_io
+from autolora.method import readout
 from autolora.method.inject import inject
 from autolora.method.registry import METHODS
 from autolora.method.search import search
@@ -61,8 +62,9 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     val_loader = job.loader(job.train.select(val_idx), s.batch_size)
     searched = search(model, train_loader, val_loader, s, compute_loss=job.task.loss, seed=job.seed,
                       loop=job.loop("search", tracker.log))
-    found = (ranks_io.select_ranks_released(searched.alphas, s.min_rank) if s.readout == "released"
-             else ranks_io.select_ranks(searched.gates, s.selection_threshold, s.min_rank))
+    every = readout.every_readout(gates=searched.gates, alphas=searched.alphas, spectra=searched.spectra,
+                                  threshold=s.selection_threshold, min_rank=s.min_rank, energy=s.energy)
+    found = every[s.readout]
     job.checkpoint.safe_point("after the search loop, before its evaluation")
     scores = job.evaluate(model)[0] if s.evaluate else {}
     job.checkpoint.safe_point("after the search's evaluation")
@@ -76,7 +78,9 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
             "model": job.settings.model.name, "task": job.task.name, "seed": job.settings.seed,
             "targets": describe(job.settings.model.targets), "k": s.k, "alpha_norm": s.alpha_norm,
             "threshold": s.selection_threshold, "min_rank": s.min_rank,
-            "readout": s.readout, "raw_alpha": searched.alphas, "search": record.to_json()})
+            "readout": s.readout, "energy": s.energy, "readouts": every, "raw_alpha": searched.alphas,
+            "update_spectra": {name: values for name, (values, _) in searched.spectra.items()},
+            "search": record.to_json()})
     return found, record
 
 
@@ -114,10 +118,12 @@ def run_autolora(job: Job, tracker: Tracker) -> Outcome:
     else:
         found, search_record = search_phase(job, tracker)
     if origin == "search" and not any(found.values()):
-        raise ConfigError(f"the search kept no component: every rank is 0 at threshold "
-                          f"{job.settings.search.selection_threshold:g}, so there is nothing to retrain; "
-                          f"{job.run_dir / layout.RANKS} holds the search and its metrics; lower search.threshold "
-                          "or set search.min_rank >= 1")
+        s = job.settings.search
+        raise ConfigError(f"the search kept no component: every rank is 0 under search.readout={s.readout} "
+                          f"(threshold {s.selection_threshold:g}, energy {s.energy:g}; undecided matrices, whose "
+                          "gates never moved, get search.min_rank), so there is nothing to retrain; "
+                          f"{job.run_dir / layout.RANKS} holds the search and every readout's ranks; lower "
+                          "search.threshold, try another search.readout or set search.min_rank >= 1")
     model, ranks, record = retrain_phase(job, found, tracker)
     return Outcome(model, ranks, record, origin, lambda: outputs.save_adapter(job, model, ranks), search_record)
 
