@@ -25,8 +25,9 @@ BASE_MODEL = "base_model"  # random-init backbones only: the weights the adapter
 RESCORED = "metrics_rescored.json"  # analysis/rescore.py's output beside metrics.json
 SMALL_FILES = (METRICS, RESCORED, RANKS, CONFIG, LABELS, PREDICTIONS)  # what results/runs/ keeps of a run
 
-# Config keys that change what a run shows, not what it computes: a resume may change them.
-DISPLAY_KEYS = ("resume", "progress", "verbose")
+# Config keys that change what a run shows (or where it caches compiled kernels), not what it computes: a resume
+# may change them.
+DISPLAY_KEYS = ("resume", "progress", "verbose", "compile_cache")
 # Keys that say how a run was driven, not what it computed: runs that differ only in these (and the seed,
 # and the paths below) are replicates of one configuration in the report. cuda:0 or cuda:1 is the same
 # computation; `precision` is not listed, it changes the numbers.
