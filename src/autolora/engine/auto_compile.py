@@ -1,7 +1,7 @@
 """compile=auto's pick for one phase of one run: CUDA graphs of the eager kernels, or inductor where the run
 is long enough to repay inductor's compilation, from the measured costs in engine/step_costs.py.
 
-Inductor's kernels make a GPU-bound step faster (results/bench.md: 2.8x at gpt2-medium 32x256) but each
+Inductor's kernels make a GPU-bound step faster (step_costs: 2.8x at gpt2-medium 32x256 on an H200) but each
 batch shape costs a compilation first (30-140 s measured). So inductor is picked when
 
     steps x (graphs ms - inductor ms) > shapes x warm-up per shape
