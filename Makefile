@@ -62,10 +62,12 @@ bench: install
 
 # The paper's comparison matrix (conf/matrix/$(MATRIX).yaml) on a GPU machine, then its tables in results/.
 # DATA_DIR holds glue/, e2e/, conll2003/, bionlp13cg/ (data.data_dir=DATA_DIR for every experiment).
+# LAUNCHER=parallel JOBS=8: each multirun's points 8 at once on this machine's GPU, as many as fit (cli/parallel.py).
 MATRIX ?= paper
 reproduce: install
 	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }
-	$(PY) -m autolora.cli.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(PY) -m autolora.cli.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+	  $(if $(JOBS),--jobs $(JOBS))
 
 # The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
 reproduce-smoke: install
