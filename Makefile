@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
 .PHONY: install test test-slow test-all lint run smoke report bench reproduce reproduce-smoke clean
-.PHONY: install-mpnet
+.PHONY: install-mpnet bundle
 
 install: $(STAMP)
 
@@ -72,6 +72,16 @@ reproduce: install
 # The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
 reproduce-smoke: install
 	HF_HUB_OFFLINE=1 $(PY) -m autolora.cli.reproduce --matrix smoke
+
+# An offline install for an air-gapped GPU node (src/autolora/bundle/): the wheels its image lacks (for
+# Python $(BUNDLE_PYTHON)), MiniLM as fp16, MATRIX's data from DATA_DIR, in parts below PART_MB; on the node:
+# bash $(BUNDLE)/install.sh
+BUNDLE ?= bundle
+PART_MB ?= 45
+BUNDLE_PYTHON ?= 3.12
+bundle: install
+	$(PY) -m autolora.bundle $(BUNDLE) --part-mb $(PART_MB) --python $(BUNDLE_PYTHON) \
+	  $(if $(DATA_DIR),--matrix $(MATRIX) --data-dir $(DATA_DIR))
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
 # Any other folder of runs: autolora-report FOLDER [--out DIR] (default FOLDER/report).
