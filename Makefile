@@ -10,7 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 PYTEST_FAST := -m "not slow and not gpu and not network"
 
 .PHONY: install test test-slow test-all lint run smoke report bench reproduce reproduce-smoke clean
-.PHONY: install-mpnet
+.PHONY: install-mpnet bundle
 
 install: $(STAMP)
 
@@ -62,14 +62,26 @@ bench: install
 
 # The paper's comparison matrix (conf/matrix/$(MATRIX).yaml) on a GPU machine, then its tables in results/.
 # DATA_DIR holds glue/, e2e/, conll2003/, bionlp13cg/ (data.data_dir=DATA_DIR for every experiment).
+# LAUNCHER=parallel JOBS=8: each multirun's points 8 at once on this machine's GPU, as many as fit (cli/parallel.py).
 MATRIX ?= paper
 reproduce: install
 	@test -n "$(DATA_DIR)" || { echo "make reproduce needs DATA_DIR=<folder with glue/, e2e/, conll2003/, ...>"; exit 2; }
-	$(PY) -m autolora.cli.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER))
+	$(PY) -m autolora.cli.reproduce --matrix $(MATRIX) --data-dir $(DATA_DIR) $(if $(LAUNCHER),--launcher $(LAUNCHER)) \
+	  $(if $(JOBS),--jobs $(JOBS))
 
 # The same pipeline in a few CPU minutes on the packaged SST-2 sample: results/smoke.md
 reproduce-smoke: install
 	HF_HUB_OFFLINE=1 $(PY) -m autolora.cli.reproduce --matrix smoke
+
+# An offline install for an air-gapped GPU node (src/autolora/bundle/): the wheels its image lacks (for
+# Python $(BUNDLE_PYTHON)), MiniLM as fp16, MATRIX's data from DATA_DIR, in parts below PART_MB; on the node:
+# bash $(BUNDLE)/install.sh
+BUNDLE ?= bundle
+PART_MB ?= 45
+BUNDLE_PYTHON ?= 3.12
+bundle: install
+	$(PY) -m autolora.bundle $(BUNDLE) --part-mb $(PART_MB) --python $(BUNDLE_PYTHON) \
+	  $(if $(DATA_DIR),--matrix $(MATRIX) --data-dir $(DATA_DIR))
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
 # Any other folder of runs: autolora-report FOLDER [--out DIR] (default FOLDER/report).

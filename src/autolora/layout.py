@@ -27,8 +27,9 @@ RESCORED = "metrics_rescored.json"  # analysis/rescore.py's output beside metric
 # what results/runs/ keeps of a run
 SMALL_FILES = (METRICS, RESCORED, RANKS, CONFIG, LABELS, PREDICTIONS, LEGACY_PREDICTIONS)
 
-# Config keys that change what a run shows, not what it computes: a resume may change them.
-DISPLAY_KEYS = ("resume", "progress", "verbose")
+# Config keys that change what a run shows (or where it caches compiled kernels), not what it computes: a resume
+# may change them.
+DISPLAY_KEYS = ("resume", "progress", "verbose", "compile_cache")
 # Keys that say how a run was driven, not what it computed: runs that differ only in these (and the seed,
 # and the paths below) are replicates of one configuration in the report. cuda:0 or cuda:1 is the same
 # computation; `precision` is not listed, it changes the numbers.

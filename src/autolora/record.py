@@ -97,6 +97,8 @@ class RunRecord:
     device: str
     precision: str
     compile: Mapping[str, str]  # the capture mode of each phase
+    compile_reason: Mapping[str, str]  # why each phase runs in its mode (engine/auto_compile.Choice.reason)
+    compile_cache: str | None  # inductor's cache folder when a phase compiles with it (engine/compile_cache.py)
     git_commit: str
     versions: Mapping[str, str]
     command: str
@@ -119,6 +121,7 @@ class RunRecord:
             "main_metric": self.main_metric, "data": self.data, "n_train": self.n_train,
             **{f"n_{split}": n for split, n in self.n_eval.items()},
             "device": self.device, "precision": self.precision, "compile": dict(self.compile),
+            "compile_reason": dict(self.compile_reason), "compile_cache": self.compile_cache,
             "git_commit": self.git_commit, "versions": dict(self.versions), "command": self.command,
             "processes": self.processes, "started_at": self.started_at, "targets": dict(self.targets),
         }

@@ -217,6 +217,8 @@ def test_reproduce_plans_one_multirun_per_experiment_and_spec(tmp_path):
     assert not any(a.startswith("hydra/launcher=") for _, _, args in planned for a in args)
     parallel = reproduce.jobs(matrix, None, tmp_path, launcher="local")
     assert all(args[-1] == "hydra/launcher=local" for _, _, args in parallel)
+    shared = reproduce.jobs(matrix, None, tmp_path, launcher="parallel", at_once=6)  # --launcher parallel --jobs 6
+    assert all(args[-2:] == ["hydra/launcher=parallel", "hydra.launcher.jobs=6"] for _, _, args in shared)
 
 
 def test_every_matrix_names_existing_experiments():

@@ -10,10 +10,14 @@ CUDA events (median over many steps after warm-up):
   `second_order` (forward finite difference, 3 passes, the default) and `second_order_central` (4 passes).
 Every step includes what the loops do: the hypergradient, both AdamW updates, clipping and the schedule.
 Warm-up (compilation, capture) is timed separately. Also peak memory, tokens/s and model FLOP utilisation.
+Then (bench.tables) per step an `auto` row, the mode compile=auto picks for a run of the task's default length
+(`steps`), every row's total (warm-up + steps x ms), the ratios to peft's compiled step (headline) and eager
+step, and issue #28's checks. The default modes time all three, so auto's pick is always timed.
 Writes OUT.json and OUT.md; --profile adds OUT_profile.txt (top CUDA kernels).
 
     python -m autolora.bench.steps [--steps 30] [--warmup 5] [--out results/bench]
     python -m autolora.bench.steps --shapes minilm@16x32 --modes eager graphs --out /tmp/bench
+    python -m autolora.bench --steps 20 --warmup 3 --out results/bench    # issue #28's rows, six shapes
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -43,7 +48,9 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from autolora.bench import tables
 from autolora.engine import capture
+from autolora.layout import config_dir
 from autolora.method.inject import inject
 from autolora.method.search import SearchConfig, forward_loss, search_update, start_search
 from autolora.method.train import RetrainConfig, model_loss, train_step
@@ -61,10 +68,10 @@ DEFAULT_SHAPES = ["minilm@16x32", "minilm@16x64", "roberta-base@16x128", "robert
                   "gpt2-medium@16x128", "gpt2-medium@32x256"]
 OURS = {"fixed_rank": None, "first_order": ("forward", 0.0), "second_order": ("forward", 1e-4),
         "second_order_central": ("central", 1e-4)}  # search steps: (search.fd, eta)
+assert tuple(OURS) == tables.OURS, "the cost table (engine/step_costs.py) names the same steps"
 PASSES = {"peft_lora": 1, "peft_compiled": 1, "fixed_rank": 1, "first_order": 2, "second_order": 3,
           "second_order_central": 4}  # forward/backward passes per step
 MODES = ("eager", "graphs", "inductor")
-TARGETS = {"second_order": 2.0, "first_order": 1.2, "fixed_rank": 0.8, "memory": 1.2}  # ratios to peft_lora
 CUDA_BF16 = functools.partial(torch.autocast, device_type="cuda", dtype=torch.bfloat16)  # every timed step
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 datasheet peaks
 
@@ -249,10 +256,22 @@ def variant_names(modes: list[str]) -> list[tuple[str, str]]:
     return [("peft_lora", "eager"), ("peft_compiled", "inductor")] + [(w, m) for w in OURS for m in modes]
 
 
+def run_steps(name: str, batch: int, override: int | None = None) -> dict[str, int]:
+    """The steps of the run compile=auto is asked about at this shape (tables.RUNS: the model's task at its
+    default epochs, conf/task/), per step kind; `override`: that many steps for every kind (--auto-steps)."""
+    if override is not None:
+        return {which: override for which in OURS}
+    task, rows = tables.RUNS[name]
+    defaults = yaml.safe_load((config_dir() / "task" / f"{task}.yaml").read_text())
+    return tables.assumed_steps(rows, defaults["search_epochs"], defaults["retrain_epochs"], batch)
+
+
 def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes: list[str],
-              inductor_shapes: list[tuple[str, int, int]], save: Callable[[dict], None]) -> dict:
-    """Time every variant at every shape (plus mode inductor at `inductor_shapes`); `save` gets the report
-    after each shape, so that a run stopped early keeps what it measured."""
+              inductor_shapes: list[tuple[str, int, int]], save: Callable[[dict], None],
+              auto_steps: int | None = None) -> dict:
+    """Time every variant at every shape (plus mode inductor at `inductor_shapes`), then add the auto rows,
+    totals, ratios and checks (bench.tables); `save` gets the report after each shape, so that a run stopped
+    early keeps what it measured."""
     device, autocast = torch.device("cuda"), CUDA_BF16
     gpu = torch.cuda.get_device_name(device)
     peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
@@ -273,28 +292,15 @@ def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes
             torch.cuda.empty_cache()
             print(f"{key:22} {label:30} {timed['ms']:8.2f} ms  ±{timed['spread_ms']:5.2f}  "
                   f"{timed['peak_mib']:8.0f} MiB  warm-up {timed['warmup_s']:.1f} s", flush=True)
-        entry["ratios"] = ratios(entry, shape_modes)
+        entry.update(tables.auto_rows(entry, name, batch, length, run_steps(name, batch, auto_steps)))
+        entry["ratios"] = tables.ratios(entry, [*shape_modes, "auto"])
+        entry["checks"] = tables.checks(entry)
         results[key] = entry
         report = {"device": gpu, "peak_bf16_tflops": peak, "steps": steps, "warmup": warmup,
                   "modes": sorted({m for e in results.values() for m in e["ratios"] if m != "peft_compiled"},
-                                  key=MODES.index), "shapes": results}
+                                  key=[*MODES, "auto"].index), "shapes": results}
         save(report)
     return report
-
-
-def ratios(entry: dict, modes: list[str]) -> dict:
-    """Per mode, each of our steps' time (and the second-order step's peak memory) over peft's eager step."""
-    base = entry["peft_lora"]
-    out = {}
-    for mode in modes:
-        mine = {which: entry[f"{which}/{mode}"] for which in OURS}
-        out[mode] = {"second_order_ratio": round(mine["second_order"]["ms"] / base["ms"], 3),
-                     "second_order_central_ratio": round(mine["second_order_central"]["ms"] / base["ms"], 3),
-                     "first_order_ratio": round(mine["first_order"]["ms"] / base["ms"], 3),
-                     "fixed_rank_ratio": round(mine["fixed_rank"]["ms"] / base["ms"], 3),
-                     "memory_ratio": round(mine["second_order"]["peak_mib"] / base["peak_mib"], 3)}
-    out["peft_compiled"] = round(entry["peft_compiled"]["ms"] / base["ms"], 3)
-    return out
 
 
 def profile_text(name: str, batch: int, length: int, variants: list[tuple[str, str]], steps: int = 5) -> str:
@@ -321,43 +327,6 @@ def profile_text(name: str, batch: int, length: int, variants: list[tuple[str, s
     return "\n\n".join(parts) + "\n"
 
 
-def markdown(report: dict) -> str:
-    """OUT.md: provenance, one table of every step per shape, the ratios against the targets."""
-    lines = ["# Training-step cost (make bench)", "",
-             f"- command: `{report['command']}`", f"- commit: {report['commit']}", f"- device: {report['device']}",
-             f"- date: {report['date']}", f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
-             f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps (their wall time, "
-             "compilation and capture included, is the warm-up column), CUDA events; bf16 autocast; random-init "
-             "weights; the same batches every step; every step includes its optimiser updates, clipping and the "
-             "schedule", "- MFU: analytic FLOPs (4 x non-embedding params x tokens + attention, per forward/backward "
-             "pass; passes per step: LoRA 1, first order 2, second order 3 (forward difference), central 4) over the "
-             "datasheet dense bf16 peak",
-             "- our steps keep frozen weights in bf16 (as the pipeline does); peft's keep fp32, cast by autocast", "",
-             "| shape | step | ms | spread ms | peak MiB | tokens/s | MFU | warm-up s | ratio vs peft eager |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for key, entry in report["shapes"].items():
-        base = entry["peft_lora"]["ms"]
-        for label, e in entry.items():
-            if label == "ratios":
-                continue
-            lines.append(f"| {key} | {label} | {e['ms']:.2f} | {e['spread_ms']:.2f} | {e['peak_mib']:.0f} | "
-                         f"{e['tokens_per_s']:,} | {e['mfu'] if e['mfu'] is not None else 'n/a'} | "
-                         f"{e['warmup_s']:.1f} | {e['ms'] / base:.2f}x |")
-    for mode in report["modes"]:
-        lines += ["", f"Ratios to peft's eager step, our steps {mode}:", "",
-                  f"| shape | second_order_ratio (<= {TARGETS['second_order']}) | first_order_ratio (<= "
-                  f"{TARGETS['first_order']}) | fixed_rank_ratio (<= {TARGETS['fixed_rank']}) | memory_ratio (<= "
-                  f"{TARGETS['memory']}) | central (4 passes) | peft compiled |", "|---|---|---|---|---|---|---|"]
-        for key, entry in report["shapes"].items():
-            if mode not in entry["ratios"]:
-                continue
-            r = entry["ratios"][mode]
-            lines.append(f"| {key} | {r['second_order_ratio']} | {r['first_order_ratio']} | {r['fixed_rank_ratio']} | "
-                         f"{r['memory_ratio']} | {r['second_order_central_ratio']} | "
-                         f"{entry['ratios']['peft_compiled']} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
@@ -367,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how our steps run")
     parser.add_argument("--inductor-shapes", nargs="*", type=parse_shape, default=[], metavar="MODEL@BxL",
                         help="also time mode inductor at these shapes (when --modes leaves it out)")
+    parser.add_argument("--auto-steps", type=int, default=None, metavar="N",
+                        help="the run length the auto rows assume (default: the model's task at its default epochs)")
     parser.add_argument("--out", type=Path, default=Path("results/bench"))
     parser.add_argument("--commit", default=None, help="commit to record (default: git rev-parse HEAD)")
     parser.add_argument("--profile", nargs="*", default=None, metavar="STEP/MODE",
@@ -387,9 +358,10 @@ def main(argv: list[str] | None = None) -> None:
         def save(report: dict) -> None:
             report.update(provenance)
             args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-            args.out.with_suffix(".md").write_text(markdown(report))
+            args.out.with_suffix(".md").write_text(tables.markdown(report))
 
-        print(markdown(run_bench(args.steps, args.warmup, args.shapes, args.modes, args.inductor_shapes, save)))
+        print(tables.markdown(run_bench(args.steps, args.warmup, args.shapes, args.modes, args.inductor_shapes,
+                                        save, args.auto_steps)))
     if args.profile is not None or args.profile_only:  # after the timing, so that profiling cannot disturb it
         name, batch, length = args.shapes[-1]
         args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(name, batch, length, profiled))

@@ -44,10 +44,11 @@ def data_override(data_dir: str | None) -> list[str]:
     return [] if data_dir is None else [f"data.data_dir={data_dir}"]
 
 
-def jobs(matrix: dict, data_dir: str | None, root: Path,
-         launcher: str | None = None) -> list[tuple[str, str, list[str]]]:
-    """(experiment, spec name, autolora-run arguments) for every multirun of the matrix; `launcher` (local,
-    slurm: conf/hydra/launcher/) runs the points of each multirun as parallel jobs instead of one by one."""
+def jobs(matrix: dict, data_dir: str | None, root: Path, launcher: str | None = None,
+         at_once: int | None = None) -> list[tuple[str, str, list[str]]]:
+    """(experiment, spec name, autolora-run arguments) for every multirun of the matrix; `launcher` (parallel,
+    local, slurm: conf/hydra/launcher/) runs the points of each multirun as parallel jobs instead of one by one;
+    `at_once`: hydra.launcher.jobs of the parallel launcher (points at once on this machine's GPU)."""
     planned = []
     groups = [("methods", matrix["experiments"]), ("grid", matrix.get("grid_experiments", [])),
               ("ablations", matrix.get("ablation_experiments", []))]
@@ -56,7 +57,8 @@ def jobs(matrix: dict, data_dir: str | None, root: Path,
             for spec, overrides in matrix.get(group, {}).items():
                 args = ["-m", f"experiment={experiment}", *overrides, *matrix.get("overrides", []),
                         *data_override(data_dir), f"hydra.sweep.dir={root / experiment / spec}",
-                        *([f"hydra/launcher={launcher}"] if launcher else [])]
+                        *([f"hydra/launcher={launcher}"] if launcher else []),
+                        *([f"hydra.launcher.jobs={at_once}"] if launcher == "parallel" and at_once else [])]
                 planned.append((experiment, spec, args))
     return planned
 
@@ -108,10 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="folder holding glue/, e2e/, conll2003/, bionlp13cg/ ...")
     parser.add_argument("--root", type=Path, default=Path("multirun/reproduce"), help="where the runs go")
     parser.add_argument("--results", type=Path, default=Path("results"))
-    parser.add_argument("--launcher", choices=["local", "slurm"], default=None,
-                        help="Hydra launcher for each multirun (default: Hydra's basic launcher, one job at a time)")
+    parser.add_argument("--launcher", choices=["parallel", "local", "slurm"], default=None,
+                        help="Hydra launcher for each multirun (default: Hydra's basic launcher, one job at a time; "
+                        "parallel: --jobs points at once on this machine's GPU, as many as fit)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (matrices with a select node)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (matrices with a select node; with --launcher parallel, its points at once)")
     parser.add_argument("--continue", dest="resume", type=Path, default=None,
                         help="continue the matrix in this root (finished runs skipped, started ones resumed)")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         common = [*matrix.get("overrides", []), *data_override(args.data_dir), *args.extra]
         failed = run_matrix(matrix, root, common, args.jobs, deadline, args.dry_run)
     else:
-        planned = [(e, spec, [*a, *args.extra]) for e, spec, a in jobs(matrix, args.data_dir, root, args.launcher)]
+        planned = [(e, spec, [*a, *args.extra])
+                   for e, spec, a in jobs(matrix, args.data_dir, root, args.launcher, args.jobs)]
         failed = run_multiruns(planned, args.dry_run)
     if args.dry_run or args.no_report:
         if failed:

@@ -39,16 +39,21 @@ def resolve_compile(mode: str, device: torch.device, *, distributed: bool, eager
     phase has no reason `eager_only` to step eagerly), else off. An explicit mode that cannot run is an error."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile must be one of {COMPILE_MODES}, got {mode!r}")
-    blockers = [reason for reason, present in (
-        ("it needs a CUDA device", device.type != "cuda"),
-        ("data-parallel runs step eagerly (their all-reduces are not captured)", distributed),
-        (eager_only, eager_only is not None),
-    ) if present]
+    blockers = capture_blockers(device, distributed=distributed, eager_only=eager_only)
     if mode == "auto":
         return "off" if blockers else "graphs"
     if mode != "off" and blockers:
         raise ValueError(f"compile={mode} cannot run here: {blockers[0]}; use compile=auto or compile=off")
     return mode
+
+
+def capture_blockers(device: torch.device, *, distributed: bool, eager_only: str | None = None) -> list[str]:
+    """Why a phase cannot capture its step here, in words (none: it can)."""
+    return [reason for reason, present in (
+        ("it needs a CUDA device", device.type != "cuda"),
+        ("data-parallel runs step eagerly (their all-reduces are not captured)", distributed),
+        (eager_only, eager_only is not None),
+    ) if present]
 
 
 def adamw(params: Sequence[Tensor], *, lr: float, weight_decay: float) -> torch.optim.AdamW:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from autolora.engine import capture
+from autolora.engine import auto_compile, capture
 from autolora.engine.batch import pad_to_bucket
 from autolora.engine.checkpoint import Checkpointer
 from autolora.engine.distributed import SINGLE, World
@@ -25,6 +26,7 @@ from autolora.models.backbone import load_model, takes_4d_mask
 from autolora.models.runtime import four_d_attention_mask, store_frozen_linears_in
 from autolora.record import PhaseCost
 from autolora.runner.run_config import Settings
+from autolora.tasks.base import search_split
 
 PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "token_classification": "TOKEN_CLS", "causal_lm": "CAUSAL_LM"}
 
@@ -43,17 +45,48 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def compile_modes(settings: Settings, world: World) -> dict[str, str]:
-    """The compile mode of each phase (capture.resolve_compile): a ConfigError before any data or model loads."""
+def eager_reasons(settings: Settings) -> dict[str, str | None]:
+    """Per phase, why it must step eagerly whatever the device (None: it may capture)."""
     reasons = {"search": "search.hypergrad=exact (double backward) steps eagerly"
                if settings.search.hypergrad == "exact" else None, "retrain": None}
     if settings.method == "adalora":
         reasons["retrain"] = "AdaLoRA's rank allocator reads its scores on the host every step"
+    return reasons
+
+
+def compile_modes(settings: Settings, world: World) -> dict[str, str]:
+    """Where each phase can capture (capture.resolve_compile: auto -> graphs or off): a ConfigError before any
+    data or model loads. compile_choices then decides auto's graphs-or-inductor from the data's size."""
     try:
         return {phase: capture.resolve_compile(settings.compile, settings.device, distributed=world.distributed,
-                                               eager_only=reason) for phase, reason in reasons.items()}
+                                               eager_only=reason) for phase, reason in eager_reasons(settings).items()}
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def phase_plans(settings: Settings, task, n_train: int) -> dict[str, auto_compile.PhasePlan]:
+    """Each phase's steps and batch shapes, as compile=auto weighs them (the search trains on D_tr only)."""
+    s, r = settings.search, settings.retrain
+    n_search = len(search_split(n_train, s.val_fraction, settings.seed)[0]) if n_train >= 2 else n_train
+    common = dict(model=settings.model.name, max_length=task.max_length, pad_to_multiple=settings.pad_to_multiple)
+    return {
+        "search": auto_compile.PhasePlan(step=auto_compile.search_step(s.hypergrad, s.fd, s.eta),
+                                         steps=s.epochs * math.ceil(n_search / s.batch_size), epochs=s.epochs,
+                                         batch_size=s.batch_size, short_last_batch=n_search % s.batch_size != 0,
+                                         **common),
+        "retrain": auto_compile.PhasePlan(step="fixed_rank", steps=r.epochs * math.ceil(n_train / r.batch_size),
+                                          epochs=r.epochs, batch_size=r.batch_size,
+                                          short_last_batch=n_train % r.batch_size != 0, **common)}
+
+
+def compile_choices(settings: Settings, world: World, task, n_train: int) -> dict[str, auto_compile.Choice]:
+    """The mode of each phase and why (engine/auto_compile.py): compile=auto picks inductor where the phase's
+    steps repay its compilation, else graphs; off where capture cannot run."""
+    feasible, plans = compile_modes(settings, world), phase_plans(settings, task, n_train)
+    blockers = {phase: capture.capture_blockers(settings.device, distributed=world.distributed, eager_only=reason)
+                for phase, reason in eager_reasons(settings).items()}
+    return {phase: auto_compile.choose(settings.compile, mode, plans[phase], (blockers[phase] or [None])[0])
+            for phase, mode in feasible.items()}
 
 
 def peak_memory(device: torch.device) -> float | None:
@@ -76,8 +109,9 @@ class Job:
     def __init__(self, settings: Settings, task, run_dir: Path, tokenizer, train, evaluation: Mapping[str, Any],
                  checkpoint: Checkpointer, world: World = SINGLE, given_ranks: Mapping[str, int] | None = None):
         self.settings, self.task, self.run_dir, self.world = settings, task, run_dir, world
-        self.compile = compile_modes(settings, world)
         self.tokenizer, self.train = tokenizer, train  # tokenised
+        self.compile_choice = compile_choices(settings, world, task, len(train))
+        self.compile = {phase: choice.mode for phase, choice in self.compile_choice.items()}
         self.evaluation = dict(evaluation)  # split name (dev, test) -> raw rows; the last is the headline split
         self.checkpoint = checkpoint
         self.given_ranks = given_ranks  # search.ranks_file's ranks, read once by the preflight

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from autolora import layout
+from autolora.engine import compile_cache
 from autolora.engine.checkpoint import Checkpointer, StopFlag
 from autolora.engine.distributed import SINGLE, World
 from autolora.errors import ConfigError
@@ -89,6 +90,8 @@ def run_claimed(job: Job, resumed: bool, resolved: Mapping[str, Any], inputs: In
     Processes other than the main one train their shard and write nothing."""
     settings, task, run_dir = job.settings, job.task, job.run_dir
     job.checkpoint.safe_point("before the first phase")
+    # before anything compiles: the sweep's runs share what inductor and triton compiled (engine/compile_cache.py)
+    caches = compile_cache.use(settings.compile_cache) if "inductor" in job.compile.values() else None
     if not job.world.is_main:
         PHASES[settings.method](job, Tracker(None))
         return {}
@@ -102,7 +105,10 @@ def run_claimed(job: Job, resumed: bool, resolved: Mapping[str, Any], inputs: In
         task=task.name, model=settings.model.name, method=settings.method, seed=settings.seed,
         main_metric=task.main_metric, data=inputs.splits.origin, n_train=len(job.train),
         n_eval={split: len(rows) for split, rows in job.evaluation.items()}, device=device_name(settings.device),
-        precision=settings.precision, compile=job.compile, git_commit=git_commit(), versions=versions(),
+        precision=settings.precision, compile=job.compile,
+        compile_reason={phase: choice.reason for phase, choice in job.compile_choice.items()},
+        compile_cache=None if caches is None else caches["TORCHINDUCTOR_CACHE_DIR"],
+        git_commit=git_commit(), versions=versions(),
         command=" ".join(sys.argv), processes=job.world.size,
         started_at=dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         targets=describe(settings.model.targets), wandb=tracker.where())

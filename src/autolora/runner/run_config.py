@@ -39,7 +39,8 @@ class Settings:
     checkpoint_every: int
     device: torch.device
     precision: str  # fp32 | bf16 (resolved from auto)
-    compile: str  # auto | off | graphs | inductor (engine/capture.py; resolved per phase by capture.resolve_compile)
+    compile: str  # auto | off | graphs | inductor (engine/capture.py; decided per phase by runner.job.compile_choices)
+    compile_cache: str | None  # inductor's and triton's cache folder (engine/compile_cache.py); None: the default
     pad_to_multiple: int  # batches are padded to a multiple of this length (batch.pad_to_bucket)
     log_every: int
     progress: bool
@@ -96,6 +97,7 @@ def build_settings(cfg: DictConfig, here: bool = True) -> Settings:
         return Settings(
             method=cfg.method, seed=cfg.seed, resume=cfg.resume, checkpoint_every=cfg.checkpoint_every,
             device=device, precision=resolve_precision(cfg.precision, device), compile=cfg.compile,
+            compile_cache=None if cfg.compile_cache is None else str(cfg.compile_cache),
             pad_to_multiple=cfg.pad_to_multiple,
             log_every=cfg.log_every, progress=cfg.progress, verbose=bool(cfg.verbose), lora_r=cfg.lora.r, model=model,
             data=DataConfig(**_node(cfg, "data")), search=SearchConfig(**_node(cfg, "search")),

@@ -86,15 +86,25 @@ def target_lines(record: Mapping[str, Any]) -> list[str]:
 
 
 def capture_lines(record: Mapping[str, Any]) -> list[str]:
-    """What the captured steps cost (engine.capture.CaptureStats): part of every phase's wall time above."""
-    parts = []
+    """Per phase: the mode it ran in and why (engine/auto_compile.py), and what capture cost
+    (engine.capture.CaptureStats: part of the phase's wall time above). Records before compile_reason: the
+    cost alone."""
+    reasons = record.get("compile_reason") or {}
+    lines = []
     for phase in ("search", "retrain"):
-        capture = record.get(phase, {}).get("capture")
+        if phase not in record:
+            continue
+        parts = [f"{phase} {reasons[phase]}"] if phase in reasons else []
+        capture = record[phase].get("capture")
         if capture:
-            parts.append(f"{phase} {capture['graphs']} graphs, warm-up {capture['warmup_s']:.1f} s "
+            parts.append(f"{capture['graphs']} graphs, warm-up {capture['warmup_s']:.1f} s "
                          f"({capture['warmup_steps']} eager steps, {capture['compiles']} compiles) + capture "
                          f"{capture['capture_s']:.1f} s")
-    return [f"compile  {record['compile']['search']}: " + "; ".join(parts)] if parts else []
+        if parts:
+            lines.append(("compile  " if not lines else "         ") + "; ".join(parts))
+    if record.get("compile_cache"):
+        lines.append(f"         compile cache {record['compile_cache']}")
+    return lines
 
 
 def gate_lines(search: Mapping[str, Any]) -> list[str]:

@@ -1,0 +1,1 @@
+"""`python -m autolora.bundle OUT`: one folder an air-gapped GPU node installs autolora from (build.py)."""
