@@ -85,5 +85,10 @@ bundle: install
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).
 # Any other folder of runs: autolora-report FOLDER [--out DIR] (default FOLDER/report).
+# A matrix run under the selection protocol (its folder holds selection.json) has its own table (protocol_table:
+# selection, paired tests), with the notes in results/notes/NAME.md; every other folder gets autolora-report's.
 report: install
-	$(VENV)/bin/autolora-report results/runs/*/ --out results
+	$(VENV)/bin/autolora-report $$(for d in results/runs/*/; do [ -f $$d/selection.json ] || echo $$d; done) --out results
+	for d in results/runs/*/; do [ -f $$d/selection.json ] || continue; n=$$(basename $$d); \
+	  $(PY) -m autolora.analysis.protocol_table $$d --name $$n --out results \
+	    $$([ -f results/notes/$$n.md ] && echo --notes results/notes/$$n.md); done

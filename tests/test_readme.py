@@ -16,9 +16,11 @@ from conftest import REPO
 from autolora.tasks import metrics
 
 README = (REPO / "README.md").read_text()
-# appended to every README command: a few CPU seconds each, no W&B
+# appended to every README command: a few CPU seconds each, no W&B. Two search steps, no warm-up: B starts at 0, so
+# alpha's first hypergradient is ~0 and a one-step search leaves every gate at 1/k, undecided (search.min_rank = 0:
+# nothing to retrain)
 BUDGET = ["logger=none", "device=cpu", "progress=false", "data.max_train_samples=8", "search.epochs=1",
-          "retrain.epochs=1", "search.batch_size=8", "retrain.batch_size=8"]
+          "search.warmup_ratio=0.0", "retrain.epochs=1", "search.batch_size=2", "retrain.batch_size=8"]
 GENERATION_BUDGET = ["search.evaluate=false", "task.generation.num_beams=1", "task.generation.max_new_tokens=4"]
 
 

@@ -74,3 +74,11 @@ def test_the_page_carries_provenance_means_choices_and_figures(root, tmp_path):
     assert "3e-4 (1e-4: 50.0, 3e-4: 60.0, 1e-3: –)" in page
     assert (out / "figures" / "glue_test_ranks_rte.png").stat().st_size > 0
     assert "figures/glue_test_ranks_mrpc.png" in page
+
+
+def test_notes_go_under_the_provenance_and_survive_a_regeneration(root, tmp_path):
+    out, notes = tmp_path / "results", "## Status\n\nOnly RTE ran: the device time ran out.\n"
+    for _ in range(2):
+        page = protocol_table.write(root, out, "glue_test", "NVIDIA H200", "cmd", notes).read_text()
+    assert page.count("Only RTE ran") == 1
+    assert page.index("- protocol: ") < page.index("## Status") < page.index("## Main metric")

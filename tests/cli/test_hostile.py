@@ -104,7 +104,7 @@ def test_a_resumed_sweep_does_not_skip_a_finished_point_whose_data_changed(tmp_p
     from autolora.runner.pipeline import execute
 
     data = glue_files(tmp_path / "data", GOOD_ROWS)
-    args = [*TINY, "task=glue/rte", f"data.data_dir={data}"]
+    args = [*TINY, "task=glue/rte", f"data.data_dir={data}", "search.batch_size=2"]  # 2 steps: the gates move
     run_dir = tmp_path / "point"
     assert execute(compose(*args), run_dir) is not None
     assert execute(compose(*args, "resume=true"), run_dir, sweep=True) is None  # same data: skipped

@@ -108,3 +108,17 @@ def test_experiment_pins_the_paper_recipe():
     assert (cfg.model.name, cfg.task.name, cfg.search.epochs, cfg.retrain.epochs) == (
         "roberta-base", "glue/cola", 20, 30)
     assert cfg.hydra.sweeper.params.seed == "0,1,2,3,4"
+
+
+def test_a_sweep_folder_name_too_long_for_the_file_system_is_cut_with_a_digest(tmp_path):
+    """Many overrides made a name over the 255-byte limit (OSError: File name too long, as a traceback); two such
+    points that differ only at the end still get two folders, each creatable."""
+    from autolora.runner.run_config import FOLDER_NAME_MAX, one_folder
+
+    assert one_folder("task=glue/rte,seed=0") == "task=glue-rte,seed=0"
+    long = ",".join(f"task.key_{i}=value_{i}" for i in range(30))
+    a, b = one_folder(long + ",seed=0"), one_folder(long + ",seed=1")
+    assert a != b and len(a.encode()) <= FOLDER_NAME_MAX and a.startswith("task.key_0=value_0,")
+    for name in (a, b):
+        (tmp_path / f"12_{name}").mkdir()
+    assert len(one_folder("é" * 300).encode()) <= FOLDER_NAME_MAX  # cut on a character, not inside one

@@ -85,7 +85,9 @@ def fmt(values, scale=100.0) -> str:
     return f"{mean:.1f} ± {statistics.stdev(values) * scale:.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-def write(root: Path, out: Path, name: str, device: str, command: str) -> Path:
+def write(root: Path, out: Path, name: str, device: str, command: str, notes: str = "") -> Path:
+    """results/NAME.md from ROOT's finished runs; `notes` (markdown: what ran, deviations from the protocol, the
+    reading) goes under the provenance lines, so that a regenerated page keeps them."""
     runs = read_finals(root)
     selection = json.loads((root / "selection.json").read_text()) if (root / "selection.json").is_file() else {}
     tasks = [t for t in ("rte", "mrpc", "stsb", "cola") if any(k[0] == t for k in runs)]
@@ -95,6 +97,7 @@ def write(root: Path, out: Path, name: str, device: str, command: str) -> Path:
              f"- command: `{command}`", f"- commit: {git_commit()}", f"- device: {device}",
              f"- date: {dt.date.today().isoformat()}",
              f"- protocol: results/{name}_protocol.md (written before the runs); seeds {seeds}", "",
+             *([notes.strip(), ""] if notes.strip() else []),
              "## Main metric on GLUE dev, mean ± std over seeds (×100)", ""]
     header = ["arm", *[t.upper() for t in tasks], "avg", "trainable params (RTE)", "seeds"]
     rows = []
@@ -179,10 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", type=Path)
     parser.add_argument("--name", default="glue_base")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--device", required=True)
-    parser.add_argument("--command", required=True)
+    parser.add_argument("--device", default=None, help="default: ROOT/report.json's (written by reproduce)")
+    parser.add_argument("--command", default=None, help="default: ROOT/report.json's")
+    parser.add_argument("--notes", type=Path, default=None, help="markdown file put under the provenance lines")
     args = parser.parse_args(argv)
-    print(write(args.root, args.out, args.name, args.device, args.command))
+    recorded = json.loads((args.root / "report.json").read_text()) if (args.root / "report.json").is_file() else {}
+    device, command = args.device or recorded.get("device"), args.command or recorded.get("command")
+    if not device or not command:
+        raise SystemExit(f"protocol_table: {args.root}/report.json records no device or command; pass --device and "
+                         "--command")
+    notes = args.notes.read_text() if args.notes else ""
+    print(write(args.root, args.out, args.name, device, command, notes))
 
 
 if __name__ == "__main__":

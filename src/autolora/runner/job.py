@@ -51,7 +51,8 @@ def eager_reasons(settings: Settings) -> dict[str, str | None]:
                if settings.search.hypergrad == "exact" else None, "retrain": None}
     if settings.method == "adalora":
         reasons["retrain"] = "AdaLoRA's rank allocator reads its scores on the host every step"
-    return reasons
+    model = settings.model.capture_blocker  # the architecture's own forward (models.backbone.capture_blocker)
+    return {phase: reason or model for phase, reason in reasons.items()}
 
 
 def compile_modes(settings: Settings, world: World) -> dict[str, str]:

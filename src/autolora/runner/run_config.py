@@ -7,6 +7,7 @@ defined next to the code using it. Every problem becomes a ConfigError naming it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,9 +195,19 @@ def method_label(method: str, lora_r: int, target_r: int, search: str | None, ev
     return method if search in (None, "default") else f"{method}_{search}"
 
 
+FOLDER_NAME_MAX = 200  # bytes: most file systems cap a name at 255, and Hydra puts "<num>_" before it
+
+
 def one_folder(name: str) -> str:
-    """${autolora.one_folder:...}: a sweep job's overrides as one folder name (task=glue/rte -> task=glue-rte)."""
-    return str(name).replace("/", "-")
+    """${autolora.one_folder:...}: a sweep job's overrides as one folder name (task=glue/rte -> task=glue-rte).
+    A name too long for the file system keeps its start and ends in a digest of the whole, so that two sweep
+    points still get two folders (their overrides, in full, are in each run's overrides.yaml)."""
+    name = str(name).replace("/", "-")
+    if len(name.encode()) <= FOLDER_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.encode()[:FOLDER_NAME_MAX - len(digest) - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
 
 
 def register_resolvers() -> None:
