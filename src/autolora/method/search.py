@@ -224,6 +224,8 @@ class Searched:
 
 
 def alpha_lists(model: nn.Module) -> dict[str, list[float]]:
+    """The raw alpha per matrix on the host. It waits for the device, so it runs outside the step only: at the start,
+    at the noise test's two snapshots (method.noise_test) and at the end, never once per step."""
     with torch.no_grad():
         return {name: alpha.float().cpu().tolist() for name, alpha in raw_alphas(model).items()}
 
