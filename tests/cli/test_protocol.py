@@ -16,7 +16,8 @@ MATRIX = {
                "overrides": ["data.select_on=heldout", "data.heldout_fraction=0.25"]},
     "seeds": [0, 1],
     "overrides": ["logger=none", "progress=false", "device=cpu", "data.max_train_samples=32",
-                  "data.max_eval_samples=16", "search.epochs=1", "retrain.epochs=1"],
+                  "data.max_eval_samples=16", "search.epochs=1", "retrain.epochs=1",
+                  "search.batch_size=4", "search.warmup_ratio=0.0"],  # several search steps: the gates move
 }
 
 

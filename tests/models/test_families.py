@@ -13,8 +13,10 @@ import torch
 from conftest import REPO
 
 OWN = REPO / "tests" / "fixtures" / "own"
-FAST = ["logger=none", "device=cpu", "progress=false", "search.epochs=1", "retrain.epochs=1", "search.batch_size=8",
-        "retrain.batch_size=8", "data.max_train_samples=16"]
+# 4 search steps, no warm-up: B starts at 0, so alpha's first hypergradient is ~0 and a one-step search would leave
+# every matrix undecided (rank search.min_rank = 0: nothing to retrain)
+FAST = ["logger=none", "device=cpu", "progress=false", "search.epochs=1", "search.warmup_ratio=0.0",
+        "retrain.epochs=1", "search.batch_size=2", "retrain.batch_size=8", "data.max_train_samples=16"]
 CLASSIFY = ["task=text_classification", f"data.data_dir={OWN}", "task.train_file=reviews.csv",
             "task.text_columns=[review]", "task.label_column=sentiment", "task.name=reviews"]
 GENERATE = ["task=generation", f"data.data_dir={OWN}", "task.train_file=menu.jsonl", "task.source_column=data",

@@ -44,6 +44,7 @@ def test_wandb_output_log_holds_no_library_noise(tmp_path, model_folders):
         [sys.executable, "-m", "autolora", "task=text_classification", f"data.data_dir={own}",
          "task.train_file=reviews.csv", "task.text_columns=[review]", "task.label_column=sentiment",
          f"model.path={model_folders['my-bert']}", "logger=wandb", "device=cpu", "search.epochs=1", "retrain.epochs=1",
+         "search.batch_size=4", "search.warmup_ratio=0.0",  # several search steps: the gates move
          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     [log] = (tmp_path / "run" / "wandb").glob("offline-run-*/files/output.log")
