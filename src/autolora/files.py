@@ -82,6 +82,21 @@ def finite(payload: Any) -> Any:
     return payload
 
 
+def strict_json(text: str) -> Any:
+    """json.loads without NaN and Infinity (write_json never writes them: a file holding one was written or
+    edited by someone else, and a NaN score would average into every mean as nan); ValueError names the line."""
+
+    def refuse(name: str) -> Any:
+        found = re.search(rf"(?<![\w\"]){re.escape(name)}(?![\w\"])", text)
+        where = f"line {text.count(chr(10), 0, found.start()) + 1}: " if found else ""
+        raise ValueError(f"{where}{name} is not a number strict JSON allows")
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except RecursionError:  # json recurses once per nesting level
+        raise ValueError("nested too deeply") from None
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Pretty, strict JSON (NaN and infinities as null), atomically."""
     text = json.dumps(finite(payload), indent=2, sort_keys=False, allow_nan=False) + "\n"

@@ -30,13 +30,20 @@ def _name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: every setting meets float32 tensors
+
+
 def check_types(instance: Any, prefix: str) -> None:
-    """Raise ValueError naming `prefix.field` for the first field whose value has the wrong type."""
+    """Raise ValueError naming `prefix.field` for the first field whose value has the wrong type, or a finite
+    number beyond float32's range (lr=1e39 passes `>= 0` but overflows the optimiser's float32 step)."""
     hints = typing.get_type_hints(type(instance))
     for field in dataclasses.fields(instance):
         value = getattr(instance, field.name)
         if not _accepts(hints[field.name], value):
             raise ValueError(f"{prefix}.{field.name} must be {_name(hints[field.name])}, got {value!r}")
+        if (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                and abs(value) > FLOAT32_MAX):
+            raise ValueError(f"{prefix}.{field.name} = {value!r} is beyond float32's range (+-{FLOAT32_MAX:.3g})")
 
 
 def check_ranges(checks: list[tuple[bool, str]]) -> None:

@@ -299,3 +299,19 @@ def test_runs_on_different_data_are_not_seeds_of_one_group(tmp_path):
                                                                                      frozenset({"b0", "b1"})}
     assert report.find_runs(runs)[1] == [] and "2026-11-30" in report.provenance(
         report.find_runs(runs)[0], {}, runs, "x")["date"]
+
+
+def test_a_metrics_json_holding_nan_is_skipped_by_name_not_averaged(tmp_path, capsys):
+    """write_json never writes NaN (strict JSON): a metrics.json with one was edited by someone else. It is
+    read strictly (files.strict_json): the run is skipped with its file and line, and a folder of nothing
+    else is one 'error:' line and status 2; before, 'nan' was averaged into the table with exit 0."""
+    run = _run(tmp_path / "runs", "a0")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["retrain"]["dev"]["accuracy"] = float("nan")
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    assert report.main([str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert "a0/metrics.json: cannot be read (line 11: NaN is not a number strict JSON allows)" in lines[0], lines[0]
+    assert not (tmp_path / "runs" / "report").exists()

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from autolora.files import strict_json
 from autolora.layout import ALPHA, CONFIG, MARKER, METRICS, RANKS, RESCORED, RUN_ONLY
 from autolora.method.registry import unread_groups
 
@@ -87,9 +88,10 @@ def flat_config(config: Mapping[str, Any], method: str, prefix: str = "") -> dic
 
 
 def _load(path: Path, parse: Callable[[str], Any]) -> Any:
+    """A mapping from a file; JSON is read strictly (files.strict_json: no NaN, which write_json never writes)."""
     try:
         payload = parse(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
         raise RunError(f"{path}: cannot be read "
                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if not isinstance(payload, dict):
@@ -108,10 +110,10 @@ def _score(name: str, value: Any) -> float | None:
 def _gates(path: Path, metrics: Mapping[str, Any]) -> tuple[dict[str, list[float]] | None, float | None]:
     """The final gates and threshold of a run's search: ranks.json, else alpha.json; (None, None) without."""
     if (path / RANKS).is_file():
-        payload = _load(path / RANKS, json.loads)
+        payload = _load(path / RANKS, strict_json)
         return payload.get("alpha"), payload.get("threshold")
     if (path / ALPHA).is_file():
-        return _load(path / ALPHA, json.loads), (metrics.get("search") or {}).get("threshold")
+        return _load(path / ALPHA, strict_json), (metrics.get("search") or {}).get("threshold")
     return None, None
 
 
@@ -148,7 +150,7 @@ def run_date(path: Path, metrics: Mapping[str, Any]) -> str:
 def _parse(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any]) -> Run:
     retrain, search = metrics["retrain"], metrics.get("search")  # no search: LoRA, AdaLoRA, given ranks
     rescored = path / RESCORED  # autolora.analysis.rescore: the same predictions scored again
-    scored = _load(rescored, json.loads) if rescored.is_file() else retrain
+    scored = _load(rescored, strict_json) if rescored.is_file() else retrain
     scores = scored[scored.get("eval_split", "dev")]  # the headline split (test for NER, E2E); older runs: dev
     gates, threshold = _gates(path, metrics)
     if gates is not None and not all(isinstance(g, list) and g and all(isinstance(x, int | float) for x in g)
@@ -178,7 +180,7 @@ def read_run(path: Path) -> Run:
     """Parse one run directory; RunError names the file and what is wrong with it."""
     if not (path / CONFIG).is_file():
         raise RunError(f"{path}: metrics.json without config.yaml beside it")
-    metrics, config = _load(path / METRICS, json.loads), _load(path / CONFIG, yaml.safe_load)
+    metrics, config = _load(path / METRICS, strict_json), _load(path / CONFIG, yaml.safe_load)
     try:
         return _parse(path, metrics, config)
     except RunError:

@@ -31,6 +31,7 @@ import numpy as np
 from autolora import predictions
 from autolora.analysis import agreement, tables
 from autolora.analysis.finished_runs import Run, find_runs
+from autolora.console import tolerate_any_encoding
 from autolora.files import write_owned
 from autolora.layout import LEGACY_PREDICTIONS, PREDICTIONS
 from autolora.method.ranks import NOISE_BOUND, gate_entropy, gate_offset, gate_spread
@@ -335,6 +336,7 @@ def report_folder(folder: Path, out: Path | None = None) -> tuple[list[Path], li
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: one report per folder; exit status 2 if any folder had nothing usable."""
+    tolerate_any_encoding()
     parser = argparse.ArgumentParser(prog="python -m autolora.analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="folders holding run directories at any depth")

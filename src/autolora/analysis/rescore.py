@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from autolora import predictions
+from autolora.console import tolerate_any_encoding
 from autolora.errors import DataError
 from autolora.files import read_text, write_json
 from autolora.layout import CONFIG, MARKER, METRICS, RESCORED
@@ -144,6 +145,7 @@ def rescore(run_dir: Path, data_dir: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    tolerate_any_encoding()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data-dir", help="data.data_dir holding the task's files (generation runs)")

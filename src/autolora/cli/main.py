@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from autolora import errors
 from autolora.cli import sweep
 from autolora.cli.overrides import Point, check_overrides, expand_overrides, runs_jobs
+from autolora.console import tolerate_any_encoding
 from autolora.engine import distributed
 from autolora.engine.checkpoint import StopFlag
 from autolora.errors import Diverged, Interrupted, UserError
@@ -190,6 +191,7 @@ def logging_restored():
 
 def main() -> None:
     """Console script `autolora-run`: Hydra parses overrides, -m sweeps, --cfg job, etc."""
+    tolerate_any_encoding()
     sys.argv[1:] = expand_overrides(sys.argv[1:])  # model.path=<folder> alone selects model=local
     args = sys.argv[1:]
     stop = StopFlag()

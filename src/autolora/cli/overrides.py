@@ -68,6 +68,18 @@ def runs_jobs(args: list[str]) -> bool:
     return not any(arg in NOT_JOBS for arg in args)
 
 
+def syntax_error(words: list[str], message: str) -> str:
+    """Hydra's parse error as a line a user can act on: its lexer names only its exception class
+    (LexerNoViableAltException) for a character its grammar has no rule for, as any non-ASCII letter is
+    outside quotes; such an override is named with how to quote it."""
+    for word in words:
+        key, equals, value = word.partition("=")
+        if equals and not value.isascii() and not value.startswith(("'", '"')):
+            return (f"{word}: an unquoted value must be ASCII in Hydra's override grammar; quote it, in the "
+                    f"shell too: '{key}=\"{value}\"'")
+    return message
+
+
 def check_overrides(args: list[str]) -> list[Point]:
     """Unknown group options and keys, bad override syntax, then every check of `check_config` for every job of
     the command (each point of a -m sweep, hydra.sweeper.params included): one ConfigError line naming the
@@ -89,7 +101,7 @@ def check_overrides(args: list[str]) -> list[Point]:
     try:
         overrides = OverridesParser.create().parse_overrides(words)
     except HydraException as err:
-        raise ConfigError(str(err).splitlines()[0]) from None
+        raise ConfigError(syntax_error(words, str(err).splitlines()[0])) from None
     plain = []
     extra = search_path(overrides)
     for override in overrides:

@@ -20,10 +20,9 @@ def check_rank_keys(expected: Sequence[str], ranks: Mapping[str, int]) -> None:
     missing = [n for n in expected if n not in ranks]
     extra = [n for n in ranks if n not in set(expected)]
     if missing or extra:
-        raise RankKeyError(
-            f"ranks do not match the model's target matrices: missing {missing[:3]}{'...' if len(missing) > 3 else ''}"
-            f", not in the model {extra[:3]}{'...' if len(extra) > 3 else ''}"
-        )
+        shown = lambda names: f"{names[:3]}{'...' if len(names) > 3 else ''}"  # noqa: E731
+        found = [f"missing {shown(missing)}" if missing else "", f"not in the model {shown(extra)}" if extra else ""]
+        raise RankKeyError(f"ranks do not match the model's target matrices: {', '.join(filter(None, found))}")
 
 
 def inject(

@@ -137,24 +137,30 @@ def save(
 def load(path: str | Path, max_rank: int | None = None) -> dict[str, Any]:
     """Read and validate a ranks.json written by save() (or by hand); returns the whole payload.
 
-    Every rank must be an integer in [0, k], k being the file's own "k" when it records one, else max_rank
-    (search.k); at least one rank must be above 0, or there is nothing to retrain."""
+    Every rank must be an integer in [0, k]: at most the file's own "k" when it records one and at most
+    max_rank (search.k), since a file's k says what its search could select, not what this run allows; at
+    least one rank must be above 0, or there is nothing to retrain. The matrix widths are checked against the
+    model by the preflight (check_rank_widths)."""
     path = Path(path)
     try:
         payload = json.loads(read_text(path, RanksFileError))
     except json.JSONDecodeError as err:
         raise RanksFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    except RecursionError:  # json recurses once per nesting level: [[[[...]]]] of 100k levels
+        raise RanksFileError(f"{path}: nested too deeply to be a ranks file") from None
     ranks = payload.get("ranks") if isinstance(payload, dict) else None
     if not isinstance(ranks, dict) or not ranks:
         raise RanksFileError(f"{path}: key 'ranks' must be a non-empty mapping of matrix name to rank")
-    k, where = (payload["k"], "the file's k") if "k" in payload else (max_rank, "search.k")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+    k = payload.get("k")
+    if "k" in payload and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise RanksFileError(f"{path}: key 'k' = {k!r} is not a positive integer")
+    bounds = [(bound, where) for bound, where in ((k, "the file's k"), (max_rank, "search.k")) if bound is not None]
     for name, rank in ranks.items():
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
             raise RanksFileError(f"{path}: ranks[{name!r}] = {rank!r} is not a non-negative integer")
-        if k is not None and rank > k:
-            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank} is above k = {k} ({where})")
+        for bound, where in bounds:
+            if rank > bound:
+                raise RanksFileError(f"{path}: ranks[{name!r}] = {rank} is above k = {bound} ({where})")
     if not any(ranks.values()):
         raise RanksFileError(f"{path}: every rank is 0: no matrix would get LoRA, so there is nothing to retrain")
     return payload

@@ -122,6 +122,24 @@ def check_location(cfg: ModelConfig) -> None:
             raise ValueError(f"{key}={location}: an empty folder")
 
 
+def check_weights(cfg: ModelConfig) -> None:
+    """Every *.safetensors file of a local model.path opens: its header is read and checked against the file's
+    size (no tensor is loaded), so a truncated download is one line before the run starts, not a
+    SafetensorError from deep inside from_pretrained."""
+    from safetensors import SafetensorError, safe_open
+
+    if cfg.path is None or cfg.gguf_file:
+        return
+    folder = Path(resolve_location(cfg.path)).expanduser()
+    for file in sorted(folder.glob("*.safetensors")) if folder.is_dir() else ():
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"model.path={cfg.path}: {file.name} is unreadable ({err}); is the download "
+                             "complete?") from None
+
+
 def load_tokenizer(cfg: ModelConfig, split_words: bool = False):
     """The model's tokenizer; GPT-2 style tokenizers get pad = eos (they ship without a pad token).
 

@@ -102,6 +102,18 @@ def target_names(model: nn.Module, targets: TargetConfig) -> list[str]:
     return [public_name(m, p) for m, slices in find_targets(model, targets).items() for p, _, _ in slices]
 
 
+def target_widths(model: nn.Module, targets: TargetConfig) -> dict[str, int]:
+    """Public name -> the most rank-1 components that can be independent in that matrix: min(in, out) of its
+    part (a fused slice spans `groups` blocks of stop - start outputs). A rank above it only adds copies."""
+    widths = {}
+    for module_name, slices in find_targets(model, targets).items():
+        in_features, _ = projection_shape(model.get_submodule(module_name))
+        for part, start, stop in slices:
+            outputs = stop - start if part == WHOLE else (stop - start) * targets.groups
+            widths[public_name(module_name, part)] = min(in_features, outputs)
+    return widths
+
+
 # An attention block: a module whose own linear children include a query, a key and a value projection,
 # named by role as the architectures name them (BERT query, DistilBERT q_lin, MPNet q, DeBERTa query_proj,
 # Llama q_proj, ...). Or one fused projection computing all three, listed here with its output layout.

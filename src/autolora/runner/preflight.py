@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import torch
 
 from autolora.engine.distributed import World
-from autolora.errors import ConfigError, DataError
+from autolora.errors import ConfigError, DataError, RankKeyError
 from autolora.method import ranks as ranks_io
 from autolora.method.inject import check_rank_keys
-from autolora.models.backbone import HEAD_CLASSES, architecture, load_tokenizer
-from autolora.models.targets import target_names
+from autolora.models.backbone import HEAD_CLASSES, architecture, check_weights, load_tokenizer
+from autolora.models.targets import target_widths
 from autolora.runner.run_config import Settings
 from autolora.tasks.base import select_on_heldout
 
@@ -55,19 +55,30 @@ def load_inputs(settings: Settings, task) -> Inputs:
         raise ConfigError(f"task.max_length={task.max_length} is too small for {task.name} with this tokenizer "
                           f"(at least {minimum}: its special tokens plus two text tokens)")
     given = read_ranks_file(settings)
-    check_architecture(settings, task, given)
+    check_architecture(settings, task, given, len(tokenizer))
     return Inputs(splits, tokenizer, given)
 
 
-def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] | None) -> None:
+def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] | None,
+                       tokens: int | None = None) -> None:
     """The model, built from its config on the meta device (no weights, no memory), has the matrices the model
     config targets, and a ranks file names exactly those: a model.path of another architecture, or a ranks
-    file of another model, is refused before the run folder is claimed."""
+    file of another model, is refused before the run folder is claimed. Its weight files open, its embeddings
+    cover the tokenizer's `tokens` ids, and its positions task.max_length."""
     cfg = settings.model
     if cfg.gguf_file:  # its config is read from the whole GGUF file (seconds); the packaged GGUF models match
         return
     where = f"model.path={cfg.path}" if cfg.path else f"model {cfg.name} (random init)"
     config = architecture(cfg)  # no weights; a path that holds no model is one line (FileNotFoundError)
+    try:
+        check_weights(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    vocab = getattr(config, "vocab_size", None)
+    if tokens is not None and isinstance(vocab, int) and tokens > vocab:  # an id past the table: IndexError
+        raise ConfigError(f"the tokenizer of {where} has {tokens} tokens but its embeddings hold {vocab} "
+                          "(vocab_size): the tokenizer belongs to another model")
+    check_positions(config, task.max_length, where)
     if task.head != "causal_lm":
         config.num_labels = task.num_labels
     try:
@@ -76,12 +87,53 @@ def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] 
     except (OSError, ValueError, KeyError) as err:  # unreachable hub id, unknown model_type, ...
         raise ConfigError(f"{where}: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     try:
-        names = target_names(skeleton, cfg.targets)
+        widths = target_widths(skeleton, cfg.targets)
     except ValueError as err:
         raise ConfigError(f"{err}: {where} is a {config.model_type} model, which model={cfg.name} does not "
                           "describe; choose the model config of that architecture (model=...)") from None
+    check_rank_widths(settings, widths, given_ranks)
+
+
+# Architectures whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids):
+# of max_position_embeddings rows, pad_token_id + 1 are never a token's position (514 -> 512 for RoBERTa).
+PADDING_OFFSET = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "ibert")
+
+
+def check_positions(config, max_length: int, where: str) -> None:
+    """task.max_length fits the model's position embeddings: a longer row indexes past the table (an index
+    error in the middle of training, or on the GPU a device-side assert). Relative positions (DeBERTa-v2
+    without position_biased_input) have no such table."""
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return
+    if config.model_type in PADDING_OFFSET:
+        positions -= (config.pad_token_id or 0) + 1
+    if max_length > positions:
+        raise ConfigError(f"task.max_length={max_length} is above the {positions} positions of {where}: "
+                          f"use task.max_length={positions} or less")
+
+
+def check_rank_widths(settings: Settings, widths: Mapping[str, int], given_ranks: Mapping[str, int] | None) -> None:
+    """A ranks file names exactly the model's target matrices, and no rank (search.k, lora.r, a ranks file's)
+    exceeds the width of its matrix: components beyond min(in, out) are copies, and a rank of 1e9 would
+    only fail as an allocation of terabytes in the middle of the run."""
+    narrowest = min(widths, key=widths.get)
     if given_ranks is not None:
-        check_rank_keys(names, given_ranks)
+        path = settings.search.ranks_file
+        try:
+            check_rank_keys(list(widths), given_ranks)
+        except RankKeyError as err:
+            raise RankKeyError(f"search.ranks_file={path}: {err}") from None
+        for name, rank in given_ranks.items():
+            if rank > widths[name]:
+                raise RankKeyError(f"search.ranks_file={path}: ranks[{name!r}] = {rank} is above the matrix's "
+                                   f"width min(in, out) = {widths[name]}")
+        return
+    key, rank = {"autolora": ("search.k", settings.search.k), "lora": ("lora.r", settings.lora_r)}.get(
+        settings.method, (None, 0))
+    if key is not None and rank > widths[narrowest]:
+        raise ConfigError(f"{key}={rank} is above the width min(in, out) = {widths[narrowest]} of matrix "
+                          f"{narrowest}: at most {widths[narrowest]} components can be independent there")
 
 
 def check_labels(splits) -> None:

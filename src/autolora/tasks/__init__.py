@@ -22,4 +22,13 @@ def build_task(cfg: Mapping[str, Any]) -> Task:
     family = cfg["family"]
     if family not in FAMILIES:
         raise ValueError(f"task.family {family!r} is unknown; known: {sorted(FAMILIES)}")
-    return FAMILIES[family].from_config(cfg)
+    task = FAMILIES[family].from_config(cfg)
+    check_max_length(task.max_length)
+    return task
+
+
+def check_max_length(value: object) -> None:
+    """task.max_length, which every family has, is a token count (its upper bound, the model's positions, is
+    checked against the architecture by the preflight)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"task.max_length must be an integer >= 1, got {value!r}")

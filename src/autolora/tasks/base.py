@@ -46,6 +46,8 @@ class DataConfig:
             raise ValueError(f"data.select_on must be one of {SELECT_ON}, got {self.select_on!r}")
         if not 0 < self.heldout_fraction < 1:
             raise ValueError(f"data.heldout_fraction must lie in (0, 1), got {self.heldout_fraction}")
+        if not 0 <= self.heldout_seed < 2**32:  # NumPy's seed range
+            raise ValueError(f"data.heldout_seed must lie in [0, 2^32), got {self.heldout_seed}")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from autolora.files import read_text
 from autolora.predictions import generation_text
 from autolora.tasks import metrics
 from autolora.tasks.base import DataConfig, Splits, load_hub, local_folder, truncate
+from autolora.typecheck import check_types
 
 IGNORE = -100  # label id the loss skips (prompt and padding)
 
@@ -61,6 +63,16 @@ class Generation:
     no_repeat_ngram_size: int
     max_new_tokens: int
     batch_size: int
+
+    def __post_init__(self):
+        check_types(self, "task.generation")
+        for key in ("num_beams", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"task.generation.{key} must be >= 1, got {getattr(self, key)}")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"task.generation.no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
+        if not math.isfinite(self.length_penalty):
+            raise ValueError(f"task.generation.length_penalty must be finite, got {self.length_penalty}")
 
 
 def read_csv(path: Path, layout: CsvLayout) -> dict[str, list[str]]:
@@ -102,6 +114,10 @@ class TextGeneration:
     max_length: int
     label_smoothing: float
     generation: Generation
+
+    def __post_init__(self):  # the subclasses' dataclass __init__ calls it: E2E and your own files alike
+        if not (isinstance(self.label_smoothing, int | float) and 0 <= self.label_smoothing < 1):
+            raise ValueError(f"task.label_smoothing must lie in [0, 1), got {self.label_smoothing!r}")
 
     def prompt_ids(self, tokenizer, source: str) -> list[int]:
         return tokenizer(source + self.separator, add_special_tokens=False)["input_ids"]

@@ -8,6 +8,7 @@ dev or a test file, a seeded share of the training file (task.dev_fraction, task
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,8 @@ class OwnFiles:
         check_types(self, "task")
         if not 0 < self.dev_fraction < 1:
             raise ValueError(f"task.dev_fraction must lie in (0, 1), got {self.dev_fraction}")
+        if not 0 <= self.split_seed < 2**32:  # NumPy's seed range
+            raise ValueError(f"task.split_seed must lie in [0, 2^32), got {self.split_seed}")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> OwnFiles:
@@ -111,6 +114,9 @@ class TextClassificationTask(SentenceClassification):
         if cfg["main_metric"] is not None and cfg["metrics"] is not None and cfg["main_metric"] not in cfg["metrics"]:
             raise ValueError(f"task.main_metric {cfg['main_metric']!r} is not in task.metrics {list(cfg['metrics'])}")
         labels = None if cfg["labels"] is None else tuple(str(label) for label in cfg["labels"])
+        twice = sorted({label for label in labels or () if labels.count(label) > 1})
+        if twice:  # one class id per name: a repeated name would add a class no row can have
+            raise ValueError(f"task.labels names {', '.join(map(repr, twice))} more than once: {list(labels)}")
         return cls(cfg["name"], OwnFiles.from_config(cfg), text, cfg["label_column"], labels,
                    cfg["metrics"] and tuple(cfg["metrics"]), cfg["main_metric"], cfg["max_length"])
 
@@ -155,7 +161,9 @@ def infer_labels(path: Path, table: Dataset, column: str) -> tuple[str, ...] | N
     if "string" in dtype:  # numbers but for a few: a regression file with a typo, not thousands of classes
         as_numbers = [_number(v) for v in values]
         if any(n is not None and not n.is_integer() for n in as_numbers):
-            bad = next(i for i, n in enumerate(as_numbers) if n is None)
+            bad = next((i for i, n in enumerate(as_numbers) if n is None), None)
+            if bad is None:  # all numbers, some written as text (nan, inf): regression, checked by label_ids
+                return None
             raise DataError(f"{row_location(path, bad)}: label {values[bad]!r} in column {column!r} is not a number, "
                             "while other labels are (numbers mean regression)")
     return tuple(str(v) for v in sorted(set(values)))
@@ -176,6 +184,9 @@ def label_ids(path: Path, values: list, labels: tuple[str, ...] | None, column: 
             number = _number(str(value)) if not isinstance(value, bool) else None
             if number is None:
                 raise DataError(f"{row_location(path, row)}: label {value!r} in column {column!r} is not a number")
+            if not math.isfinite(number):  # a NaN score would read as divergence in training
+                raise DataError(f"{row_location(path, row)}: label {value!r} in column {column!r} is not a finite "
+                                "score")
             out.append(number)
         return out
     ids = {name: i for i, name in enumerate(labels)}
@@ -237,7 +248,7 @@ class TokenClassificationTask(TokenTagging):
         return Dataset.from_dict({"words": words, "tags": tags})
 
     def _read_table(self, path: Path, training: bool) -> tuple[list[list[str]], list[list[str]]]:
-        table = read_table(path, [self.tokens_column, self.tags_column])
+        table = read_table(path, [self.tokens_column, self.tags_column], lists=[self.tokens_column, self.tags_column])
         check_present(path, table, [self.tokens_column, self.tags_column])
         words = [[str(w) for w in row] for row in table[self.tokens_column]]
         tags = [[str(t) for t in row] for row in table[self.tags_column]]

@@ -18,10 +18,12 @@ from datasets import Dataset
 from autolora.errors import DataError
 from autolora.files import check_text
 
-# suffix -> (datasets' packaged loader, its options); TSV is split on tabs only, without quoting (as GLUE's)
+# suffix -> (datasets' packaged loader, its options); TSV is split on tabs only, without quoting (as GLUE's).
+# Only an empty cell is missing: pandas' default would also read the text NA, N/A, null or nan as missing.
+TEXT_CELLS = {"keep_default_na": False, "na_values": [""]}
 LOADERS = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE}),
+    ".csv": ("csv", TEXT_CELLS),
+    ".tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, **TEXT_CELLS}),
     ".json": ("json", {}),
     ".jsonl": ("json", {}),
     ".parquet": ("parquet", {}),
@@ -33,11 +35,13 @@ def is_table(path: Path) -> bool:
     return path.suffix.lower() in LOADERS
 
 
-def read_table(path: Path, columns: Sequence[str]) -> Dataset:
-    """The file's records (in memory) through the loader for its suffix; every name in `columns` must be there."""
+def read_table(path: Path, columns: Sequence[str], lists: Sequence[str] = ()) -> Dataset:
+    """The file's records (in memory) through the loader for its suffix; every name in `columns` must be there,
+    holding one value per row (numbers or text), or a list of them for the names in `lists`."""
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
     from datasets.utils import logging as datasets_logging
+    from pyarrow import ArrowException
 
     if not is_table(path):
         raise DataError(f"{path}: unknown file type {path.suffix!r}; use one of {', '.join(LOADERS)}")
@@ -52,6 +56,10 @@ def read_table(path: Path, columns: Sequence[str]) -> Dataset:
                                  **options)
     except DatasetGenerationError as err:
         raise DataError(parse_error(path, err.__cause__ or err)) from None
+    except (ArrowException, ValueError) as err:  # a .parquet that is not parquet; a header and no rows
+        if "corresponds to no data" in str(err):
+            raise DataError(f"{path}: no data rows") from None
+        raise DataError(parse_error(path, err)) from None
     finally:
         datasets_logging.set_verbosity(level)
     missing = [c for c in columns if c not in table.column_names]
@@ -60,7 +68,31 @@ def read_table(path: Path, columns: Sequence[str]) -> Dataset:
         raise DataError(f"{where}: no column {', '.join(map(repr, missing))}; the columns are {table.column_names}")
     if len(table) == 0:
         raise DataError(f"{path}: no data rows")
+    for column in columns:
+        check_kind(path, table, column, listed=column in lists)
     return table
+
+
+def check_kind(path: Path, table: Dataset, column: str, listed: bool) -> None:
+    """A column holds plain values (text, numbers), or lists of them where `listed`: a nested object or list
+    would otherwise be trained on as its Python repr, str({'a': 1}). A .json file of one record whose columns
+    are all lists is a column-oriented object ({"text": [...], "label": [...]}): named as such."""
+    from datasets import LargeList, List, Sequence, Value
+
+    feature = table.features[column]
+    is_list = isinstance(feature, List | LargeList | Sequence)
+    ok = (is_list and isinstance(feature.feature, Value)) if listed else isinstance(feature, Value)
+    if ok:
+        return
+    if (not listed and is_list and len(table) == 1 and path.suffix.lower() == ".json"
+            and all(isinstance(f, List | LargeList | Sequence) for f in table.features.values())):
+        raise DataError(f"{path}: one JSON object of columns ({{{column!r}: [...], ...}}); give one object per "
+                        "row: a JSON list of records, or JSON lines (.jsonl)")
+    kind = ("a list" if is_list else "an object") if not isinstance(feature, Value) else "a single value"
+    want = "a list of tokens or tags" if listed else "one text or number"
+    row = next((i for i, value in enumerate(table[column]) if value is not None), 0)
+    raise DataError(f"{row_location(path, row)}: column {column!r} holds {kind} ({str(table[column][row])[:60]}), "
+                    f"not {want} per row")
 
 
 def parse_error(path: Path, err: BaseException) -> str:
@@ -102,19 +134,23 @@ def row_location(path: Path, row: int) -> str:
 
 
 def first_missing(table: Dataset, column: str) -> int | None:
-    """The first row whose value in `column` is missing (None or NaN), or None."""
+    """The first row whose value in `column` is missing (None or NaN) or blank text, or None."""
     for index, value in enumerate(table[column]):
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str)
+                                                                               and not value.strip()):
             return index
     return None
 
 
 def check_present(path: Path, table: Dataset, columns: Sequence[str]) -> None:
-    """No missing (empty) value in these columns; the first one found is named by file, line and column."""
+    """No missing (empty) or blank value in these columns: a blank generation target would train on EOS alone
+    and fail the scoring after training. The first one found is named by file, line and column."""
     for column in columns:
         row = first_missing(table, column)
         if row is not None:
-            raise DataError(f"{row_location(path, row)}: column {column!r} is empty")
+            value = table[column][row]
+            what = "blank" if isinstance(value, str) and value else "empty"
+            raise DataError(f"{row_location(path, row)}: column {column!r} is {what}")
 
 
 def hold_out(n: int, fraction: float, seed: int, groups: Sequence | None = None) -> tuple[list[int], list[int]]:
