@@ -39,10 +39,10 @@ def _run(folder, name, *, seed, accuracy, ranks, params, method="autolora", read
 
 def _study(folder, lr_of_one=4e-4):
     """Three seeds. Budget beats LoRA r=4 by +2, +3, +4 pp; released's ranks equal gates' in seed 2 (no run of
-    its own there); energy's are the same ranks in every seed (agreement 1)."""
+    its own there); energy's are the same ranks in every seed (agreement 1), those of LoRA r=1 in seed 2."""
     gates = [[4, 4, 3, 5], [3, 4, 4, 4], [5, 3, 4, 4]]
     budget = [[8, 6, 2, 0], [8, 5, 3, 0], [7, 6, 3, 0]]
-    released = [[2, 2, 2, 2], [1, 2, 2, 2], gates[2]]
+    released = [[2, 2, 2, 3], [1, 2, 2, 2], gates[2]]
     energy = [[1, 1, 1, 1]] * 3
     for s in range(3):
         readouts = {"gates": gates[s], "released": released[s], "energy": energy[s], "budget": budget[s]}
@@ -50,7 +50,10 @@ def _study(folder, lr_of_one=4e-4):
              readouts=readouts)
         _run(folder, f"s{s}/budget", seed=s, accuracy=0.82 + 2 * s / 100, ranks=budget[s], params=3000,
              readout="budget", lr=lr_of_one if s == 1 else 4e-4)
-        _run(folder, f"s{s}/energy", seed=s, accuracy=0.75, ranks=energy[s], params=1000, readout="energy")
+        if s != 2:
+            _run(folder, f"s{s}/energy", seed=s, accuracy=0.75, ranks=energy[s], params=1000, readout="energy")
+        else:
+            _run(folder, f"s{s}/lora_r1", seed=s, accuracy=0.75, ranks=energy[s], params=1000, method="lora", r=1)
         if s != 2:
             _run(folder, f"s{s}/released", seed=s, accuracy=0.70, ranks=released[s], params=1500, readout="released")
         _run(folder, f"s{s}/lora_r4", seed=s, accuracy=0.80 + s / 100, ranks=[4] * 4, params=3100, method="lora", r=4)
@@ -87,6 +90,7 @@ def test_the_table_from_run_folders(tmp_path):
     assert rows["ΔW energy 90%"][3] == "-3.0 ± 0.0 vs LoRA r=2"
     assert rows["released"][7] == "70.0, 70.0, 82.0; seed 2 = gates (paper)'s run"
     assert rows["ΔW energy 90%"][6].startswith("1.00 ") and rows["ΔW energy 90%"][5] == "— (a seed constant)"
+    assert rows["ΔW energy 90%"][7] == "75.0, 75.0, 75.0; seed 2 = LoRA r=1's run"  # r=1: seed 2 only, no row
     assert rows["ΔW global budget"][5].startswith("+1.00 (0.0") and rows["LoRA r=4"][3] == "—"  # one order
 
 

@@ -85,7 +85,9 @@ def _same_recipe(runs: Sequence[Run]) -> None:
 
 
 def arms_of(runs: Sequence[Run]) -> tuple[list[Arm], list[Arm], list[int]]:
-    """(readout arms, uniform arms, seeds) from the runs: a search per seed, the readouts' retrains, LoRA arms."""
+    """(readout arms, uniform arms, seeds) from the runs: a search per seed, the readouts' retrains, LoRA arms.
+    A readout is a row where every seed has a run at its ranks; shared names the run it took where that run was
+    not the readout's own retrain (another readout's, a uniform arm's)."""
     if not runs:
         raise ConfigError("no finished run found")
     _same_recipe(runs)
@@ -97,27 +99,32 @@ def arms_of(runs: Sequence[Run]) -> tuple[list[Arm], list[Arm], list[int]]:
             searches[run.seed] = run
     if not searches:
         raise ConfigError("no search (a run folder with ranks.json) among the runs")
-    uniform_r = sorted({int(run.config["lora.r"]) for run in runs if run.method == "lora"})
-    seeds = sorted(s for s in searches if all(any(r.method == "lora" and int(r.config["lora.r"]) == rank
-                                                    and r.seed == s for r in runs) for rank in uniform_r))
+    seeds = sorted(searches)
+    uniform = []  # a uniform rank is a row where every seed of a search has it
+    for rank in sorted({int(run.config["lora.r"]) for run in runs if run.method == "lora"}):
+        at = {r.seed: r for r in runs if r.method == "lora" and int(r.config["lora.r"]) == rank and r.seed in seeds}
+        if set(at) == set(seeds):
+            uniform.append(Arm(f"LoRA r={rank}", at, {}, None))
     readouts: list[Arm] = []
     for readout in READOUTS:
         table, found, shared = [], {}, {}
         for seed in seeds:
-            saved = json.loads((searches[seed].path / RANKS).read_text())
-            want = saved["readouts"][readout]
-            matches = [r for r in runs if r.seed == seed and r.method == "autolora" and r.ranks == want]
+            want = json.loads((searches[seed].path / RANKS).read_text())["readouts"][readout]
+            # The readout's own retrain first, then any run of this seed at the same ranks (the search's own
+            # retrain, another readout's, a uniform arm's): the same ranks, seed and recipe train the same model.
+            matches = sorted((r for r in runs if r.seed == seed and r.ranks == want),
+                             key=lambda r: r.config.get("search.ranks_readout") != json.dumps(readout))
             if not matches:
                 break
             found[seed] = matches[0]
             table.append([want[name] for name in sorted(want)])
-            earlier = [arm.label for arm in readouts if arm.runs.get(seed) is matches[0]]
-            if earlier:
-                shared[seed] = earlier[0]
+            own = matches[0] is searches[seed] if readout == "gates" else \
+                matches[0].config.get("search.ranks_readout") == json.dumps(readout)
+            if not own:
+                earlier = [arm.label for arm in [*readouts, *uniform] if arm.runs.get(seed) is matches[0]]
+                shared[seed] = earlier[0] if earlier else matches[0].variant
         else:
             readouts.append(Arm(LABELS[readout], found, shared, np.array(table)))
-    uniform = [Arm(f"LoRA r={rank}", {r.seed: r for r in runs if r.method == "lora" and int(r.config["lora.r"]) == rank
-                                       and r.seed in seeds}, {}, None) for rank in uniform_r]
     return readouts, uniform, seeds
 
 
