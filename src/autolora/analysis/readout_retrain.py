@@ -146,18 +146,22 @@ def table(readouts: Sequence[Arm], uniform: Sequence[Arm], seeds: Sequence[int])
             near = nearest_uniform(float(params.mean()), uniform, seeds)
             d = paired(score, near.scores(seeds))
             test = "" if d["t"] is None else f"; t {d['t']:+.2f}, p {d['p']:.2f}"
-            delta = f"{d['mean'] * 100:+.1f} ± {d['sd'] * 100:.1f} vs {near.label}{test}"
+            delta = f"{d['mean'] * 100:+.2f} ± {d['sd'] * 100:.2f} vs {near.label}{test}"
         else:
             delta = "—"
         if arm.ranks is not None:
             agree = seed_agreement(arm.ranks, None)
             rho = agree["rank_spearman"]
-            rho_cell = "— (a seed constant)" if rho is None else f"{rho:+.2f} ({agree['rank_spearman_p']:.3f})"
+            p = agree["rank_spearman_p"]
+            rho_cell = "— (a seed constant)" if rho is None else \
+                f"{rho:+.2f} ({'< 0.001' if p < 0.001 else f'{p:.3f}'})"
             pair = f"{agree['pair_agreement']:.2f} ({agree['chance_agreement']:.2f})"
             mean_rank = f"{arm.ranks.mean():.2f}"
         else:
             rho_cell, pair, mean_rank = "—", "—", next(iter(arm.runs.values())).config["lora.r"]
-        shared = "".join(f"; seed {s} = {other}'s run" for s, other in sorted(arm.shared.items()))
+        others = sorted(set(arm.shared.values()))
+        shared = "".join(f"; seed{'s' * (len(at) > 1)} {', '.join(map(str, at))} = {other}'s run" for other in others
+                         for at in [[s for s, o in sorted(arm.shared.items()) if o == other]])
         per_seed = ", ".join(f"{x * 100:.1f}" for x in score) + shared
         lines.append(f"| {arm.label} | {_cell(score)} | {params.mean():,.0f} (range {params.min():,.0f}–"
                      f"{params.max():,.0f}) | {delta} | {mean_rank} | {rho_cell} | {pair} | {per_seed} |")
