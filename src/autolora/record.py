@@ -108,6 +108,7 @@ class RunRecord:
     wandb: Mapping[str, str] | None = None  # where the W&B run is
     search: SearchRecord | None = None
     ranks_file: str | None = None  # search.ranks_file, when the ranks came from there
+    ranks_readout: str | None = None  # search.ranks_readout: whose of the file's readouts' ranks (None: "ranks")
     ranks_from: str | None = None  # search | ranks_file | uniform | adalora
     retrain: PhaseRecord | None = None
     adapter: str | None = None  # the peft adapter folder
@@ -126,7 +127,7 @@ class RunRecord:
             "processes": self.processes, "started_at": self.started_at, "targets": dict(self.targets),
         }
         optional = {"wandb": self.wandb, "search": self.search and self.search.to_json(),
-                    "ranks_file": self.ranks_file, "ranks_from": self.ranks_from,
+                    "ranks_file": self.ranks_file, "ranks_readout": self.ranks_readout, "ranks_from": self.ranks_from,
                     "retrain": self.retrain and self.retrain.to_json(), "adapter": self.adapter}
         out.update({key: value for key, value in optional.items() if value is not None})
         if self.retrain is not None:

@@ -91,6 +91,30 @@ def test_bad_ranks_files_name_the_file_and_key(tmp_path, content, message):
         ranks.load(tmp_path / "missing.json")
 
 
+def test_a_readout_of_the_file_replaces_its_ranks(tmp_path):
+    """search.ranks_readout: load() returns the named readout's ranks in place of the file's "ranks", checks
+    them like "ranks" (naming the key), and names the readouts a file holds when it lacks the one asked for."""
+    path = tmp_path / "ranks.json"
+    path.write_text(json.dumps({"k": 4, "ranks": {"a": 2, "b": 2},
+                                "readouts": {"gates": {"a": 2, "b": 2}, "budget": {"a": 4, "b": 0},
+                                             "energy": {"a": 5, "b": 1}, "released": {"a": 0, "b": 0}}}))
+    assert ranks.load(path)["ranks"] == {"a": 2, "b": 2}
+    assert ranks.load(path, readout="budget")["ranks"] == {"a": 4, "b": 0}
+    with pytest.raises(ranks.RanksFileError, match=r"readouts.energy\['a'\] = 5 is above k = 4"):
+        ranks.load(path, readout="energy")
+    with pytest.raises(ranks.RanksFileError, match=r"every rank is 0 \(key 'readouts.released'\)"):
+        ranks.load(path, readout="released")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"ranks": {"a": 1}}))
+    with pytest.raises(ranks.RanksFileError, match="ranks_readout=budget is not among the file's 'readouts' "
+                                                   r"\(none: a file written before"):
+        ranks.load(old, readout="budget")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"ranks": {"a": 1}, "readouts": {"gates": {"a": 1}}}))
+    with pytest.raises(ranks.RanksFileError, match=r"budget is not among the file's 'readouts' \(gates\)"):
+        ranks.load(partial, readout="budget")
+
+
 def _peft_ranks(peft_model) -> dict[str, int]:
     from peft.tuners.lora import LoraLayer
 

@@ -13,6 +13,7 @@ from conftest import compose
 
 from autolora.errors import ConfigError
 from autolora.runner.pipeline import execute
+from autolora.runner.summary import summary_text
 
 TINY = ("debug=tiny",)
 
@@ -58,6 +59,20 @@ def test_lora_method_and_ranks_file_skip_the_search(tmp_path):
     second, _ = run_in(tmp_path, f"search.ranks_file={first_dir / 'ranks.json'}", name="reuse")
     assert second["ranks"] == first["ranks"] and "search" not in second
     assert (first["ranks_from"], second["ranks_from"]) == ("search", "ranks_file")
+
+
+def test_ranks_readout_retrains_at_one_readout_of_the_file(tmp_path):
+    """search.ranks_readout=budget retrains at the ranks.json's budget readout, not at its "ranks" (gates),
+    and metrics.json and the summary say which readout it was; without ranks_file the key is refused."""
+    first, first_dir = run_in(tmp_path, "search.k=4", name="search")
+    saved = json.loads((first_dir / "ranks.json").read_text())
+    second, second_dir = run_in(tmp_path, f"search.ranks_file={first_dir / 'ranks.json'}",
+                                "search.ranks_readout=budget", name="budget")
+    assert saved["readouts"]["budget"] != saved["ranks"]  # else the test could not tell the two apart
+    assert second["ranks"] == saved["readouts"]["budget"] and second["ranks_readout"] == "budget"
+    assert "its budget readout" in summary_text(second, second_dir)
+    with pytest.raises(ConfigError, match="search.ranks_readout picks a readout"):
+        run_in(tmp_path, "search.ranks_readout=budget", name="alone")
 
 
 def test_same_seed_same_ranks_and_metrics(tmp_path):

@@ -58,7 +58,10 @@ def test_summary_says_where_ranks_and_the_wandb_run_are():
                                  wandb={"mode": "offline", "dir": "/runs/r/wandb/offline-run-1",
                                         "sync": "wandb sync /runs/r/wandb/offline-run-1"}), Path("/runs/r"))
     assert "ranks    from this run's search (ranks.json)" in searched and "W&B" not in searched
-    assert "ranks    from search.ranks_file=/old/ranks.json" in reused
+    assert "ranks    from search.ranks_file=/old/ranks.json (no search in this run)" in reused
+    budget = summary_text(record(ranks_from="ranks_file", ranks_file="/old/ranks.json", ranks_readout="budget"),
+                          Path("/runs/r"))
+    assert "ranks    from search.ranks_file=/old/ranks.json (its budget readout, no search in this run)" in budget
     assert ("W&B      offline run /runs/r/wandb/offline-run-1; upload it with: wandb sync /runs/r/wandb/offline-run-1"
             in reused)
 

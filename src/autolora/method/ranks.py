@@ -134,13 +134,15 @@ def save(
     return Path(run_dir) / RANKS
 
 
-def load(path: str | Path, max_rank: int | None = None) -> dict[str, Any]:
+def load(path: str | Path, max_rank: int | None = None, readout: str | None = None) -> dict[str, Any]:
     """Read and validate a ranks.json written by save() (or by hand); returns the whole payload.
 
-    Every rank must be an integer in [0, k]: at most the file's own "k" when it records one and at most
-    max_rank (search.k), since a file's k says what its search could select, not what this run allows; at
-    least one rank must be above 0, or there is nothing to retrain. The matrix widths are checked against the
-    model by the preflight (check_rank_widths)."""
+    readout (search.ranks_readout) names one of the file's "readouts" (every readout's ranks of its search);
+    its ranks then replace the payload's "ranks", so one search serves a retrain per readout. Every rank must be
+    an integer in [0, k]: at most the file's own "k" when it records one and at most max_rank (search.k), since a
+    file's k says what its search could select, not what this run allows; at least one rank must be above 0, or
+    there is nothing to retrain. The matrix widths are checked against the model by the preflight
+    (check_rank_widths)."""
     path = Path(path)
     try:
         payload = json.loads(read_text(path, RanksFileError))
@@ -148,21 +150,31 @@ def load(path: str | Path, max_rank: int | None = None) -> dict[str, Any]:
         raise RanksFileError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     except RecursionError:  # json recurses once per nesting level: [[[[...]]]] of 100k levels
         raise RanksFileError(f"{path}: nested too deeply to be a ranks file") from None
+    key = "ranks"
+    if readout is not None and isinstance(payload, dict):
+        readouts = payload.get("readouts")
+        if not isinstance(readouts, dict) or readout not in readouts:
+            held = ", ".join(sorted(readouts)) if isinstance(readouts, dict) else ""
+            raise RanksFileError(f"{path}: search.ranks_readout={readout} is not among the file's 'readouts' "
+                                 f"({held or 'none: a file written before ranks.json recorded every readout'})")
+        payload = {**payload, "ranks": readouts[readout]}
+        key = f"readouts.{readout}"
     ranks = payload.get("ranks") if isinstance(payload, dict) else None
     if not isinstance(ranks, dict) or not ranks:
-        raise RanksFileError(f"{path}: key 'ranks' must be a non-empty mapping of matrix name to rank")
+        raise RanksFileError(f"{path}: key '{key}' must be a non-empty mapping of matrix name to rank")
     k = payload.get("k")
     if "k" in payload and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
         raise RanksFileError(f"{path}: key 'k' = {k!r} is not a positive integer")
     bounds = [(bound, where) for bound, where in ((k, "the file's k"), (max_rank, "search.k")) if bound is not None]
     for name, rank in ranks.items():
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 0:
-            raise RanksFileError(f"{path}: ranks[{name!r}] = {rank!r} is not a non-negative integer")
+            raise RanksFileError(f"{path}: {key}[{name!r}] = {rank!r} is not a non-negative integer")
         for bound, where in bounds:
             if rank > bound:
-                raise RanksFileError(f"{path}: ranks[{name!r}] = {rank} is above k = {bound} ({where})")
+                raise RanksFileError(f"{path}: {key}[{name!r}] = {rank} is above k = {bound} ({where})")
     if not any(ranks.values()):
-        raise RanksFileError(f"{path}: every rank is 0: no matrix would get LoRA, so there is nothing to retrain")
+        raise RanksFileError(f"{path}: every rank is 0 (key '{key}'): no matrix would get LoRA, so there is "
+                             "nothing to retrain")
     return payload
 
 

@@ -74,6 +74,8 @@ class SearchConfig:
     readout: str = "gates"  # gates (paper) | released | energy | budget (method/readout.py)
     energy: float = 0.9  # readout=energy: the share of ‖ΔW‖_F² the kept components hold
     train_head: bool = True  # the task head learns in the search (paper); the released code keeps it frozen
+    ranks_readout: str | None = None  # with ranks_file: retrain at this readout's ranks from the file's
+    # "readouts" (one search, a retrain per readout); None: the file's "ranks" (its search's own readout)
 
     def __post_init__(self):
         check_types(self, "search")
@@ -87,6 +89,11 @@ class SearchConfig:
             (self.hypergrad in HYPERGRADS, f"search.hypergrad must be one of {HYPERGRADS}, got {self.hypergrad!r}"),
             (self.fd in FD_SCHEMES, f"search.fd must be one of {FD_SCHEMES}, got {self.fd!r}"),
             (self.readout in READOUTS, f"search.readout must be one of {READOUTS}, got {self.readout!r}"),
+            (self.ranks_readout is None or self.ranks_readout in READOUTS,
+             f"search.ranks_readout must be null or one of {READOUTS}, got {self.ranks_readout!r}"),
+            (self.ranks_readout is None or self.ranks_file is not None,
+             "search.ranks_readout picks a readout of search.ranks_file's ranks.json: set search.ranks_file too "
+             "(a search of this run reads out by search.readout)"),
             (self.eta >= 0, f"search.eta must be >= 0, got {self.eta}"),
             (self.fd_eps > 0, f"search.fd_eps must be > 0, got {self.fd_eps}"),
             (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),

@@ -115,7 +115,8 @@ def run_claimed(job: Job, resumed: bool, resolved: Mapping[str, Any], inputs: In
     try:
         outcome = PHASES[settings.method](job, tracker)
         record.search, record.retrain, record.ranks_from = outcome.search, outcome.retrain, outcome.ranks_from
-        record.ranks_file = settings.search.ranks_file if outcome.ranks_from == "ranks_file" else None
+        if outcome.ranks_from == "ranks_file":
+            record.ranks_file, record.ranks_readout = settings.search.ranks_file, settings.search.ranks_readout
         record.adapter = str(outcome.write_adapter())
         record.ranks = dict(outcome.ranks)
         record.figures = [str(outputs.save_rank_figure(job, outcome.ranks))]

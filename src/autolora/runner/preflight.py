@@ -32,10 +32,12 @@ class Inputs:
 
 
 def read_ranks_file(settings: Settings) -> Mapping[str, int] | None:
-    """search.ranks_file's ranks, checked (ranks.load), for an AutoLoRA run that retrains at them; else None."""
+    """search.ranks_file's ranks (those of search.ranks_readout when set), checked (ranks.load), for an AutoLoRA
+    run that retrains at them; else None."""
     if settings.method != "autolora" or settings.search.ranks_file is None:
         return None
-    return ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k)["ranks"]
+    return ranks_io.load(settings.search.ranks_file, max_rank=settings.search.k,
+                         readout=settings.search.ranks_readout)["ranks"]
 
 
 def load_inputs(settings: Settings, task) -> Inputs:

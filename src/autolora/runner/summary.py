@@ -129,7 +129,8 @@ def ranks_origin(record: Mapping[str, Any]) -> str:
     if ranks_from == "search":
         return "this run's search (ranks.json)"
     if ranks_from == "ranks_file":
-        return f"search.ranks_file={record['ranks_file']} (no search in this run)"
+        readout = f"its {record['ranks_readout']} readout, " if record.get("ranks_readout") else ""
+        return f"search.ranks_file={record['ranks_file']} ({readout}no search in this run)"
     if ranks_from == "uniform":
         return "method=lora: the same rank everywhere (lora.r)"
     if ranks_from == "adalora":
