@@ -88,7 +88,8 @@ bundle: install
 # A matrix run under the selection protocol (its folder holds selection.json) has its own table (protocol_table:
 # selection, paired tests), with the notes in results/notes/NAME.md; every other folder gets autolora-report's.
 report: install
-	$(VENV)/bin/autolora-report $$(for d in results/runs/*/; do [ -f $$d/selection.json ] || echo $$d; done) --out results
+	plain=$$(for d in results/runs/*/; do [ -f $$d/selection.json ] || echo $$d; done); \
+	  [ -z "$$plain" ] || $(VENV)/bin/autolora-report $$plain --out results
 	for d in results/runs/*/; do [ -f $$d/selection.json ] || continue; n=$$(basename $$d); \
 	  $(PY) -m autolora.analysis.protocol_table $$d --name $$n --out results \
 	    $$([ -f results/notes/$$n.md ] && echo --notes results/notes/$$n.md); done

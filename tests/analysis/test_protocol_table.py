@@ -82,3 +82,14 @@ def test_notes_go_under_the_provenance_and_survive_a_regeneration(root, tmp_path
         page = protocol_table.write(root, out, "glue_test", "NVIDIA H200", "cmd", notes).read_text()
     assert page.count("Only RTE ran") == 1
     assert page.index("- protocol: ") < page.index("## Status") < page.index("## Main metric")
+
+
+def test_the_page_is_not_written_over_a_file_this_program_did_not_write(root, tmp_path):
+    from autolora.analysis.report import ReportError
+
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "glue_test.md").write_text("my own notes\n")
+    with pytest.raises(ReportError, match="was not written by this program"):
+        protocol_table.write(root, out, "glue_test", "NVIDIA H200", "cmd")
+    assert (out / "glue_test.md").read_text() == "my own notes\n"

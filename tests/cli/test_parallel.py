@@ -101,6 +101,12 @@ def test_a_point_stopped_by_a_signal_stops_further_starts():
     assert scheduler(world).run(3) == [130, None, None] and world.started == [0]
 
 
+def test_a_point_killed_by_a_signal_is_seen_as_popen_reports_it():
+    """Popen reports SIGKILL (the OOM killer) as -9, not 137: that stops further starts too."""
+    world = World(statuses={0: -9})
+    assert scheduler(world).run(3) == [-9, None, None] and world.started == [0]
+
+
 def test_a_failed_point_does_not_stop_the_others():
     """Exit 2 (bad input) of one point: the rest run."""
     world = World(statuses={1: 2})

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,7 +23,9 @@ import yaml
 from scipy import stats
 
 from autolora.analysis import agreement, figures
+from autolora.analysis.report import OWNED, ReportError
 from autolora.analysis.tables import markdown_table
+from autolora.files import write_owned
 from autolora.layout import CONFIG, METRICS, RANKS
 from autolora.provenance import git_commit
 
@@ -151,8 +155,7 @@ def write(root: Path, out: Path, name: str, device: str, command: str, notes: st
         cost_rows.append([t.upper(), *[f"{mean_cost[s]:.0f}" if s in mean_cost else "–" for s in specs], f"{grid:.0f}"])
     lines += [markdown_table(["task", *[LABELS[s] for s in specs], "rank grid r=2+4+8"], cost_rows), "",
               "## The searched ranks across seeds", ""]
-    agree_rows, figure_dir = [], out / "figures"
-    figure_dir.mkdir(parents=True, exist_ok=True)
+    agree_rows, figures_png = [], {}
     for t in tasks:
         groups = []
         for spec in (s for s in SEARCHED if runs.get((t, s))):
@@ -168,13 +171,15 @@ def write(root: Path, out: Path, name: str, device: str, command: str, notes: st
                                    "–" if a["rank_spearman_p"] is None else f"{a['rank_spearman_p']:.3f}"])
         if groups:
             fig = figures.ranks_by_seed(groups, 8, f"{name} {t.upper()}: searched ranks")
-            fig.savefig(figure_dir / f"{name}_ranks_{t}.png", dpi=120)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=120)
+            figures_png[f"figures/{name}_ranks_{t}.png"] = buffer.getvalue()
             lines.append(f"![{t} ranks](figures/{name}_ranks_{t}.png)")
     lines += ["", markdown_table(["task", "arm", "mean rank", "pair agreement", "chance", "Spearman rho",
                                   "permutation p"], agree_rows), ""]
-    path = out / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    # the page and its figures go through the report's owned writer: never over a file this program did not write
+    written = write_owned(out, {f"{name}.md": "\n".join(lines) + "\n", **figures_png}, OWNED, ReportError)
+    return written[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"protocol_table: {args.root}/report.json records no device or command; pass --device and "
                          "--command")
     notes = args.notes.read_text() if args.notes else ""
-    print(write(args.root, args.out, args.name, device, command, notes))
+    try:
+        print(write(args.root, args.out, args.name, device, command, notes))
+    except ReportError as err:
+        print(f"protocol_table: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -109,7 +109,11 @@ def arms_of(runs: Sequence[Run]) -> tuple[list[Arm], list[Arm], list[int]]:
     for readout in READOUTS:
         table, found, shared = [], {}, {}
         for seed in seeds:
-            want = json.loads((searches[seed].path / RANKS).read_text())["readouts"][readout]
+            try:
+                want = json.loads((searches[seed].path / RANKS).read_text())["readouts"][readout]
+            except (json.JSONDecodeError, KeyError, TypeError):  # a file from before ranks.json held every readout
+                raise ConfigError(f"{searches[seed].path / RANKS}: holds no readouts.{readout} (written before "
+                                  "ranks.json recorded every readout?)") from None
             # The readout's own retrain first, then any run of this seed at the same ranks (the search's own
             # retrain, another readout's, a uniform arm's): the same ranks, seed and recipe train the same model.
             matches = sorted((r for r in runs if r.seed == seed and r.ranks == want),
@@ -135,6 +139,8 @@ def _cell(values: np.ndarray, digits: int = 1, scale: float = 100.0) -> str:
 
 def table(readouts: Sequence[Arm], uniform: Sequence[Arm], seeds: Sequence[int]) -> str:
     """The markdown table: score, parameters, paired difference to the nearest uniform arm, rank agreement."""
+    if not uniform and not readouts:
+        raise ConfigError("no arm has a run for every seed: nothing to tabulate")
     metric = next(iter(next(iter(uniform or readouts)).runs.values())).main_metric
     lines = [f"| arm | dev {metric} (%) | trainable params | Δ vs nearest uniform (pp; paired t, p) "
              "| ranks: mean | ranks across seeds: ρ (perm. p) | pair agreement (chance) | per-seed scores |",

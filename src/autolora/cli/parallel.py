@@ -31,6 +31,11 @@ from autolora.cli.sweep import FOLDER
 LOGS = "parallel"  # SWEEP_DIR/.autolora-sweep/parallel/<job number>.log
 
 
+def by_signal(status: int) -> bool:
+    """A point ended by a signal: Popen reports -N for signal N; a shell in between reports 128 + N."""
+    return status < 0 or status >= 128
+
+
 @dataclass(frozen=True)
 class Memory:
     """One reading of the GPU's memory (MiB)."""
@@ -93,7 +98,7 @@ class Scheduler:
         if reading is not None and self.per_job_mib is None and n > 1:
             statuses[0] = self._measure_first(reading)
             nxt = 1
-            stopped = statuses[0] is not None and statuses[0] >= 128
+            stopped = statuses[0] is not None and by_signal(statuses[0])
         if reading is not None:
             at_once = slots(self.jobs, self.memory_now(reading).free_mib, self.per_job_mib, self.reserve_mib)
             self.say(f"parallel: {at_once} points at once (jobs={self.jobs}, "
@@ -104,7 +109,7 @@ class Scheduler:
                 if status is not None:
                     statuses[index] = status
                     del running[index]
-                    stopped |= status >= 128
+                    stopped |= by_signal(status)
             if nxt < n and not stopped and len(running) < at_once and self._fits(len(running)):
                 running[nxt] = self.start(nxt)
                 nxt += 1

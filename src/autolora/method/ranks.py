@@ -39,8 +39,8 @@ def undecided(values: Sequence[float], level: float) -> bool:
 def select_ranks(gates: Mapping[str, Sequence[float]], threshold: float, min_rank: int = 0) -> dict[str, int]:
     """rank_l = #{j : gate_l^j >= threshold}, raised to min_rank; rank 0 means the matrix gets no LoRA.
 
-    A matrix whose every gate sits at the threshold (the start: alpha never moved, or k = 1 under softmax) is
-    undecided and gets min_rank, not k: the paper's >= would keep all of its components on no evidence."""
+    A matrix whose every gate sits at the threshold (the start: alpha never moved) is undecided and gets
+    min_rank, not k: the paper's >= would keep all of its components on no evidence."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
     ranks = {}
@@ -55,7 +55,7 @@ def select_ranks_released(alphas: Mapping[str, Sequence[float]], min_rank: int =
     as alpha_l^j >= mean(alpha_l) (the same for sum > 0, the released initialisation; like softmax it does not
     move when every alpha shifts by a constant, which the softmax gradient never changes). At least one
     component always reaches the mean, so no matrix gets rank 0 unless min_rank says so; a matrix whose alpha
-    are all equal (the start) is undecided and gets min_rank (the released code: k)."""
+    are all equal (the start) is undecided and gets min_rank (where the released code would keep all k)."""
     ranks = {}
     for name, alpha in alphas.items():
         values = [float(a) for a in alpha]

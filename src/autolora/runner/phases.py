@@ -119,11 +119,14 @@ def run_autolora(job: Job, tracker: Tracker) -> Outcome:
         found, search_record = search_phase(job, tracker)
     if origin == "search" and not any(found.values()):
         s = job.settings.search
+        steps = search_record.steps if search_record is not None else "?"
         raise ConfigError(f"the search kept no component: every rank is 0 under search.readout={s.readout} "
                           f"(threshold {s.selection_threshold:g}, energy {s.energy:g}; undecided matrices, whose "
                           "gates never moved, get search.min_rank), so there is nothing to retrain; "
-                          f"{job.run_dir / layout.RANKS} holds the search and every readout's ranks; lower "
-                          "search.threshold, try another search.readout or set search.min_rank >= 1")
+                          f"{job.run_dir / layout.RANKS} holds the search and every readout's ranks. After "
+                          f"{steps} search steps: search longer (more data or search.epochs; LoRA's B starts at 0, "
+                          "so the first step barely moves the gates), lower search.threshold, try another "
+                          "search.readout or set search.min_rank >= 1")
     model, ranks, record = retrain_phase(job, found, tracker)
     return Outcome(model, ranks, record, origin, lambda: outputs.save_adapter(job, model, ranks), search_record)
 
