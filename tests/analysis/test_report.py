@@ -314,3 +314,19 @@ def test_a_metrics_json_holding_nan_is_skipped_by_name_not_averaged(tmp_path, ca
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert "a0/metrics.json: cannot be read (line 11: NaN is not a number strict JSON allows)" in lines[0], lines[0]
     assert not (tmp_path / "runs" / "report").exists()
+
+
+def test_reproduce_never_deletes_a_runs_folder_it_did_not_write(tmp_path, monkeypatch, capsys):
+    """results/runs/NAME is replaced by each reproduction, but only when it is reproduce's own (its report.json):
+    a folder of the user's there ends in one line, exit 2, every file kept."""
+    from autolora.cli import reproduce
+
+    monkeypatch.setattr(reproduce, "run_multiruns", lambda planned, dry_run: [])
+    mine = tmp_path / "results" / "runs" / "smoke" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("my notes\n")
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--matrix", "smoke", "--results", str(tmp_path / "results"),
+                        "--continue", str(tmp_path / "root")])
+    assert stop.value.code == 2 and "was not written by reproduce" in capsys.readouterr().err
+    assert mine.read_text() == "my notes\n"

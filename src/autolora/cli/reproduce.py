@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"reproduce: {len(failed)} failed or not started: {failed[:10]}", file=sys.stderr)
         return
     target = args.results / "runs" / args.matrix
+    if target.exists() and not (target / "report.json").is_file():  # report.json: written below, ours to replace
+        print(f"reproduce: {target} exists and was not written by reproduce (no report.json); move it away",
+              file=sys.stderr)
+        raise SystemExit(2)
     shutil.rmtree(target, ignore_errors=True)  # the folder mirrors this reproduction, nothing older
     found = collect(root, target)
     first = next(target.rglob(METRICS), None)
