@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import hashlib
 import json
 import math
 import os
@@ -197,3 +198,12 @@ def write_owned(folder: Path, outputs: Mapping[str, str | bytes], manifest: str,
     write_text(folder / manifest, "".join(f"{name}\n" for name in sorted(ours | set(outputs))))
     return [write_atomic(folder / name, lambda f, data=data: f.write(data), binary=isinstance(data, bytes))
             for name, data in outputs.items()]
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (data files, model weights, bundle parts)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 
 from autolora import predictions
 from autolora.analysis.rescore import main as rescore_main
+from autolora.files import sha256_file
 from autolora.tasks import metrics
-from autolora.tasks.base import sha256_file
 
 FIXTURES = REPO / "tests" / "fixtures"
 E2E = ["debug=tiny", "model=tiny-gpt2", "task=e2e", f"data.data_dir={FIXTURES}"]

@@ -99,7 +99,7 @@ def test_a_finished_folder_is_used_without_hashing_again(tmp_path, spec, monkeyp
     def fail(*args):
         raise AssertionError("hashed or located again")
 
-    monkeypatch.setattr(assembled, "sha256_of", fail)
+    monkeypatch.setattr(assembled, "sha256_file", fail)
     monkeypatch.setattr(assembled, "locate_part", fail)
     assert assemble(spec, tmp_path / "cache") == folder
 

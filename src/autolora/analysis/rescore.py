@@ -27,10 +27,10 @@ from autolora import predictions
 from autolora.console import tolerate_any_encoding
 from autolora.errors import DataError
 from autolora.files import read_text, write_json
+from autolora.files import sha256_file as fingerprint_file
 from autolora.layout import CONFIG, MARKER, METRICS, RESCORED
 from autolora.tasks import build_task, metrics
 from autolora.tasks.base import DataConfig
-from autolora.tasks.base import sha256_file as fingerprint_file
 from autolora.tasks.ner import label_list
 
 RESCORABLE = ("generation", "generation_files", "ner", "token_classification")  # task families with predictions

@@ -8,10 +8,11 @@ in order (install.sh reads it with bash alone); OUT/SHA256SUMS is the same in `s
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from autolora.files import sha256_file
 
 SAFE_NAME = re.compile(r"^[\w.@+=-]+$")  # no spaces or shell-special characters: install.sh splits on whitespace
 
@@ -24,14 +25,6 @@ class Entry:
     sha256: str
     size: int
     chunks: tuple[str, ...]  # relative to OUT: part-NNN/<path> or part-NNN/<path>.KKK
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def split(staged: Path, out: Path, limit: int) -> list[Entry]:
@@ -64,7 +57,7 @@ def split(staged: Path, out: Path, limit: int) -> list[Entry]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             chunks.append(f"part-{number:03d}/{name}")
-        entries.append(Entry(relative, sha256(path), size, tuple(chunks)))
+        entries.append(Entry(relative, sha256_file(path), size, tuple(chunks)))
     return entries
 
 
@@ -86,6 +79,6 @@ def join(out: Path, dest: Path) -> list[str]:
         with open(target, "wb") as handle:
             for chunk in chunks.split():
                 handle.write((out / chunk).read_bytes())
-        if sha256(target) != digest:
+        if sha256_file(target) != digest:
             bad.append(path)
     return bad

@@ -17,7 +17,6 @@ The cache is ``$AUTOLORA_CACHE/models``, else ``$XDG_CACHE_HOME/autolora/models`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from autolora.errors import ConfigError, UserError
+from autolora.files import sha256_file
 
 PREFIX = "assembled://"
 WEIGHTS = "model.safetensors"
@@ -79,14 +79,6 @@ def locate_part(distribution: str, file: str) -> Path:
     raise FileNotFoundError(f"distribution {distribution} is installed but lacks {file}")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def finished(folder: Path, sha256: str) -> bool:
     """A folder this module renamed into place for this digest (its marker), weights of the recorded size."""
     try:
@@ -119,7 +111,7 @@ def assemble(spec: Assembly, cache: Path | None = None) -> Path:
         weights = partial / WEIGHTS
         if not weights.is_file():
             raise ConfigError(f"{where}: the zip's {spec.inner}/ holds no {WEIGHTS}")
-        found = sha256_of(weights)
+        found = sha256_file(weights)
         if found != spec.sha256:
             raise ConfigError(f"{where}: {WEIGHTS} has sha256 {found}, expected {spec.sha256} (the parts are damaged "
                               f"or of another version); reinstall them: {spec.install}")

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from autolora.engine.batch import Batch
 from autolora.errors import DataError
+from autolora.files import sha256_file
 from autolora.typecheck import check_types
 
 if TYPE_CHECKING:  # the search loop imports this module; it must not need `datasets`
@@ -100,14 +101,6 @@ def fingerprint(splits: Splits) -> dict[str, str]:
         return {str(Path(path).resolve()): sha256_file(Path(path)) for path in splits.files}
     return {f"{splits.origin} ({name} split)": _sha256_rows(split) for name, split in
             (("train", splits.train), ("dev", splits.dev), ("test", splits.test)) if split is not None}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_rows(split: Dataset) -> str:
