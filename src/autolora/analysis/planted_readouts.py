@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from scipy.stats import wilcoxon
 
 from autolora.analysis import planted
 from autolora.analysis.planted_report import cpu_name, pm
-from autolora.analysis.tables import markdown_table
+from autolora.analysis.tables import markdown_table, replace_section
 from autolora.files import write_text
 
 SECTION = "## Readouts on the planted teacher (issue #31)"
@@ -115,15 +114,6 @@ def section(records: list[dict], args, seconds: float, commit_id: str) -> str:
     ])
 
 
-def replace_section(existing: str, text: str) -> str:
-    """existing with this section replaced (or appended before the next ## heading); others untouched."""
-    if SECTION not in existing:
-        return existing.rstrip() + "\n\n" + text
-    before, _, rest = existing.partition(SECTION)
-    after = re.search(r"^## ", rest, flags=re.M)
-    return before + text + ("\n" + rest[after.start():] if after else "")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m autolora.analysis.planted_readouts",
                                      description=__doc__.split("\n")[0])
@@ -156,7 +146,7 @@ def main(argv=None) -> None:
     planted.write_csv(args.out / "search_signal_readouts.csv", records)
     path = args.out / "search_signal.md"
     existing = path.read_text() if path.exists() else "# Does the search carry a signal? (issue #27)\n"
-    write_text(path, replace_section(existing, section(records, args, seconds, commit_id)))
+    write_text(path, replace_section(existing, SECTION, section(records, args, seconds, commit_id)))
 
 
 if __name__ == "__main__":

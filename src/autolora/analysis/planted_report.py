@@ -20,10 +20,11 @@ from scipy.stats import mannwhitneyu, wilcoxon
 
 from autolora.analysis.figures import plt
 from autolora.analysis.planted import mean_std
-from autolora.analysis.tables import markdown_table
+from autolora.analysis.tables import markdown_table, replace_section
 from autolora.files import write_text
 
 SECTION = "## Planted-teacher rank recovery"
+TITLE = "# Does the search carry a signal? (issue #27)\n\n"  # of a new search_signal.md
 FIGURE = "figures/search_signal_planted.png"
 COMMAND = "python -m autolora.analysis.planted"
 LABELS = {"gates": "gates (paper)", "released": "released", "svd": "oracle: learned update"}
@@ -299,16 +300,6 @@ def section(study, records: list[dict], rows: list[dict], seconds: float, worker
     return "\n".join(parts)
 
 
-def replace_section(existing: str, text: str) -> str:
-    """existing with this section replaced (or appended); other sections untouched."""
-    if SECTION not in existing:
-        head = existing.rstrip() + "\n\n" if existing.strip() else "# Does the search carry a signal? (issue #27)\n\n"
-        return head + text
-    before, _, rest = existing.partition(SECTION)
-    after = re.search(r"^## ", rest, flags=re.M)
-    return before + text + ("\n" + rest[after.start():] if after else "")
-
-
 def write(out: Path, study, records: list[dict], rows: list[dict], seconds: float, workers: int,
           commit_id: str | None = None) -> None:
     """Write the section into out/search_signal.md and the figure into out/figures/."""
@@ -319,4 +310,4 @@ def write(out: Path, study, records: list[dict], rows: list[dict], seconds: floa
     path = out / "search_signal.md"
     existing = path.read_text() if path.exists() else ""
     text = section(study, records, rows, seconds, workers, commit_id or commit())
-    write_text(path, replace_section(existing, text))
+    write_text(path, replace_section(existing, SECTION, text, title=TITLE))

@@ -25,6 +25,7 @@ from scipy import stats
 
 from autolora.analysis.agreement import seed_agreement
 from autolora.analysis.finished_runs import Run, find_runs
+from autolora.analysis.tables import replace_section
 from autolora.errors import ConfigError
 from autolora.files import write_text
 from autolora.layout import RANKS
@@ -197,15 +198,6 @@ def section(folder: Path, argv: Sequence[str]) -> str:
     ])
 
 
-def replace_section(existing: str, text: str) -> str:
-    """existing with this section replaced (or appended); the other sections untouched."""
-    if SECTION not in existing:
-        return existing.rstrip() + "\n\n" + text
-    before, _, rest = existing.partition(SECTION)
-    after = re.search(r"^## ", rest, flags=re.M)
-    return before + text + ("\n" + rest[after.start():] if after else "")
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m autolora.analysis.readout_retrain",
@@ -224,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text)
     else:
         existing = args.write.read_text() if args.write.exists() else ""
-        write_text(args.write, replace_section(existing, text))
+        write_text(args.write, replace_section(existing, SECTION, text))
 
 
 if __name__ == "__main__":

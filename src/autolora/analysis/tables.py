@@ -17,6 +17,18 @@ METHOD_ORDER = ("AutoLoRA", "LoRA", "AdaLoRA")  # columns: AutoLoRA and its abla
 Score = Mapping[str, float | None]  # {"mean": ..., "std": ...}; std None for one seed, mean None for n/a
 
 
+def replace_section(existing: str, heading: str, text: str, title: str = "") -> str:
+    """A markdown page with the section that starts at `heading` (text starts with it) replaced by `text` up to
+    the next '## ' heading, the other sections untouched; appended at the end when the page has none, under
+    `title` when the page is empty. The results pages that several studies write into (search_signal.md)."""
+    if heading not in existing:
+        head = existing.rstrip() + "\n\n" if existing.strip() else title
+        return head + text
+    before, _, rest = existing.partition(heading)
+    after = re.search(r"^## ", rest, flags=re.M)
+    return before + text + ("\n" + rest[after.start():] if after else "")
+
+
 def method_key(label: str) -> tuple:
     """Sort key of a method label: AutoLoRA first, then LoRA, AdaLoRA, others; numbers as numbers (r=2 < r=16)."""
     family = label.split(" ")[0]
