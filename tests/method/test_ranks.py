@@ -163,12 +163,10 @@ def test_peft_export_reproduces_our_logits(tmp_path):
         torch.testing.assert_close(loaded(**batch).logits, ours, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_q_and_v_ranks_export_as_one_block_adapter():
-    """GPT-2 c_attn with q rank 2 and v rank 5: one peft adapter of rank 7 with the same outputs."""
-    model = tiny_gpt2()
-    names = target_names(model, GPT2_TARGETS)
-    found = dict(zip(names, [2, 5, 3, 0], strict=True))
-    inject(model, GPT2_TARGETS, found, lora_alpha=8, dropout=0.0, alpha_norm=None, trainable_modules=[])
+def _exported_with_the_same_logits(model, targets, found, *, fan_in_fan_out: bool):
+    """Inject `found` ranks, move every LoRA factor off its init, export to peft; the peft model's logits must
+    equal ours (asserted here). Returns the peft model for the caller's rank checks."""
+    inject(model, targets, found, lora_alpha=8, dropout=0.0, alpha_norm=None, trainable_modules=[])
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -178,12 +176,21 @@ def test_fused_q_and_v_ranks_export_as_one_block_adapter():
     with torch.no_grad():
         ours = model(**batch).logits
     config = ranks.peft_config(found, lora_alpha=8, dropout=0.0, modules_to_save=[], task_type="CAUSAL_LM",
-                               fan_in_fan_out=True)
+                               fan_in_fan_out=fan_in_fan_out)
     peft_model = export.to_peft(model, config).eval()
-    assert _peft_ranks(peft_model) == {"transformer.h.0.attn.c_attn": 7, "transformer.h.1.attn.c_attn": 3}
-    assert adapter_ranks(model) == {n: r for n, r in found.items() if r}
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**batch).logits, ours, rtol=1e-5, atol=1e-5)
+    return peft_model
+
+
+def test_fused_q_and_v_ranks_export_as_one_block_adapter():
+    """GPT-2 c_attn with q rank 2 and v rank 5: one peft adapter of rank 7 with the same outputs."""
+    model = tiny_gpt2()
+    names = target_names(model, GPT2_TARGETS)
+    found = dict(zip(names, [2, 5, 3, 0], strict=True))
+    peft_model = _exported_with_the_same_logits(model, GPT2_TARGETS, found, fan_in_fan_out=True)
+    assert _peft_ranks(peft_model) == {"transformer.h.0.attn.c_attn": 7, "transformer.h.1.attn.c_attn": 3}
+    assert adapter_ranks(model) == {n: r for n, r in found.items() if r}
 
 
 def test_per_head_q_and_v_ranks_export_as_one_block_adapter():
@@ -199,22 +206,9 @@ def test_per_head_q_and_v_ranks_export_as_one_block_adapter():
                                              attn_implementation="eager")).eval()
     targets = attention_targets(model, 2)
     found = dict(zip(target_names(model, targets), [2, 3, 1, 4], strict=True))
-    inject(model, targets, found, lora_alpha=8, dropout=0.0, alpha_norm=None, trainable_modules=[])
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.3 * torch.randn(p.shape, generator=gen))
-    batch = token_batch(2, 6)
-    with torch.no_grad():
-        ours = model(**batch).logits
-    config = ranks.peft_config(found, lora_alpha=8, dropout=0.0, modules_to_save=[], task_type="CAUSAL_LM",
-                               fan_in_fan_out=False)
-    peft_model = export.to_peft(model, config).eval()
+    peft_model = _exported_with_the_same_logits(model, targets, found, fan_in_fan_out=False)
     assert _peft_ranks(peft_model) == {"gpt_neox.layers.0.attention.query_key_value": 5,
                                        "gpt_neox.layers.1.attention.query_key_value": 5}
-    with torch.no_grad():
-        torch.testing.assert_close(peft_model(**batch).logits, ours, rtol=1e-5, atol=1e-5)
 
 
 def test_gate_statistics_against_hand_computed_values():
