@@ -1,7 +1,7 @@
 """A model folder for the bundle: the config and tokenizer files as they are, the weights as fp16 safetensors.
 
 MiniLM's weights are 90.9 MB in fp32 and 45 MB in fp16 (hidden states within 0.003 of fp32's,
-../shared/OFFLINE.md §6); the runs load any checkpoint with dtype=float32 (models.backbone.load_model), so
+measured on CPU); the runs load any checkpoint with dtype=float32 (models.backbone.load_model), so
 the fp16 copy trains as the original does, from weights rounded to fp16.
 """
 

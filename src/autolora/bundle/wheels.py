@@ -20,8 +20,9 @@ from pathlib import Path
 
 from autolora.errors import ConfigError
 
-# What the project's GPU image lacks (../shared/OFFLINE.md §6, read from its package list), and what runs need
-# of it: the config stack, datasets (+ dill, multiprocess), seqeval, peft, the parallel launcher's cloudpickle.
+# What the project's GPU image lacks (read from its package list: torch, transformers, accelerate are there), and
+# what runs need of it: the config stack, datasets (+ dill, multiprocess), seqeval, peft, the parallel launcher's
+# cloudpickle.
 DEFAULT_PACKAGES = ("hydra-core", "omegaconf", "antlr4-python3-runtime", "datasets", "dill", "multiprocess",
                     "seqeval", "peft", "cloudpickle")
 PURE_TAGS = re.compile(r"^(py3|py2\.py3|py3\d+|cp3\d+)-none-any$")
