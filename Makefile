@@ -74,13 +74,13 @@ reproduce-smoke: install
 	HF_HUB_OFFLINE=1 $(PY) -m autolora.cli.reproduce --matrix smoke
 
 # An offline install for an air-gapped GPU node (src/autolora/bundle/): the wheels its image lacks (for
-# Python $(BUNDLE_PYTHON)), MiniLM as fp16, MATRIX's data from DATA_DIR, in parts below PART_MB; on the node:
-# bash $(BUNDLE)/install.sh
+# Python $(BUNDLE_PYTHON)), MiniLM as fp16 (or MODELS="NAME=FOLDER ..."), MATRIX's data from DATA_DIR, in parts
+# below PART_MB; on the node: bash $(BUNDLE)/install.sh
 BUNDLE ?= bundle
 PART_MB ?= 45
 BUNDLE_PYTHON ?= 3.12
 bundle: install
-	$(PY) -m autolora.bundle $(BUNDLE) --part-mb $(PART_MB) --python $(BUNDLE_PYTHON) \
+	$(PY) -m autolora.bundle $(BUNDLE) --part-mb $(PART_MB) --python $(BUNDLE_PYTHON) $(foreach m,$(MODELS),--model $(m)) \
 	  $(if $(DATA_DIR),--matrix $(MATRIX) --data-dir $(DATA_DIR))
 
 # Tables and figures in results/ from the compact run directories in results/runs/ (reruns nothing).

@@ -8,15 +8,19 @@ from pathlib import Path
 
 import torch
 
+COMMIT_STAMP = "COMMIT"  # in an installed wheel: the commit it was built from (bundle.wheels.build_autolora)
+
 
 def git_commit() -> str:
-    """The checkout's commit (with -dirty for local changes), or 'unknown' outside a git checkout."""
+    """The checkout's commit (with -dirty for local changes); installed from a bundle's wheel, the commit stamped
+    into it; else 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        stamp = here / COMMIT_STAMP
+        return stamp.read_text().strip() if stamp.is_file() else "unknown"
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

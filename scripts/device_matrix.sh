@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# A protocol matrix (conf/matrix/glue_base.yaml) on a borrowed GPU machine that is reachable only through short,
+# back-to-back calls, each carrying under 64 MiB (the device tool; see results/notes/glue_base.md). Here:
+#   make bundle BUNDLE=bundle PART_MB=50 MATRIX=glue_base DATA_DIR=<folder with glue/> \
+#        MODELS="mpnet=$HOME/.cache/autolora/models/mpnet-base"
+# then one call per part folder, carrying bundle/part-NNN (the first also bundle/{install.sh,files.tsv,SHA256SUMS}):
+#   bash scripts/device_matrix.sh stash                      # copy the carried parts to /tmp/bundle
+# and, on the same warm machine, calls that each continue the matrix for up to SECONDS:
+#   bash scripts/device_matrix.sh run SECONDS [reproduce options...]
+# `run` installs the bundle once (bundle/install.sh into a venv over the image's torch and transformers), seeds
+# the matrix root /tmp/runs/gb from the checkout's results/runs/glue_base (finished runs are skipped), runs
+# `autolora.cli.reproduce --continue`, and at SECONDS stops the runs with SIGTERM (each checkpoints; the next call
+# resumes it). $OUT/gb.tgz gets the small files of every finished run (the full folders are over what a call may
+# return), $OUT/status.txt what finished per stage and the tails of runs that failed.
+set -uo pipefail
+mode=${1:?usage: device_matrix.sh stash | run SECONDS [options]}; shift
+mkdir -p /tmp/bundle
+[ -d bundle ] && cp -r bundle/. /tmp/bundle/
+if [ "$mode" = stash ]; then ls /tmp/bundle; du -sh /tmp/bundle; exit 0; fi
+[ "$mode" = run ] || { echo "device_matrix.sh: unknown mode $mode" >&2; exit 2; }
+seconds=${1:?run needs SECONDS}; shift
+start=$(date +%s)
+if [ ! -f /tmp/venv/.installed ]; then
+  # a venv over the image's packages: pip may not write into an externally managed system Python
+  python3 -m venv --system-site-packages /tmp/venv 2>/dev/null \
+    || python3 -m venv --without-pip --system-site-packages /tmp/venv || exit 1
+  PYTHON=/tmp/venv/bin/python bash /tmp/bundle/install.sh /tmp/joined || exit 1
+  touch /tmp/venv/.installed
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+export OMP_NUM_THREADS=1  # 14 runs share 16 cores: one intra-op thread each, no oversubscription
+root=/tmp/runs/gb
+if [ ! -d $root ]; then
+  mkdir -p $root && cp -r results/runs/glue_base/select results/runs/glue_base/final $root/ 2>/dev/null
+fi
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+/tmp/venv/bin/python -m autolora.cli.reproduce --matrix glue_base --data-dir /tmp/joined/data --continue $root \
+  --no-report --set model=mpnet-base --set model.path=/tmp/joined/models/mpnet "$@" > /tmp/runs/driver.log 2>&1 &
+driver=$!
+while kill -0 $driver 2>/dev/null && [ $(( $(date +%s) - start )) -lt "$seconds" ]; do sleep 5; done
+if kill -0 $driver 2>/dev/null; then
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  kill -TERM $driver
+  pkill -TERM -f "python -m autolora experiment=" # the runs only: each saves a checkpoint on SIGTERM
+  for _ in $(seq 20); do pgrep -f "python -m autolora experiment=" >/dev/null || break; sleep 1; done
+  pkill -KILL -f "python -m autolora experiment="
+fi
+wait $driver 2>/dev/null
+tail -3 /tmp/runs/driver.log
+/tmp/venv/bin/python - "$root" > "$OUT/status.txt" <<'EOF'
+import collections, json, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+done = collections.Counter(str(m.parent.parent.parent.relative_to(root)) for m in root.glob("*/*/*/*/metrics.json"))
+for stage in sorted(done):
+    print(stage, done[stage])
+for log in sorted(root.glob("*/*/*/*.log")):
+    run = log.with_suffix("")
+    if not (run / "metrics.json").is_file():
+        print(f"-- unfinished {run.relative_to(root)}:", *log.read_text(errors="replace").splitlines()[-2:], sep="\n   ")
+EOF
+cat "$OUT/status.txt" | head -40
+(cd $root && find . \( -name metrics.json -o -name config.yaml -o -name ranks.json -o -name labels.json \
+   -o -name selection.json -o -name runs.jsonl \) -print0 | tar czf "$OUT/gb.tgz" --null -T -)
+ls -la "$OUT"; echo "call took $(( $(date +%s) - start )) s"
