@@ -24,6 +24,9 @@ if [ ! -f /tmp/venv/.installed ]; then
   # a venv over the image's packages: pip may not write into an externally managed system Python
   python3 -m venv --system-site-packages /tmp/venv 2>/dev/null \
     || python3 -m venv --without-pip --system-site-packages /tmp/venv || exit 1
+  # the image's python3 may itself be a venv, whose packages --system-site-packages does not reach
+  venv_site=$(/tmp/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  python3 -c "import sys; print(*[p for p in sys.path if p.endswith('-packages')], sep='\n')" > "$venv_site/image.pth"
   PYTHON=/tmp/venv/bin/python bash /tmp/bundle/install.sh /tmp/joined || exit 1
   touch /tmp/venv/.installed
 fi
@@ -60,6 +63,10 @@ for log in sorted(root.glob("*/*/*/*.log")):
         print(f"-- unfinished {run.relative_to(root)}:", *log.read_text(errors="replace").splitlines()[-2:], sep="\n   ")
 EOF
 cat "$OUT/status.txt" | head -40
-(cd $root && find . \( -name metrics.json -o -name config.yaml -o -name ranks.json -o -name labels.json \
-   -o -name selection.json -o -name runs.jsonl \) -print0 | tar czf "$OUT/gb.tgz" --null -T -)
+# finished runs only (reproduce.collect: the small files of each folder with a metrics.json): a cut-off run's
+# config.yaml seeded into the next machine's root would make that run refuse its folder as not its own
+rm -rf /tmp/collected && mkdir -p /tmp/collected && cp $root/runs.jsonl /tmp/collected/ 2>/dev/null
+/tmp/venv/bin/python -c "import sys; from pathlib import Path; from autolora.cli.reproduce import collect
+print(collect(Path(sys.argv[1]), Path(sys.argv[2])), 'finished runs')" $root /tmp/collected
+tar czf "$OUT/gb.tgz" -C /tmp/collected .
 ls -la "$OUT"; echo "call took $(( $(date +%s) - start )) s"

@@ -34,7 +34,11 @@ def _finished(root, task, spec, seed, ranks):
         "ranks": ranks}))
     (folder / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "retrain": {"lr": 3e-4}}))
     if spec == "autolora":
-        (folder / "ranks.json").write_text(json.dumps({"ranks": ranks}))
+        # the budget readout ranks the matrices the same way in every seed; the gates readout is `ranks` (random)
+        spectra = {n: [1.0 + i, 0.5] for i, n in enumerate(NAMES)} if task == "mrpc" else {}
+        budget = {n: i % 3 for i, n in enumerate(NAMES)}
+        (folder / "ranks.json").write_text(json.dumps({"ranks": ranks, "update_spectra": spectra, "readouts": {
+            "gates": ranks, "budget": budget} if task == "mrpc" else {}}))
 
 
 @pytest.fixture
@@ -93,3 +97,26 @@ def test_the_page_is_not_written_over_a_file_this_program_did_not_write(root, tm
     with pytest.raises(ReportError, match="was not written by this program"):
         protocol_table.write(root, out, "glue_test", "NVIDIA H200", "cmd")
     assert (out / "glue_test.md").read_text() == "my own notes\n"
+
+
+def test_every_readout_of_the_searches_is_compared_across_seeds(root, tmp_path):
+    """MRPC's ranks.json files hold readouts: the budget readout and ‖ΔW‖_F, identical in every seed, agree
+    (rho +1); RTE's older ranks.json files hold none and get no rows."""
+    rows = protocol_table.readout_rows(protocol_table.read_finals(root), ["rte", "mrpc"])
+    by_readout = {row[2]: row for row in rows}
+    assert [row[0] for row in rows] == ["MRPC"] * 3 and set(by_readout) == {"gates", "budget", "‖ΔW‖_F"}
+    assert by_readout["budget"][4] == "+1.00" and by_readout["‖ΔW‖_F"][4] == "+1.00"
+    assert float(by_readout["budget"][5]) < 0.1 and by_readout["gates"][4] != "+1.00"
+    page = protocol_table.write(root, tmp_path / "out", "glue_base", "cpu", "cmd").read_text()
+    assert "## Every readout of the same searches, across seeds" in page
+
+
+def test_readouts_that_agree_as_much_across_tasks_are_shown_as_such(root):
+    """The fixture's budget readout is the same in every MRPC seed; give RTE's searches the same: agreement is
+    +1 within a task and across tasks alike (the model's structure, not the task's)."""
+    runs = protocol_table.read_finals(root)
+    for seed in runs[("rte", "autolora")].values():
+        seed["readouts"] = runs[("mrpc", "autolora")][0]["readouts"]
+    rows = {row[1]: row for row in protocol_table.across_task_rows(runs, ["rte", "mrpc"])}
+    assert rows["budget"][2:] == ["+1.00", "+1.00", "2"]
+    assert protocol_table.across_task_rows(protocol_table.read_finals(root), ["rte", "mrpc"]) == []  # one task

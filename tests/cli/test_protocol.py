@@ -49,6 +49,19 @@ def test_choice_is_the_best_held_out_score_and_ties_go_to_the_grid_order(tmp_pat
     assert "retrain.lr=3e-2" in finals[0].args and "seed=0" in finals[0].args
 
 
+def test_a_grid_with_an_unfinished_value_chooses_nothing_and_has_no_finals(tmp_path):
+    """Its best finished value need not be the grid's best: no choice, no finals, until every value finished."""
+    folder = tmp_path / "select" / "smoke_sst2_tiny" / "lora_r2" / "retrain.lr-1e-4"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": {"select_on": "heldout"}}))
+    (folder / "metrics.json").write_text(json.dumps({"main_metric": "accuracy", "retrain": {"dev": {"accuracy": 0.9}}}))
+    (folder.parent / "retrain.lr-3e-2").mkdir()  # started, cut off: no metrics.json
+    chosen = protocol.choose(MATRIX, tmp_path)
+    assert chosen["smoke_sst2_tiny/lora_r2"] == {"key": "retrain.lr", "scores": {"1e-4": 0.9, "3e-2": None},
+                                                "chosen": None}
+    assert protocol.final_runs(MATRIX, tmp_path, [], chosen) == []
+
+
 def test_a_reported_set_run_is_never_taken_for_a_selection_run(tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()

@@ -45,14 +45,61 @@ def read_finals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
         folder = path.parent
         metrics, config = json.loads(path.read_text()), yaml.safe_load((folder / CONFIG).read_text())
         task = metrics["task"].split("/")[-1]
-        ranks = json.loads((folder / RANKS).read_text())["ranks"] if (folder / RANKS).is_file() else None
+        found = json.loads((folder / RANKS).read_text()) if (folder / RANKS).is_file() else {}
+        ranks = found.get("ranks")
         phases = [metrics[p] for p in ("search", "retrain") if metrics.get(p)]
         runs[(task, folder.parent.name)][int(config["seed"])] = {
             "score": float(metrics["retrain"]["dev"][metrics["main_metric"]]),
             "params": int(metrics["retrain"]["trainable_params"]),
             "gpu_s": sum(float(p.get("gpu_seconds") or p.get("wall_time_s") or 0) for p in phases),
-            "ranks": ranks or metrics.get("ranks"), "lr": float(config["retrain"]["lr"])}
+            "ranks": ranks or metrics.get("ranks"), "lr": float(config["retrain"]["lr"]),
+            "readouts": readout_values(found)}
     return runs
+
+
+def readout_values(ranks_file: dict) -> dict[str, dict[str, float]]:
+    """Every readout a search's ranks.json holds (gates, released, energy, budget: matrix -> rank), and the
+    Frobenius norm of each matrix's learned update ΔW from its singular values; {} for an older ranks.json."""
+    values = {name: {m: float(r) for m, r in ranks.items()} for name, ranks in ranks_file.get("readouts", {}).items()}
+    if ranks_file.get("update_spectra"):
+        values["‖ΔW‖_F"] = {m: float(np.sqrt(np.sum(np.square(sv)))) for m, sv in ranks_file["update_spectra"].items()}
+    return values
+
+
+def readout_rows(runs, tasks) -> list[list[str]]:
+    """Per task, searched arm and readout: the seeds' mean Spearman rho over matrices and its permutation p."""
+    rows = []
+    for t in tasks:
+        for spec in (s for s in SEARCHED if len(runs.get((t, s), {})) >= 2):
+            by_seed = [r["readouts"] for _, r in sorted(runs[(t, spec)].items())]
+            for readout in (r for r in by_seed[0] if all(r in seed for seed in by_seed)):
+                names = sorted(by_seed[0][readout])
+                table = np.array([[seed[readout][n] for n in names] for seed in by_seed])
+                rho, p = agreement.mean_spearman(table), agreement.permutation_p(table)
+                rows.append([t.upper(), LABELS[spec], readout, f"{table.mean():.2f}" if readout != "‖ΔW‖_F" else "–",
+                             "–" if rho is None else f"{rho:+.2f}", "–" if p is None else f"{p:.3f}"])
+    return rows
+
+
+def across_task_rows(runs, tasks) -> list[list[str]]:
+    """Per searched arm and readout: Spearman rho over the matrices between seeds of the same task and between
+    seeds of different tasks (means over the pairs). Agreement that is as high across tasks is the model's
+    structure, not the task's need."""
+    rows = []
+    for spec in SEARCHED:
+        seeds = [(t, r["readouts"]) for t in tasks for _, r in sorted(runs.get((t, spec), {}).items()) if r["readouts"]]
+        if len({t for t, _ in seeds}) < 2:
+            continue
+        for readout in (r for r in seeds[0][1] if all(r in v for _, v in seeds)):
+            names = sorted(seeds[0][1][readout])
+            same, other = [], []
+            for i, (task_a, a) in enumerate(seeds):
+                for task_b, b in seeds[i + 1:]:
+                    rho = stats.spearmanr([a[readout][n] for n in names], [b[readout][n] for n in names]).statistic
+                    (same if task_a == task_b else other).append(rho)
+            rows.append([LABELS[spec], readout, f"{np.nanmean(same):+.2f}", f"{np.nanmean(other):+.2f}",
+                         str(len({t for t, _ in seeds}))])
+    return rows
 
 
 def nearest_uniform(runs, task: str, spec: str) -> str | None:
@@ -177,6 +224,16 @@ def write(root: Path, out: Path, name: str, device: str, command: str, notes: st
             lines.append(f"![{t} ranks](figures/{name}_ranks_{t}.png)")
     lines += ["", markdown_table(["task", "arm", "mean rank", "pair agreement", "chance", "Spearman rho",
                                   "permutation p"], agree_rows), ""]
+    if rows := readout_rows(runs, tasks):
+        lines += ["## Every readout of the same searches, across seeds", "",
+                  "Each search's ranks.json holds the ranks of every readout (search.readout) and ΔW's singular "
+                  "values; the retrain used the arm's own readout. Spearman rho between seeds over the matrices, "
+                  "mean over seed pairs; permutation p: the matrices' labels shuffled within each seed. Searches "
+                  "whose ranks.json predates the readouts are left out.", "",
+                  markdown_table(["task", "arm", "readout", "mean rank", "Spearman rho", "permutation p"], rows), ""]
+    if rows := across_task_rows(runs, tasks):
+        lines += ["The same readouts between seeds of one task and between seeds of different tasks:", "",
+                  markdown_table(["arm", "readout", "rho, same task", "rho, different tasks", "tasks"], rows), ""]
     # the page and its figures go through the report's owned writer: never over a file this program did not write
     written = write_owned(out, {f"{name}.md": "\n".join(lines) + "\n", **figures_png}, OWNED, ReportError)
     return written[0]

@@ -97,7 +97,8 @@ def held_out_score(folder: Path) -> float | None:
 
 def choose(matrix: Mapping, root: Path, only: str | None = None) -> dict[str, dict]:
     """Per 'experiment/spec' (or just `only`): every value's held-out score and the chosen value (best score;
-    the grid's order breaks ties). A spec none of whose runs finished gets no choice and no finals."""
+    the grid's order breaks ties). A spec with a value that did not finish gets no choice and no finals: a best
+    of part of the grid is not the protocol's choice, and the finals could not be redone once the rest finished."""
     select = matrix["select"]
     key, values = select["key"], list(select["values"])
     chosen = {}
@@ -107,7 +108,8 @@ def choose(matrix: Mapping, root: Path, only: str | None = None) -> dict[str, di
         base = root / "select" / experiment / spec
         scores = {value_name(v): held_out_score(base / f"{key}-{value_name(v)}") for v in values}
         finished = [(s, i) for i, s in enumerate(scores.values()) if s is not None]
-        best = max(finished, key=lambda pair: (pair[0], -pair[1]))[1] if finished else None
+        complete = len(finished) == len(values)
+        best = max(finished, key=lambda pair: (pair[0], -pair[1]))[1] if complete else None
         chosen[f"{experiment}/{spec}"] = {"key": key, "scores": scores,
                                           "chosen": None if best is None else values[best]}
     return chosen
