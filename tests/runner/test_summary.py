@@ -23,7 +23,8 @@ def test_gate_block_shows_spread_and_the_noise_test_s_verdict():
     separated = gate_lines(search_diagnostics({"m": [0.3, 0.3] + [0.4 / 6] * 6}, 0.125, supported))
     assert len(separated) == 2 and "max 0.23" in separated[0]
     assert separated[1] == ("noise    ranks supported: split-half alpha increments correlate r = +0.310 over 1 "
-                            "matrices, permutation p = 0.002 (level 0.05)")
+                            "matrices, permutation p = 0.002 (level 0.05); within this search only: compare seeds "
+                            "with autolora-agree")
     assert gate_lines({"steps": 2, "threshold": 0.125}) == []
 
 

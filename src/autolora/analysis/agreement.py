@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
 
+UPDATE_NORM = "‖ΔW‖_F"  # readout_values' name for the learned update's Frobenius norm per matrix
 PERMUTATIONS = 2000  # p-values resolve to 1/2001; the generator is seeded, so the report is reproducible
 
 
@@ -87,3 +88,13 @@ def seed_agreement(ranks: np.ndarray, entropies: np.ndarray | None) -> dict[str,
         "entropy_spearman": None if entropies is None else mean_spearman(entropies),
         "entropy_spearman_p": None if entropies is None else permutation_p(entropies),
     }
+
+
+def readout_values(ranks_file: Mapping) -> dict[str, dict[str, float]]:
+    """Every readout a search's ranks.json holds (gates, released, energy, budget: matrix -> rank), and the
+    Frobenius norm of each matrix's learned update ΔW from its singular values; {} for an older ranks.json."""
+    values = {name: {m: float(r) for m, r in ranks.items()} for name, ranks in ranks_file.get("readouts", {}).items()}
+    if ranks_file.get("update_spectra"):
+        values[UPDATE_NORM] = {m: float(np.sqrt(np.sum(np.square(sv))))
+                               for m, sv in ranks_file["update_spectra"].items()}
+    return values

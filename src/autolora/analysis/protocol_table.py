@@ -53,17 +53,8 @@ def read_finals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
             "params": int(metrics["retrain"]["trainable_params"]),
             "gpu_s": sum(float(p.get("gpu_seconds") or p.get("wall_time_s") or 0) for p in phases),
             "ranks": ranks or metrics.get("ranks"), "lr": float(config["retrain"]["lr"]),
-            "readouts": readout_values(found)}
+            "readouts": agreement.readout_values(found)}
     return runs
-
-
-def readout_values(ranks_file: dict) -> dict[str, dict[str, float]]:
-    """Every readout a search's ranks.json holds (gates, released, energy, budget: matrix -> rank), and the
-    Frobenius norm of each matrix's learned update ΔW from its singular values; {} for an older ranks.json."""
-    values = {name: {m: float(r) for m, r in ranks.items()} for name, ranks in ranks_file.get("readouts", {}).items()}
-    if ranks_file.get("update_spectra"):
-        values["‖ΔW‖_F"] = {m: float(np.sqrt(np.sum(np.square(sv)))) for m, sv in ranks_file["update_spectra"].items()}
-    return values
 
 
 def readout_rows(runs, tasks) -> list[list[str]]:
@@ -76,7 +67,8 @@ def readout_rows(runs, tasks) -> list[list[str]]:
                 names = sorted(by_seed[0][readout])
                 table = np.array([[seed[readout][n] for n in names] for seed in by_seed])
                 rho, p = agreement.mean_spearman(table), agreement.permutation_p(table)
-                rows.append([t.upper(), LABELS[spec], readout, f"{table.mean():.2f}" if readout != "‖ΔW‖_F" else "–",
+                mean = "–" if readout == agreement.UPDATE_NORM else f"{table.mean():.2f}"
+                rows.append([t.upper(), LABELS[spec], readout, mean,
                              "–" if rho is None else f"{rho:+.2f}", "–" if p is None else f"{p:.3f}"])
     return rows
 
