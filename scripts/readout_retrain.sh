@@ -6,6 +6,8 @@
 # seed and recipe train the same model; analysis.readout_retrain pairs them by ranks), and uniform LoRA r=4, r=2.
 # Recipe: experiment=smoke_sst2_minilm (512 rows of the packaged SST-2 sample, its committed learning rates) on
 # the full SST-2 dev set; the table: python -m autolora.analysis.readout_retrain OUT.
+# SEARCH="search.alpha_norm=global_softmax" adds overrides to the search; UNIFORM=0 skips the uniform LoRA arms
+# (another search variant on the same recipe and seeds pairs with the uniform runs already made).
 set -u
 seed=$1
 D=${2:-outputs/readout_retrain}/s$seed
@@ -20,7 +22,7 @@ run() {
     > "$D/$name.log" 2>&1
   tail -1 "$D/$name.log"
 }
-run gates method=autolora
+run gates method=autolora ${SEARCH:-}
 for r in budget energy released; do
   same=$("$PY" - "$D" "$r" <<'PY'
 import json, sys, pathlib
@@ -33,5 +35,5 @@ PY
 )
   if [ -n "$same" ]; then echo "$r seed $seed: same ranks as $same, not rerun"; continue; fi
   run "$r" method=autolora search.ranks_file="$D/gates/ranks.json" search.ranks_readout="$r"
-  if [ "$r" = budget ]; then run lora_r4 method=lora lora.r=4; run lora_r2 method=lora lora.r=2; fi
+  if [ "$r" = budget ] && [ "${UNIFORM:-1}" = 1 ]; then run lora_r4 method=lora lora.r=4; run lora_r2 method=lora lora.r=2; fi
 done
