@@ -112,3 +112,16 @@ def test_the_compile_cache_goes_where_configured_and_keeps_the_users_own(tmp_pat
                                                       "TRITON_CACHE_DIR": str(shared / "triton")}
     assert not shared.exists()  # the libraries create it when they first write
     assert compile_cache.default_folder({"XDG_CACHE_HOME": "/x"}) == Path("/x/autolora/compile")
+
+
+def test_a_later_sweep_point_in_the_same_process_does_not_inherit_an_earlier_points_cache(tmp_path):
+    """Point 1 (compile_cache=A) then point 2 (null) in one process: point 2 gets the user's triton folder back
+    and the default inductor folder, not A; a user's change between the points stands."""
+    environ = {"TRITON_CACHE_DIR": "/mine/triton", "AUTOLORA_CACHE": str(tmp_path)}
+    compile_cache.use(str(tmp_path / "a"), environ)
+    assert environ["TRITON_CACHE_DIR"] == str(tmp_path / "a" / "triton")
+    assert compile_cache.use(None, environ) == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "compile" / "inductor"),
+                                               "TRITON_CACHE_DIR": "/mine/triton"}
+    environ["TORCHINDUCTOR_CACHE_DIR"] = "/mine/inductor"  # the user sets it between points
+    assert compile_cache.use(None, environ)["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
+    assert compile_cache.MARKER not in environ  # nothing of ours left in effect
