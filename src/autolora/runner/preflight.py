@@ -101,12 +101,20 @@ def check_architecture(settings: Settings, task, given_ranks: Mapping[str, int] 
 PADDING_OFFSET = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text", "ibert")
 
 
+# a config naming any of these computes rotary position embeddings (transformers 5: rope_parameters; 4.x:
+# rope_theta, rope_scaling; GPT-NeoX: rotary_pct, rotary_emb_base)
+ROTARY_KEYS = ("rope_parameters", "rope_theta", "rope_scaling", "rotary_pct", "rotary_dim", "rotary_emb_base")
+
+
 def check_positions(config, max_length: int, where: str) -> None:
     """task.max_length fits the model's position embeddings: a longer row indexes past the table (an index
     error in the middle of training, or on the GPU a device-side assert). Relative positions (DeBERTa-v2
-    without position_biased_input) have no such table."""
+    without position_biased_input) and rotary ones (Llama, Qwen2, GPT-NeoX: computed for any position; their
+    max_position_embeddings is the trained context, not a table) have no such table."""
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if not isinstance(positions, int) or getattr(config, "position_biased_input", True) is False:
+        return
+    if any(getattr(config, key, None) is not None for key in ROTARY_KEYS):
         return
     if config.model_type in PADDING_OFFSET:
         positions -= (config.pad_token_id or 0) + 1
