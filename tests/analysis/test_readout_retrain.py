@@ -80,7 +80,7 @@ def test_the_table_from_run_folders(tmp_path):
     """Each readout's row pairs with the uniform arm nearest in parameters (budget, gates: r=4; released, energy:
     r=2), a readout whose ranks equal another's in a seed shares that seed's run, and agreement is over seeds."""
     _study(tmp_path)
-    rows = _rows(readout_retrain.section(tmp_path, [str(tmp_path)]))
+    rows = _rows(readout_retrain.section([tmp_path], [str(tmp_path)]))
     assert list(rows) == ["gates (paper)", "released", "ΔW energy 90%", "ΔW global budget", "LoRA r=2", "LoRA r=4"]
     budget = rows["ΔW global budget"]
     assert budget[1] == "84.0 ± 2.0" and budget[2].startswith("3,000 ")
@@ -98,7 +98,7 @@ def test_arms_that_differ_in_more_than_their_ranks_are_refused(tmp_path):
     """A retrain at another learning rate would compare recipes, not readouts: one line naming the key."""
     _study(tmp_path, lr_of_one=1e-3)
     with pytest.raises(ConfigError, match=r"retrain.lr=0.00.* but .*retrain.lr=0.00.*must differ in their ranks only"):
-        readout_retrain.section(tmp_path, [str(tmp_path)])
+        readout_retrain.section([tmp_path], [str(tmp_path)])
 
 
 def test_the_command_line_errors_in_one_line(tmp_path, capsys):
@@ -120,3 +120,25 @@ def test_write_replaces_only_its_section(tmp_path):
     text = page.read_text()
     assert "old" not in text and "keep\n" in text and "## After\n\nkeep too" in text
     assert text.count(readout_retrain.SECTION) == 1 and "| ΔW global budget | 84.0 ± 2.0 |" in text
+
+
+def test_a_search_variant_pairs_with_uniform_runs_in_another_folder(tmp_path):
+    """The searches in one folder ran under global_softmax; the retrains at their readouts (no search: their
+    search.* keys are not read) and the uniform arms elsewhere pass; two searches that differ in a search key
+    are still refused; --title heads the section."""
+    _study(tmp_path / "a")
+    for path in (tmp_path / "a").glob("s*/gates/config.yaml"):
+        path.write_text(path.read_text().replace("alpha_norm: softmax", "alpha_norm: global_softmax"))
+    for arm in ("lora_r4", "lora_r2"):
+        for s in range(3):
+            (tmp_path / "a" / f"s{s}" / arm).rename(tmp_path / f"uniform_s{s}_{arm}")
+    (tmp_path / "u").mkdir()
+    for path in tmp_path.glob("uniform_*"):
+        path.rename(tmp_path / "u" / path.name)
+    text = readout_retrain.section([tmp_path / "a", tmp_path / "u"], ["a", "u"], "## Under global softmax")
+    assert text.startswith("## Under global softmax")
+    assert set(_rows(text)) >= {"ΔW global budget", "LoRA r=4"}
+    other = tmp_path / "a" / "s1" / "gates" / "config.yaml"
+    other.write_text(other.read_text().replace("alpha_norm: global_softmax", "alpha_norm: softmax"))
+    with pytest.raises(ConfigError, match="search.alpha_norm"):
+        readout_retrain.section([tmp_path / "a", tmp_path / "u"], ["a", "u"])

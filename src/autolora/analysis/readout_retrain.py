@@ -1,7 +1,7 @@
 """Retrained scores per readout at equal parameters (issue #31): one search per seed, a retrain at each readout's
 ranks from that search's ranks.json (search.ranks_readout), and uniform LoRA arms as the parameter neighbours.
 
-    python -m autolora.analysis.readout_retrain FOLDER [--write results/search_signal.md]
+    python -m autolora.analysis.readout_retrain FOLDER... [--write results/search_signal.md] [--title HEADING]
 
 FOLDER holds the finished runs of one task, model and retrain budget (any layout). An arm is found by its ranks:
 the retrain of readout R at seed s is the run of seed s whose ranks equal R's ranks in seed s's search. Two
@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,18 +72,25 @@ def nearest_uniform(params: float, uniform: Sequence[Arm], seeds: Sequence[int])
 
 def _same_recipe(runs: Sequence[Run]) -> None:
     """Every run shares task, model and every config value but the arm's own keys: else the arms differ in more
-    than their ranks and the table would compare recipes."""
+    than their ranks and the table would compare recipes. search.* keys are compared between searches only: a
+    retrain at a ranks file reads none of them but the file."""
     first = runs[0]
+    first_search = next((run for run in runs if run.search_s is not None), None)
     for run in runs[1:]:
         if (run.task, run.model) != (first.task, first.model):
             raise ConfigError(f"{run.path}: task/model {run.task}/{run.model}, but {first.path}: "
                               f"{first.task}/{first.model}; one table holds one task and model")
-        for key in sorted(set(run.config) | set(first.config)):
-            if ARM_KEYS.match(key) or (key.startswith("search.") and run.method != first.method):
+        for key in sorted(set(run.config) | set(first.config) | set(first_search.config if first_search else ())):
+            if ARM_KEYS.match(key):
                 continue
-            if run.config.get(key) != first.config.get(key):
-                raise ConfigError(f"{run.path}: {key}={run.config.get(key)} but {first.path}: "
-                                  f"{key}={first.config.get(key)}; the arms must differ in their ranks only")
+            other = first
+            if key.startswith("search."):
+                if run.search_s is None or first_search is None:
+                    continue
+                other = first_search
+            if run.config.get(key) != other.config.get(key):
+                raise ConfigError(f"{run.path}: {key}={run.config.get(key)} but {other.path}: "
+                                  f"{key}={other.config.get(key)}; the arms must differ in their ranks only")
 
 
 def arms_of(runs: Sequence[Run]) -> tuple[list[Arm], list[Arm], list[int]]:
@@ -181,16 +189,19 @@ def provenance(runs: Sequence[Run]) -> str:
     return "; ".join(f"{key}: {', '.join(sorted({str(r.provenance.get(key)) for r in runs}))}" for key in keys)
 
 
-def section(folder: Path, argv: Sequence[str]) -> str:
-    runs, warnings = find_runs(folder)
+def section(folders: Sequence[Path], argv: Sequence[str], title: str = SECTION) -> str:
+    runs, warnings = [], []
+    for folder in folders:  # e.g. a search variant's runs beside the uniform arms made for another table
+        found, more = find_runs(folder)
+        runs, warnings = [*runs, *found], [*warnings, *more]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     readouts, uniform, seeds = arms_of(runs)
     budget = runs[0].budget
     return "\n".join([
-        SECTION, "",
-        f"- table: `python -m autolora.analysis.readout_retrain {' '.join(argv)}`",
-        f"- runs: {len(runs)} under {folder}; seeds {', '.join(map(str, seeds))}; {provenance(runs)}",
+        title, "",
+        f"- table: `python -m autolora.analysis.readout_retrain {shlex.join(argv)}`",
+        f"- runs: {len(runs)} under {', '.join(map(str, folders))}; seeds {', '.join(map(str, seeds))}; {provenance(runs)}",
         f"- task {runs[0].task}, model {runs[0].model}; n_train {budget['n_train']}, n_dev {budget['n_dev']}; "
         f"search steps {[r.budget['search steps'] for r in runs if r.budget['search steps']][:1]}, retrain steps "
         f"{sorted({r.budget['retrain steps'] for r in runs})}",
@@ -202,13 +213,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m autolora.analysis.readout_retrain",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folders", type=Path, nargs="+", help="folders of finished runs (one task and recipe)")
     parser.add_argument("--write", type=Path, help="a markdown file whose section this table replaces")
+    parser.add_argument("--title", default=SECTION, help=f"the section's heading (default {SECTION!r})")
     args = parser.parse_args(argv)
     try:
-        if not args.folder.is_dir():
-            raise ConfigError(f"{args.folder}: not a folder")
-        text = section(args.folder, argv)
+        for folder in args.folders:
+            if not folder.is_dir():
+                raise ConfigError(f"{folder}: not a folder")
+        text = section(args.folders, argv, args.title)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -216,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(text)
     else:
         existing = args.write.read_text() if args.write.exists() else ""
-        write_text(args.write, replace_section(existing, SECTION, text))
+        write_text(args.write, replace_section(existing, args.title, text))
 
 
 if __name__ == "__main__":
