@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 from scipy import stats
 
-from autolora.analysis import agreement, figures
+from autolora.analysis import agreement, compare_seeds, figures
 from autolora.analysis.report import OWNED, ReportError
 from autolora.analysis.tables import markdown_table
 from autolora.files import write_owned
@@ -75,22 +75,14 @@ def readout_rows(runs, tasks) -> list[list[str]]:
 
 def across_task_rows(runs, tasks) -> list[list[str]]:
     """Per searched arm and readout: Spearman rho over the matrices between seeds of the same task and between
-    seeds of different tasks (means over the pairs). Agreement that is as high across tasks is the model's
+    seeds of different tasks (compare_seeds.across_tasks). Agreement that is as high across tasks is the model's
     structure, not the task's need."""
     rows = []
     for spec in SEARCHED:
-        seeds = [(t, r["readouts"]) for t in tasks for _, r in sorted(runs.get((t, spec), {}).items()) if r["readouts"]]
-        if len({t for t, _ in seeds}) < 2:
-            continue
-        for readout in (r for r in seeds[0][1] if all(r in v for _, v in seeds)):
-            names = sorted(seeds[0][1][readout])
-            same, other = [], []
-            for i, (task_a, a) in enumerate(seeds):
-                for task_b, b in seeds[i + 1:]:
-                    rho = stats.spearmanr([a[readout][n] for n in names], [b[readout][n] for n in names]).statistic
-                    (same if task_a == task_b else other).append(rho)
-            rows.append([LABELS[spec], readout, f"{np.nanmean(same):+.2f}", f"{np.nanmean(other):+.2f}",
-                         str(len({t for t, _ in seeds}))])
+        by_task = {t: {seed: r["readouts"] for seed, r in runs[(t, spec)].items() if r["readouts"]}
+                   for t in tasks if runs.get((t, spec))}
+        by_task = {t: seeds for t, seeds in by_task.items() if seeds}
+        rows += [[LABELS[spec], *row, str(len(by_task))] for row in compare_seeds.across_tasks(by_task)]
     return rows
 
 

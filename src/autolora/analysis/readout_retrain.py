@@ -201,7 +201,8 @@ def section(folders: Sequence[Path], argv: Sequence[str], title: str = SECTION) 
     return "\n".join([
         title, "",
         f"- table: `python -m autolora.analysis.readout_retrain {shlex.join(argv)}`",
-        f"- runs: {len(runs)} under {', '.join(map(str, folders))}; seeds {', '.join(map(str, seeds))}; {provenance(runs)}",
+        f"- runs: {len(runs)} under {', '.join(map(str, folders))}; seeds {', '.join(map(str, seeds))}; "
+        f"{provenance(runs)}",
         f"- task {runs[0].task}, model {runs[0].model}; n_train {budget['n_train']}, n_dev {budget['n_dev']}; "
         f"search steps {[r.budget['search steps'] for r in runs if r.budget['search steps']][:1]}, retrain steps "
         f"{sorted({r.budget['retrain steps'] for r in runs})}",
