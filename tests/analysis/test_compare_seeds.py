@@ -61,6 +61,7 @@ def test_bad_folders_end_in_one_line_and_exit_2(tmp_path, capsys):
     cases["no runs"] = ([tmp_path / "empty"], "no finished autolora run")
     (tmp_path / "empty").mkdir()
     cases["missing"] = ([tmp_path / "nowhere"], "no such folder")
+    cases["a file"] = ([one / "metrics.json"], "not a folder")
     broken = tmp_path / "broken"
     finished(broken / "a", "glue/rte", 0, budget, budget)
     finished(broken / "b", "glue/rte", 1, budget, budget)

@@ -38,7 +38,7 @@ def find_runs(folders: list[Path]) -> list[Path]:
     found = []
     for folder in folders:
         if not folder.is_dir():
-            raise ConfigError(f"agree: {folder}: no such folder")
+            raise ConfigError(f"agree: {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
         here = [folder] if (folder / RANKS).is_file() else sorted(p.parent for p in folder.rglob(RANKS))
         runs = [run for run in here if (run / METRICS).is_file()]  # finished (a compact copy has no marker)
         if not runs:
