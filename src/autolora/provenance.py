@@ -12,15 +12,17 @@ COMMIT_STAMP = "COMMIT"  # in an installed wheel: the commit it was built from (
 
 
 def git_commit() -> str:
-    """The checkout's commit (with -dirty for local changes); installed from a bundle's wheel, the commit stamped
-    into it; else 'unknown'."""
+    """Installed from a bundle's wheel, the commit stamped into it (first: a venv inside some other git checkout
+    would otherwise answer with that checkout's commit); else the checkout's commit (with -dirty for local
+    changes); else 'unknown'."""
     here = Path(__file__).resolve().parent
+    if (here / COMMIT_STAMP).is_file():
+        return (here / COMMIT_STAMP).read_text().strip()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        stamp = here / COMMIT_STAMP
-        return stamp.read_text().strip() if stamp.is_file() else "unknown"
+        return "unknown"
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
