@@ -76,3 +76,18 @@ def test_bad_folders_end_in_one_line_and_exit_2(tmp_path, capsys):
             compare_seeds.main([str(f) for f in folders])
         err = capsys.readouterr().err
         assert stop.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, (name, err)
+
+
+def test_a_sweep_ends_with_one_line_per_task_on_whether_its_ranks_repeat(sweep, tmp_path):
+    """Random retrained ranks, a budget readout equal in every seed: the line says which repeats; a sweep with
+    no search, or one search setting twice per seed, gets no line."""
+    lines = compare_seeds.sweep_lines(sweep)
+    assert len(lines) == 2 and all(line.startswith("seeds    glue/") for line in lines)
+    assert "the ranks do not repeat" in lines[0] and "ΔW budget readout: repeat across seeds (rho +1.00)" in lines[0]
+    assert lines[0].endswith(f"autolora-agree {sweep}")
+    (tmp_path / "none").mkdir()
+    assert compare_seeds.sweep_lines(tmp_path / "none") == []
+    budget = [1 + i % 8 for i in range(len(NAMES))]
+    finished(tmp_path / "twice" / "a", "glue/rte", 0, budget, budget)
+    finished(tmp_path / "twice" / "b", "glue/rte", 0, budget, budget)
+    assert compare_seeds.sweep_lines(tmp_path / "twice") == []

@@ -124,6 +124,28 @@ def report(folders: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def sweep_lines(sweep_dir: Path) -> list[str]:
+    """The end of a -m sweep: per task with 2+ seeds of one search, one line saying whether its retrained ranks
+    (and ΔW's budget readout) repeat across seeds; nothing where the sweep holds no such set (no search, one
+    seed, or several search settings per seed: autolora-agree on each folder tells them apart)."""
+    try:
+        rows = within_task(collect(find_runs([Path(sweep_dir)])))
+    except (ConfigError, RanksFileError):
+        return []
+    by_task = defaultdict(dict)
+    for task, readout, seeds, rho, p, verdict in rows:
+        by_task[task][readout] = (seeds, rho, p, verdict)
+    lines = []
+    for task, readouts in by_task.items():
+        seeds, rho, p, verdict = readouts["ranks"]
+        line = f"seeds    {task}, {seeds} searches: the ranks {verdict} (rho {rho}, p {p})"
+        if "budget" in readouts:
+            _, rho, p, verdict = readouts["budget"]
+            line += f"; ΔW budget readout: {verdict} (rho {rho})"
+        lines.append(line + f"; autolora-agree {sweep_dir}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path, help="run folders, or sweep folders holding them")

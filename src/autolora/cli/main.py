@@ -229,6 +229,10 @@ def main() -> None:
             if sweep_dir is not None:
                 text, status = sweep.summary(sweep_dir, invocation, [p.label for p in points])
                 _say(text)
+                from autolora.analysis import compare_seeds  # scipy: only a finished sweep pays its import
+
+                for line in compare_seeds.sweep_lines(sweep_dir):  # the test that the data chose the ranks
+                    _say(line)
         if sweep_dir is not None and status:
             sys.exit(status)
 
