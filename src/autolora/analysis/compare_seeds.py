@@ -130,7 +130,7 @@ def sweep_lines(sweep_dir: Path) -> list[str]:
     seed, or several search settings per seed: autolora-agree on each folder tells them apart)."""
     try:
         rows = within_task(collect(find_runs([Path(sweep_dir)])))
-    except (ConfigError, RanksFileError):
+    except (ConfigError, RanksFileError, OSError, ValueError, KeyError):  # a summary line must not end the sweep
         return []
     by_task = defaultdict(dict)
     for task, readout, seeds, rho, p, verdict in rows:
