@@ -159,3 +159,28 @@ def test_a_two_step_search_is_too_short_for_the_noise_test():
     diagnostics = search_diagnostics(found, 1 / K, noise)
     assert diagnostics["diagnostics"]["undecided"] == ["useful", "useless"]
     assert noise["verdict"] == "not tested" and "noise test not run" in diagnostics["warning"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_only_the_draw_of_a_tells_the_components_apart(seed):
+    """Issue #31's lead, as a check: with every row of A the same (B starts at 0), the components of a matrix
+    get the same hypergradient at every step and the gates stay at 1/k, on a task where one branch is useful;
+    with A drawn at random (the default) the same search spreads them."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    mixing = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    train, val = _split(64, gen, mixing), _split(64, gen, mixing)
+    spreads = {}
+    for rows in ("identical", "random"):
+        torch.manual_seed(seed)
+        model = TwoBranches("softmax")
+        if rows == "identical":
+            with torch.no_grad():
+                for branch in (model.useful, model.useless):
+                    for part in branch.parts.values():
+                        part.A.copy_(part.A[:1].expand_as(part.A))
+        gates = search(model, train, val, search_config(epochs=5),
+                       compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]), seed=0,
+                       loop=Loop(CPU, log=lambda record, step: None, log_every=100, progress=False)).gates
+        spreads[rows] = max(max(g) - min(g) for g in gates.values())
+    assert spreads["identical"] < 1e-6 < 1e-3 < spreads["random"], spreads
