@@ -184,3 +184,30 @@ def test_only_the_draw_of_a_tells_the_components_apart(seed):
                        loop=Loop(CPU, log=lambda record, step: None, log_every=100, progress=False)).gates
         spreads[rows] = max(max(g) - min(g) for g in gates.values())
     assert spreads["identical"] < 1e-6 < 1e-3 < spreads["random"], spreads
+
+
+def test_alpha_warmup_holds_alpha_still_for_its_share_of_the_steps():
+    """search.alpha_warmup = 0.5 of 40 steps: alpha equals its start after step 20 and has moved by the end; at
+    0 it has moved after step 20 already; a warm-up of 1 or more is refused."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    mixing = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    train, val = _split(64, gen, mixing), _split(64, gen, mixing)
+    seen = {}
+    for warmup in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = TwoBranches("softmax")
+        start = {name: part.alpha.detach().clone() for name, part in model.useful.parts.items()}
+        moved = []
+
+        def log(record, step, model=model, start=start, moved=moved):
+            moved.append((step, max(float((p.alpha.detach() - start[n]).abs().max())
+                                     for n, p in model.useful.parts.items())))
+
+        search(model, train, val, search_config(epochs=10, alpha_warmup=warmup),
+               compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]), seed=0,
+               loop=Loop(CPU, log=log, log_every=20, progress=False))
+        seen[warmup] = dict(moved)
+    assert seen[0.5][20] == 0.0 and seen[0.5][40] > 0 and seen[0.0][20] > 0, seen
+    with pytest.raises(ValueError, match="alpha_warmup must lie in"):
+        search_config(alpha_warmup=1.0)

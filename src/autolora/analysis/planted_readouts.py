@@ -39,14 +39,14 @@ def components(record: dict, readout: str) -> float:
 
 def table(records: list[dict]) -> str:
     """One row per (alpha_norm, eta, setting) and readout: rho, exact, MAE, 0->0, components retrained."""
-    key = lambda r: (r["alpha_norm"], r["eta"], r["alpha_lr"], r["control"], r["strength"], r["n_train"],  # noqa: E731
-                     r["steps"])
-    header = ["alpha_norm", "eta", "α lr", "s", "D_tr", "steps", "readout", "ρ", "exact /8", "MAE", "0→0",
-              "components"]
+    key = lambda r: (r["alpha_norm"], r["eta"], r["alpha_lr"], r.get("alpha_warmup", 0.0), r["control"],  # noqa: E731
+                     r["strength"], r["n_train"], r["steps"])
+    header = ["alpha_norm", "eta", "α lr", "α warm-up", "s", "D_tr", "steps", "readout", "ρ", "exact /8", "MAE",
+              "0→0", "components"]
     lines = []
     for group_key in sorted({key(r) for r in records}):
         group = [r for r in records if key(r) == group_key]
-        norm, eta, alpha_lr, control, strength, n, steps = group_key
+        norm, eta, alpha_lr, warmup, control, strength, n, steps = group_key
         for readout in READOUTS:
             if control and readout == "svd":
                 continue
@@ -54,8 +54,8 @@ def table(records: list[dict]) -> str:
             const = sum(not math.isfinite(x) for x in rho)
             zeros = sum(r[f"{readout}/zeros_hit"] for r in group)
             zeros_total = sum(r[f"{readout}/zeros_total"] for r in group)
-            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", "control" if control else f"{strength:g}", str(n),
-                          str(steps),
+            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", f"{warmup:g}",
+                          "control" if control else f"{strength:g}", str(n), str(steps),
                           LABELS[readout], pm(planted.mean_std(rho), signed=True) + (f" ({const} const.)" if const
                                                                                      else ""),
                           pm(planted.mean_std([r[f"{readout}/exact"] for r in group]), 1),
@@ -70,11 +70,10 @@ def pooled_lines(records: list[dict]) -> list[str]:
     """Per alpha_norm and eta, pooled over the planted runs: each readout's rho, its paired Wilcoxon p against the
     gates readout, exact matches and planted-0 matrices given 0."""
     lines = []
-    for norm, eta, alpha_lr in sorted({(r["alpha_norm"], r["eta"], r["alpha_lr"]) for r in records}):
-        runs = [r for r in records if (r["alpha_norm"], r["eta"], r["alpha_lr"]) == (norm, eta, alpha_lr)
-                and not r["control"]]
-        control = [r for r in records if (r["alpha_norm"], r["eta"], r["alpha_lr"]) == (norm, eta, alpha_lr)
-                   and r["control"]]
+    variant = lambda r: (r["alpha_norm"], r["eta"], r["alpha_lr"], r.get("alpha_warmup", 0.0))  # noqa: E731
+    for norm, eta, alpha_lr, warmup in sorted({variant(r) for r in records}):
+        runs = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup) and not r["control"]]
+        control = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup) and r["control"]]
         parts = []
         for readout in READOUTS:
             rho = np.array([r[f"{readout}/spearman"] for r in runs], dtype=float)
@@ -92,7 +91,8 @@ def pooled_lines(records: list[dict]) -> list[str]:
                          + f", exact {exact}/{8 * len(runs)}"
                          + ("" if readout == "svd" else f", 0→0 {zeros}/{zeros_total}, control ρ "
                             f"{pm(chance, signed=True)}"))
-        lines.append(f"alpha_norm={norm}, eta={eta:g}, alpha_lr={alpha_lr:g}, {len(runs)} planted runs: "
+        lines.append(f"alpha_norm={norm}, eta={eta:g}, alpha_lr={alpha_lr:g}, alpha_warmup={warmup:g}, "
+                     f"{len(runs)} planted runs: "
                      + "; ".join(parts) + ".")
     return lines
 
@@ -132,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--etas", type=float, nargs="+", default=[None], help="look-ahead step(s); default lr")
     parser.add_argument("--alpha-lrs", type=float, nargs="+", default=[None],
                         help="alpha's learning rate(s) (under Adam: a softmax temperature 1/x); default the study's")
+    parser.add_argument("--alpha-warmups", type=float, nargs="+", default=[0.0],
+                        help="share(s) of the search's steps before alpha moves (search.alpha_warmup)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
@@ -147,12 +149,12 @@ def main(argv=None) -> None:
     settings = planted.sweep_settings(args.strengths, args.sizes, args.budgets, args.seeds)
     for norm in args.alpha_norms:
         for eta in args.etas:
-            for alpha_lr in args.alpha_lrs:
-                study = replace(planted.Study(), alpha_norm=norm, eta=eta,
+            for alpha_lr, warmup in [(a, w) for a in args.alpha_lrs for w in args.alpha_warmups]:
+                study = replace(planted.Study(), alpha_norm=norm, eta=eta, alpha_warmup=warmup,
                                 **({} if alpha_lr is None else {"alpha_lr": alpha_lr}))
                 for record in planted.run_sweep(study, settings, args.workers):
                     records.append({"alpha_norm": norm, "eta": study.lr if eta is None else eta,
-                                    "alpha_lr": study.alpha_lr, **record})
+                                    "alpha_lr": study.alpha_lr, "alpha_warmup": warmup, **record})
     seconds = time.time() - began
     planted.write_csv(args.out / "search_signal_readouts.csv", records)
     path = args.out / "search_signal.md"

@@ -74,6 +74,7 @@ class SearchConfig:
     readout: str = "gates"  # gates (paper) | released | energy | budget (method/readout.py)
     energy: float = 0.9  # readout=energy: the share of ‖ΔW‖_F² the kept components hold
     train_head: bool = True  # the task head learns in the search (paper); the released code keeps it frozen
+    alpha_warmup: float = 0.0  # share of the steps before alpha moves (its lr 0 until then); 0: from the start (paper)
     ranks_readout: str | None = None  # with ranks_file: retrain at this readout's ranks from the file's
     # "readouts" (one search, a retrain per readout); None: the file's "ranks" (its search's own readout)
 
@@ -103,6 +104,7 @@ class SearchConfig:
              f"search.threshold must lie in (0, 1], got {self.threshold}"),
             (0 <= self.min_rank <= self.k, f"search.min_rank must lie in [0, k={self.k}], got {self.min_rank}"),
             (0 <= self.warmup_ratio < 1, f"search.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
+            (0 <= self.alpha_warmup < 1, f"search.alpha_warmup must lie in [0, 1), got {self.alpha_warmup}"),
             *[(at_least(getattr(self, key), 0), f"search.{key} must be >= 0, got {getattr(self, key)}")
               for key in ("lr", "alpha_lr", "weight_decay", "alpha_weight_decay")],
             (at_least(self.lora_alpha, 0) and self.lora_alpha > 0,
@@ -230,6 +232,16 @@ class Searched:
     spectra: dict[str, tuple[list[float], int]] = field(default_factory=dict)  # inject.update_spectra at the end
 
 
+def set_lr(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Every group's learning rate to `value`, in place where it is a device tensor (a captured step reads it
+    from that address: capture.device_lr)."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
 def alpha_lists(model: nn.Module) -> dict[str, list[float]]:
     """The raw alpha per matrix on the host. It waits for the device, so it runs outside the step only: at the start,
     at the noise test's two snapshots (method.noise_test) and at the end, never once per step."""
@@ -252,6 +264,8 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
         state.streams.load_state_dict(saved["streams"])
     for optimizer in optimizers.values():
         capture.device_lr(optimizer)
+    alpha_start = round(cfg.alpha_warmup * total)  # alpha's lr is 0 for steps 1..alpha_start (search.alpha_warmup)
+    set_lr(state.opt_alpha, 0.0 if done < alpha_start else cfg.alpha_lr)
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, loop.log_every, mean=mean)
@@ -270,6 +284,8 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
             batch, val_batch = to_device(next(train_batches), device), to_device(next(val_batches), device)
             window.add(step_fn(batch, val_batch))
             state.schedule.step()
+            if step == alpha_start:
+                set_lr(state.opt_alpha, cfg.alpha_lr)
             bar.update()
             if halves is not None and step in halves:
                 snapshots[f"t{halves.index(step) + 1}"] = alpha_lists(model)
