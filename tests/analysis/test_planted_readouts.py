@@ -20,7 +20,7 @@ def test_each_alpha_lr_gets_its_rows_and_its_pooled_line():
     records = [record(s, lr) for s in range(3) for lr in (0.01, 0.1)] + [record(0, 0.01, control=True)]
     rows = [line for line in planted_readouts.table(records).splitlines() if line.startswith("| softmax")]
     budget = [row for row in rows if "ΔW global budget" in row]
-    assert len(budget) == 3 and "| 0.1 | 0 | 1 | 128 | 1024 | ΔW global budget | +0.91 ± 0.01 |" in budget[2]
+    assert len(budget) == 3 and "| 0.1 | 0 | 0 | 1 | 128 | 1024 | ΔW global budget | +0.91 ± 0.01 |" in budget[2]
     assert sum("control" in row for row in rows) == 4  # every readout but the oracle
     pooled = planted_readouts.pooled_lines(records)
     assert [line.split(",")[2] for line in pooled] == [" alpha_lr=0.01", " alpha_lr=0.1"]

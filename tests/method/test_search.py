@@ -211,3 +211,26 @@ def test_alpha_warmup_holds_alpha_still_for_its_share_of_the_steps():
     assert seen[0.5][20] == 0.0 and seen[0.5][40] > 0 and seen[0.0][20] > 0, seen
     with pytest.raises(ValueError, match="alpha_warmup must lie in"):
         search_config(alpha_warmup=1.0)
+
+
+def test_alpha_average_makes_the_result_the_mean_of_the_last_steps_alpha():
+    """search.alpha_average = 0.25 of 40 steps: the search's final alpha (and its gates) is the mean of alpha
+    after steps 31..40, recorded here step by step, not the alpha of step 40."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    mixing = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    train, val = _split(64, gen, mixing), _split(64, gen, mixing)
+    model = TwoBranches("softmax")
+    seen = []
+    loop = Loop(CPU, log=lambda record, step: seen.append(
+        (step, {n: p.alpha.detach().clone() for n, p in model.useful.parts.items()})), log_every=1, progress=False)
+    result = search(model, train, val, search_config(epochs=10, alpha_average=0.25),
+                    compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]), seed=0, loop=loop)
+    last = dict(seen)
+    for name in last[40]:
+        mean = torch.stack([last[step][name] for step in range(31, 41)]).mean(0)
+        assert torch.allclose(model.useful.parts[name].alpha.detach(), mean, atol=1e-6)
+        assert not torch.allclose(mean, last[40][name], atol=1e-6)  # averaging changed it
+        assert result.alphas["useful"] == pytest.approx(mean.tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="alpha_average must lie in"):
+        search_config(alpha_average=1.5)

@@ -64,6 +64,7 @@ class Study:
     alpha_norm: str = "softmax"
     eta: float | None = None  # the look-ahead step; None: lr (conf/search/default.yaml's eta: ${.lr})
     alpha_warmup: float = 0.0  # share of the steps before alpha moves (search.alpha_warmup)
+    alpha_average: float = 0.0  # share of the last steps whose alpha is averaged (search.alpha_average)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ def search_config(study: Study, steps: int, batches: int) -> SearchConfig:
                         fd_eps=0.01, lr=study.lr, alpha_lr=study.alpha_lr, weight_decay=0.01, alpha_weight_decay=0.0,
                         warmup_ratio=0.06, epochs=steps // batches, batch_size=study.batch_size, val_fraction=0.5,
                         lora_alpha=16.0, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
-                        ranks_file=None, evaluate=False, alpha_warmup=study.alpha_warmup)
+                        ranks_file=None, evaluate=False, alpha_warmup=study.alpha_warmup,
+                        alpha_average=study.alpha_average)
 
 
 def mean_loss(model: torch.nn.Module, batches: list[dict]) -> float:

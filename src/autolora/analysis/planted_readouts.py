@@ -37,16 +37,21 @@ def components(record: dict, readout: str) -> float:
     return float(sum(int(x) for x in record[f"{readout}/ranks"].split()))
 
 
+def variant(record: dict) -> tuple:
+    """The search variant a record ran: alpha_norm, eta, alpha lr, alpha warm-up, alpha averaging."""
+    return (record["alpha_norm"], record["eta"], record["alpha_lr"], record.get("alpha_warmup", 0.0),
+            record.get("alpha_average", 0.0))
+
+
 def table(records: list[dict]) -> str:
     """One row per (alpha_norm, eta, setting) and readout: rho, exact, MAE, 0->0, components retrained."""
-    key = lambda r: (r["alpha_norm"], r["eta"], r["alpha_lr"], r.get("alpha_warmup", 0.0), r["control"],  # noqa: E731
-                     r["strength"], r["n_train"], r["steps"])
-    header = ["alpha_norm", "eta", "α lr", "α warm-up", "s", "D_tr", "steps", "readout", "ρ", "exact /8", "MAE",
-              "0→0", "components"]
+    key = lambda r: (*variant(r), r["control"], r["strength"], r["n_train"], r["steps"])  # noqa: E731
+    header = ["alpha_norm", "eta", "α lr", "α warm-up", "α avg", "s", "D_tr", "steps", "readout", "ρ", "exact /8",
+              "MAE", "0→0", "components"]
     lines = []
     for group_key in sorted({key(r) for r in records}):
         group = [r for r in records if key(r) == group_key]
-        norm, eta, alpha_lr, warmup, control, strength, n, steps = group_key
+        norm, eta, alpha_lr, warmup, average, control, strength, n, steps = group_key
         for readout in READOUTS:
             if control and readout == "svd":
                 continue
@@ -54,7 +59,7 @@ def table(records: list[dict]) -> str:
             const = sum(not math.isfinite(x) for x in rho)
             zeros = sum(r[f"{readout}/zeros_hit"] for r in group)
             zeros_total = sum(r[f"{readout}/zeros_total"] for r in group)
-            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", f"{warmup:g}",
+            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", f"{warmup:g}", f"{average:g}",
                           "control" if control else f"{strength:g}", str(n), str(steps),
                           LABELS[readout], pm(planted.mean_std(rho), signed=True) + (f" ({const} const.)" if const
                                                                                      else ""),
@@ -70,10 +75,9 @@ def pooled_lines(records: list[dict]) -> list[str]:
     """Per alpha_norm and eta, pooled over the planted runs: each readout's rho, its paired Wilcoxon p against the
     gates readout, exact matches and planted-0 matrices given 0."""
     lines = []
-    variant = lambda r: (r["alpha_norm"], r["eta"], r["alpha_lr"], r.get("alpha_warmup", 0.0))  # noqa: E731
-    for norm, eta, alpha_lr, warmup in sorted({variant(r) for r in records}):
-        runs = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup) and not r["control"]]
-        control = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup) and r["control"]]
+    for norm, eta, alpha_lr, warmup, average in sorted({variant(r) for r in records}):
+        same = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup, average)]
+        runs, control = [r for r in same if not r["control"]], [r for r in same if r["control"]]
         parts = []
         for readout in READOUTS:
             rho = np.array([r[f"{readout}/spearman"] for r in runs], dtype=float)
@@ -92,6 +96,7 @@ def pooled_lines(records: list[dict]) -> list[str]:
                          + ("" if readout == "svd" else f", 0→0 {zeros}/{zeros_total}, control ρ "
                             f"{pm(chance, signed=True)}"))
         lines.append(f"alpha_norm={norm}, eta={eta:g}, alpha_lr={alpha_lr:g}, alpha_warmup={warmup:g}, "
+                     f"alpha_average={average:g}, "
                      f"{len(runs)} planted runs: "
                      + "; ".join(parts) + ".")
     return lines
@@ -134,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="alpha's learning rate(s) (under Adam: a softmax temperature 1/x); default the study's")
     parser.add_argument("--alpha-warmups", type=float, nargs="+", default=[0.0],
                         help="share(s) of the search's steps before alpha moves (search.alpha_warmup)")
+    parser.add_argument("--alpha-averages", type=float, nargs="+", default=[0.0],
+                        help="share(s) of the last steps whose alpha is averaged (search.alpha_average)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
@@ -149,12 +156,14 @@ def main(argv=None) -> None:
     settings = planted.sweep_settings(args.strengths, args.sizes, args.budgets, args.seeds)
     for norm in args.alpha_norms:
         for eta in args.etas:
-            for alpha_lr, warmup in [(a, w) for a in args.alpha_lrs for w in args.alpha_warmups]:
-                study = replace(planted.Study(), alpha_norm=norm, eta=eta, alpha_warmup=warmup,
+            for alpha_lr, warmup, average in [(a, w, m) for a in args.alpha_lrs for w in args.alpha_warmups
+                                              for m in args.alpha_averages]:
+                study = replace(planted.Study(), alpha_norm=norm, eta=eta, alpha_warmup=warmup, alpha_average=average,
                                 **({} if alpha_lr is None else {"alpha_lr": alpha_lr}))
                 for record in planted.run_sweep(study, settings, args.workers):
                     records.append({"alpha_norm": norm, "eta": study.lr if eta is None else eta,
-                                    "alpha_lr": study.alpha_lr, "alpha_warmup": warmup, **record})
+                                    "alpha_lr": study.alpha_lr, "alpha_warmup": warmup, "alpha_average": average,
+                                    **record})
     seconds = time.time() - began
     planted.write_csv(args.out / "search_signal_readouts.csv", records)
     path = args.out / "search_signal.md"

@@ -75,6 +75,7 @@ class SearchConfig:
     energy: float = 0.9  # readout=energy: the share of ‖ΔW‖_F² the kept components hold
     train_head: bool = True  # the task head learns in the search (paper); the released code keeps it frozen
     alpha_warmup: float = 0.0  # share of the steps before alpha moves (its lr 0 until then); 0: from the start (paper)
+    alpha_average: float = 0.0  # share of the last steps whose alpha is averaged into the final alpha; 0: the last
     ranks_readout: str | None = None  # with ranks_file: retrain at this readout's ranks from the file's
     # "readouts" (one search, a retrain per readout); None: the file's "ranks" (its search's own readout)
 
@@ -105,6 +106,7 @@ class SearchConfig:
             (0 <= self.min_rank <= self.k, f"search.min_rank must lie in [0, k={self.k}], got {self.min_rank}"),
             (0 <= self.warmup_ratio < 1, f"search.warmup_ratio must lie in [0, 1), got {self.warmup_ratio}"),
             (0 <= self.alpha_warmup < 1, f"search.alpha_warmup must lie in [0, 1), got {self.alpha_warmup}"),
+            (0 <= self.alpha_average <= 1, f"search.alpha_average must lie in [0, 1], got {self.alpha_average}"),
             *[(at_least(getattr(self, key), 0), f"search.{key} must be >= 0, got {getattr(self, key)}")
               for key in ("lr", "alpha_lr", "weight_decay", "alpha_weight_decay")],
             (at_least(self.lora_alpha, 0) and self.lora_alpha > 0,
@@ -266,6 +268,11 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
         capture.device_lr(optimizer)
     alpha_start = round(cfg.alpha_warmup * total)  # alpha's lr is 0 for steps 1..alpha_start (search.alpha_warmup)
     set_lr(state.opt_alpha, 0.0 if done < alpha_start else cfg.alpha_lr)
+    # search.alpha_average: alpha summed over steps average_from+1..total, then replaced by the mean (Polyak)
+    average_from = total - round(cfg.alpha_average * total) if cfg.alpha_average > 0 else total
+    raw = raw_alphas(model)
+    alpha_sum = {name: saved["alpha_sum"][name].to(a.device) if saved.get("alpha_sum")
+                 else torch.zeros_like(a, dtype=torch.float32) for name, a in raw.items()}
     world.broadcast([*state.inner.values(), *state.outer.values()])  # one starting point everywhere
     mean = world.mean if world.distributed else single_process  # hypergradient knows single_process (exact needs it)
     window = LossWindow(["train_loss", "val_loss"], device, loop.log_every, mean=mean)
@@ -286,6 +293,10 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
             state.schedule.step()
             if step == alpha_start:
                 set_lr(state.opt_alpha, cfg.alpha_lr)
+            if step > average_from:
+                with torch.no_grad():
+                    for name, a in raw.items():
+                        alpha_sum[name] += a.float()
             bar.update()
             if halves is not None and step in halves:
                 snapshots[f"t{halves.index(step) + 1}"] = alpha_lists(model)
@@ -303,8 +314,12 @@ def search(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, c
             if checkpoint is not None:
                 checkpoint.after_step("search", step, total, model, optimizers, state.schedule,
                                       {"window": window.state(), "streams": state.streams.state_dict(),
-                                       "alpha_snapshots": snapshots})
+                                       "alpha_snapshots": snapshots,
+                                       **({"alpha_sum": alpha_sum} if step > average_from else {})})
     with torch.no_grad():
+        if total > average_from:  # the averaged alpha is the search's result: gates, ranks, ΔW and noise test read it
+            for name, a in raw.items():
+                a.copy_((alpha_sum[name] / (total - average_from)).to(a.dtype))
         found = {name: gate.float().cpu().tolist() for name, gate in gates(model).items()}
     alphas = alpha_lists(model)
     if not all(math.isfinite(g) for gate in found.values() for g in gate):
