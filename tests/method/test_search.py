@@ -234,3 +234,35 @@ def test_alpha_average_makes_the_result_the_mean_of_the_last_steps_alpha():
         assert result.alphas["useful"] == pytest.approx(mean.tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="alpha_average must lie in"):
         search_config(alpha_average=1.5)
+
+
+def test_a_search_stopped_inside_its_alpha_average_resumes_to_the_same_alpha(tmp_path):
+    """Stopped by SIGTERM at step 35 of 40 (alpha_average = 0.25 sums steps 31..40), then resumed from its
+    checkpoint: the final alpha equals an unstopped search's, so the partial sum travelled with the checkpoint."""
+    import signal
+
+    from autolora.engine.checkpoint import Checkpointer, StopFlag
+    from autolora.errors import Interrupted
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    mixing = torch.linalg.qr(torch.randn(D, D, generator=gen))[0]
+    train, val = _split(64, gen, mixing), _split(64, gen, mixing)
+    cfg = search_config(epochs=10, alpha_average=0.25)
+
+    def run(checkpoint=None, log=lambda record, step: None):
+        torch.manual_seed(0)
+        model = TwoBranches("softmax")
+        loop = Loop(CPU, log=log, log_every=5, progress=False, checkpoint=checkpoint)
+        return search(model, train, val, cfg, compute_loss=lambda out, batch: F.mse_loss(out, batch["labels"]),
+                      seed=0, loop=loop).alphas
+
+    whole = run()
+    stop = StopFlag()
+    with pytest.raises(Interrupted, match="step 35"):
+        run(Checkpointer(tmp_path, every=1000, stop=stop),
+            log=lambda record, step: stop.handle(signal.SIGTERM) if step == 35 else None)
+    resumed = run(Checkpointer(tmp_path, every=1000))
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        assert resumed[name] == pytest.approx(whole[name], abs=1e-6)
