@@ -67,6 +67,11 @@ def test_bad_folders_end_in_one_line_and_exit_2(tmp_path, capsys):
     finished(broken / "b", "glue/rte", 1, budget, budget)
     (broken / "b" / "metrics.json").write_text("{ half")
     cases["a torn metrics.json"] = ([broken], "not a metrics file")
+    listed = tmp_path / "listed"
+    finished(listed / "a", "glue/rte", 0, budget, budget)
+    finished(listed / "b", "glue/rte", 1, budget, budget)
+    (listed / "b" / "metrics.json").write_text("[]")
+    cases["a metrics.json that is a list"] = ([listed], "not a JSON object")
     bad_rank = tmp_path / "bad_rank"
     finished(bad_rank / "a", "glue/rte", 0, budget, budget)
     finished(bad_rank / "b", "glue/rte", 1, [99] * len(NAMES), budget)

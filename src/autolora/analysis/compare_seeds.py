@@ -54,6 +54,8 @@ def read_run(run: Path) -> tuple[str, int, dict[str, dict[str, float]]]:
         metrics = json.loads((run / METRICS).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"agree: {run / METRICS}: not a metrics file autolora-run wrote ({err})") from None
+    if not isinstance(metrics, dict):
+        raise ConfigError(f"agree: {run / METRICS}: not a metrics file autolora-run wrote (not a JSON object)")
     values = {"ranks": {m: float(r) for m, r in payload["ranks"].items()}, **agreement.readout_values(payload)}
     return str(metrics.get("task", payload.get("task"))), int(metrics.get("seed", payload.get("seed", -1))), values
 
