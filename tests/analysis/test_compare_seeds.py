@@ -72,6 +72,11 @@ def test_bad_folders_end_in_one_line_and_exit_2(tmp_path, capsys):
     finished(listed / "b", "glue/rte", 1, budget, budget)
     (listed / "b" / "metrics.json").write_text("[]")
     cases["a metrics.json that is a list"] = ([listed], "not a JSON object")
+    odd = tmp_path / "odd"
+    finished(odd / "a", "glue/rte", 0, budget, budget)
+    finished(odd / "b", "glue/rte", 1, budget, budget)
+    (odd / "b" / "metrics.json").write_text('{"seed": "first"}')
+    cases["a seed that is not a number"] = ([odd], "not what a search writes")
     bad_rank = tmp_path / "bad_rank"
     finished(bad_rank / "a", "glue/rte", 0, budget, budget)
     finished(bad_rank / "b", "glue/rte", 1, [99] * len(NAMES), budget)

@@ -56,8 +56,13 @@ def read_run(run: Path) -> tuple[str, int, dict[str, dict[str, float]]]:
         raise ConfigError(f"agree: {run / METRICS}: not a metrics file autolora-run wrote ({err})") from None
     if not isinstance(metrics, dict):
         raise ConfigError(f"agree: {run / METRICS}: not a metrics file autolora-run wrote (not a JSON object)")
-    values = {"ranks": {m: float(r) for m, r in payload["ranks"].items()}, **agreement.readout_values(payload)}
-    return str(metrics.get("task", payload.get("task"))), int(metrics.get("seed", payload.get("seed", -1))), values
+    try:
+        seed = int(metrics.get("seed", payload.get("seed", -1)))
+        values = {"ranks": {m: float(r) for m, r in payload["ranks"].items()}, **agreement.readout_values(payload)}
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ConfigError(f"agree: {run}: its seed, readouts or update_spectra are not what a search writes "
+                          f"({err})") from None
+    return str(metrics.get("task", payload.get("task"))), seed, values
 
 
 def collect(runs: list[Path]) -> dict[str, dict[int, dict]]:
