@@ -98,3 +98,15 @@ def readout_values(ranks_file: Mapping) -> dict[str, dict[str, float]]:
         values[UPDATE_NORM] = {m: float(np.sqrt(np.sum(np.square(sv))))
                                for m, sv in ranks_file["update_spectra"].items()}
     return values
+
+
+def by_readout(seeds: Sequence[Mapping[str, Mapping[str, float]]]) -> list[tuple[str, float, float | None,
+                                                                                 float | None]]:
+    """For each readout every seed holds (seeds: readout -> matrix -> value, one per seed): (readout, the mean
+    value, the mean Spearman rho between seeds over the matrices, its permutation p)."""
+    rows = []
+    for readout in (r for r in seeds[0] if all(r in seed for seed in seeds)):
+        names = sorted(seeds[0][readout])
+        table = np.array([[seed[readout][n] for n in names] for seed in seeds])
+        rows.append((readout, float(table.mean()), mean_spearman(table), permutation_p(table)))
+    return rows

@@ -84,19 +84,18 @@ def collect(runs: list[Path]) -> dict[str, dict[int, dict]]:
     return by_task
 
 
+def verdict(p: float | None) -> str:
+    return "–" if p is None else ("repeat across seeds" if p < LEVEL else "do not repeat")
+
+
 def within_task(by_task: dict[str, dict[int, dict]]) -> list[list[str]]:
     rows = []
     for task, seeds in by_task.items():
         if len(seeds) < 2:
             continue
-        tables = [values for _, values in sorted(seeds.items())]
-        for readout in (r for r in tables[0] if all(r in t for t in tables)):
-            names = sorted(tables[0][readout])
-            table = np.array([[t[readout][n] for n in names] for t in tables])
-            rho, p = agreement.mean_spearman(table), agreement.permutation_p(table)
-            verdict = "–" if p is None else ("repeat across seeds" if p < LEVEL else "do not repeat")
-            rows.append([task, readout, str(len(tables)), "–" if rho is None else f"{rho:+.2f}",
-                         "–" if p is None else f"{p:.3f}", verdict])
+        for readout, _, rho, p in agreement.by_readout([values for _, values in sorted(seeds.items())]):
+            rows.append([task, readout, str(len(seeds)), "–" if rho is None else f"{rho:+.2f}",
+                         "–" if p is None else f"{p:.3f}", verdict(p)])
     return rows
 
 
@@ -136,19 +135,20 @@ def sweep_lines(sweep_dir: Path) -> list[str]:
     (and ΔW's budget readout) repeat across seeds; nothing where the sweep holds no such set (no search, one
     seed, or several search settings per seed: autolora-agree on each folder tells them apart)."""
     try:
-        rows = within_task(collect(find_runs([Path(sweep_dir)])))
+        by_task = collect(find_runs([Path(sweep_dir)]))
     except (ConfigError, RanksFileError, OSError, ValueError, KeyError):  # a summary line must not end the sweep
         return []
-    by_task = defaultdict(dict)
-    for task, readout, seeds, rho, p, verdict in rows:
-        by_task[task][readout] = (seeds, rho, p, verdict)
     lines = []
-    for task, readouts in by_task.items():
-        seeds, rho, p, verdict = readouts["ranks"]
-        line = f"seeds    {task}, {seeds} searches: the ranks {verdict} (rho {rho}, p {p})"
-        if "budget" in readouts:
-            _, rho, p, verdict = readouts["budget"]
-            line += f"; ΔW budget readout: {verdict} (rho {rho})"
+    for task, seeds in by_task.items():
+        if len(seeds) < 2:
+            continue
+        found = {row[0]: row[2:] for row in agreement.by_readout([values for _, values in sorted(seeds.items())])}
+        rho, p = found["ranks"]
+        line = (f"seeds    {task}, {len(seeds)} searches: the ranks {verdict(p)} "
+                f"(rho {'–' if rho is None else f'{rho:+.2f}'}, p {'–' if p is None else f'{p:.3f}'})")
+        if "budget" in found:
+            rho, p = found["budget"]
+            line += f"; ΔW budget readout: {verdict(p)} (rho {'–' if rho is None else f'{rho:+.2f}'})"
         lines.append(line + f"; autolora-agree {sweep_dir}")
     return lines
 

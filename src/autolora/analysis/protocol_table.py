@@ -62,13 +62,10 @@ def readout_rows(runs, tasks) -> list[list[str]]:
     rows = []
     for t in tasks:
         for spec in (s for s in SEARCHED if len(runs.get((t, s), {})) >= 2):
-            by_seed = [r["readouts"] for _, r in sorted(runs[(t, spec)].items())]
-            for readout in (r for r in by_seed[0] if all(r in seed for seed in by_seed)):
-                names = sorted(by_seed[0][readout])
-                table = np.array([[seed[readout][n] for n in names] for seed in by_seed])
-                rho, p = agreement.mean_spearman(table), agreement.permutation_p(table)
-                mean = "–" if readout == agreement.UPDATE_NORM else f"{table.mean():.2f}"
-                rows.append([t.upper(), LABELS[spec], readout, mean,
+            seeds = [r["readouts"] for _, r in sorted(runs[(t, spec)].items())]
+            for readout, mean, rho, p in agreement.by_readout(seeds):
+                rows.append([t.upper(), LABELS[spec], readout,
+                             "–" if readout == agreement.UPDATE_NORM else f"{mean:.2f}",
                              "–" if rho is None else f"{rho:+.2f}", "–" if p is None else f"{p:.3f}"])
     return rows
 
