@@ -62,21 +62,17 @@ def test_bad_folders_end_in_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     cases["missing"] = ([tmp_path / "nowhere"], "no such folder")
     cases["a file"] = ([one / "metrics.json"], "not a folder")
-    broken = tmp_path / "broken"
-    finished(broken / "a", "glue/rte", 0, budget, budget)
-    finished(broken / "b", "glue/rte", 1, budget, budget)
-    (broken / "b" / "metrics.json").write_text("{ half")
-    cases["a torn metrics.json"] = ([broken], "not a metrics file")
-    listed = tmp_path / "listed"
-    finished(listed / "a", "glue/rte", 0, budget, budget)
-    finished(listed / "b", "glue/rte", 1, budget, budget)
-    (listed / "b" / "metrics.json").write_text("[]")
-    cases["a metrics.json that is a list"] = ([listed], "not a JSON object")
-    odd = tmp_path / "odd"
-    finished(odd / "a", "glue/rte", 0, budget, budget)
-    finished(odd / "b", "glue/rte", 1, budget, budget)
-    (odd / "b" / "metrics.json").write_text('{"seed": "first"}')
-    cases["a seed that is not a number"] = ([odd], "not what a search writes")
+
+    def with_metrics(name, text):
+        """Two seeds of one task, the second's metrics.json replaced by `text`."""
+        finished(tmp_path / name / "a", "glue/rte", 0, budget, budget)
+        finished(tmp_path / name / "b", "glue/rte", 1, budget, budget)
+        (tmp_path / name / "b" / "metrics.json").write_text(text)
+        return tmp_path / name
+
+    cases["a torn metrics.json"] = ([with_metrics("broken", "{ half")], "not a metrics file")
+    cases["a metrics.json that is a list"] = ([with_metrics("listed", "[]")], "not a JSON object")
+    cases["a seed that is not a number"] = ([with_metrics("odd", '{"seed": "first"}')], "not what a search writes")
     bad_rank = tmp_path / "bad_rank"
     finished(bad_rank / "a", "glue/rte", 0, budget, budget)
     finished(bad_rank / "b", "glue/rte", 1, [99] * len(NAMES), budget)

@@ -76,9 +76,8 @@ def across_task_rows(runs, tasks) -> list[list[str]]:
     structure, not the task's need."""
     rows = []
     for spec in SEARCHED:
-        by_task = {t: {seed: r["readouts"] for seed, r in runs[(t, spec)].items() if r["readouts"]}
-                   for t in tasks if runs.get((t, spec))}
-        by_task = {t: seeds for t, seeds in by_task.items() if seeds}
+        by_task = {t: seeds for t in tasks
+                   if (seeds := {seed: r["readouts"] for seed, r in runs.get((t, spec), {}).items() if r["readouts"]})}
         rows += [[LABELS[spec], *row, str(len(by_task))] for row in compare_seeds.across_tasks(by_task)]
     return rows
 
