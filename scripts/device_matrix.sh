@@ -5,6 +5,7 @@
 #        MODELS="mpnet=$HOME/.cache/autolora/models/mpnet-base"
 # then one call per part folder, carrying bundle/part-NNN (the first also bundle/{install.sh,files.tsv,SHA256SUMS}):
 #   bash scripts/device_matrix.sh stash                      # copy the carried parts to /tmp/bundle
+#   bash scripts/device_matrix.sh install                    # (optional: `run` installs too) the venv only
 # and, on the same warm machine, calls that each continue the matrix for up to SECONDS:
 #   bash scripts/device_matrix.sh run SECONDS [reproduce options...]
 # `run` installs the bundle once (bundle/install.sh into a venv over the image's torch and transformers), seeds
@@ -13,23 +14,27 @@
 # resumes it). $OUT/gb.tgz gets the small files of every finished run (the full folders are over what a call may
 # return), $OUT/status.txt what finished per stage and the tails of runs that failed.
 set -uo pipefail
-mode=${1:?usage: device_matrix.sh stash | run SECONDS [options]}; shift
+mode=${1:?usage: device_matrix.sh stash | install | run SECONDS [options]}; shift
 mkdir -p /tmp/bundle
 [ -d bundle ] && cp -r bundle/. /tmp/bundle/
 if [ "$mode" = stash ]; then ls /tmp/bundle; du -sh /tmp/bundle; exit 0; fi
-[ "$mode" = run ] || { echo "device_matrix.sh: unknown mode $mode" >&2; exit 2; }
-seconds=${1:?run needs SECONDS}; shift
-start=$(date +%s)
-if [ ! -f /tmp/venv/.installed ]; then
+install() {
+  [ -f /tmp/venv/.installed ] && return 0
   # a venv over the image's packages: pip may not write into an externally managed system Python
   python3 -m venv --system-site-packages /tmp/venv 2>/dev/null \
-    || python3 -m venv --without-pip --system-site-packages /tmp/venv || exit 1
+    || python3 -m venv --without-pip --system-site-packages /tmp/venv || return 1
   # the image's python3 may itself be a venv, whose packages --system-site-packages does not reach
   venv_site=$(/tmp/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   python3 -c "import sys; print(*[p for p in sys.path if p.endswith('-packages')], sep='\n')" > "$venv_site/image.pth"
-  PYTHON=/tmp/venv/bin/python bash /tmp/bundle/install.sh /tmp/joined || exit 1
+  PYTHON=/tmp/venv/bin/python bash /tmp/bundle/install.sh /tmp/joined || return 1
   touch /tmp/venv/.installed
-fi
+}
+# `install` alone: for a call that runs the matrix and other jobs (scripts/device_readouts.sh) side by side
+if [ "$mode" = install ]; then install; exit $?; fi
+[ "$mode" = run ] || { echo "device_matrix.sh: unknown mode $mode" >&2; exit 2; }
+seconds=${1:?run needs SECONDS}; shift
+start=$(date +%s)
+install || exit 1
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TQDM_DISABLE=1 PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=1  # 14 runs share 16 cores: one intra-op thread each, no oversubscription
 root=/tmp/runs/gb
