@@ -111,3 +111,25 @@ def test_markdown_shows_the_headline_columns_auto_rows_and_checks():
     assert "Ratios of our steps (auto)" in text
     assert "1.2 (graphs) **over**" in text  # graphs and inductor tie at 60 ms
     assert "1.475 (inductor; best graphs) **over**" in text  # inductor's 60 s warm-up bought nothing here
+
+
+def test_a_bench_of_two_step_kinds_gets_their_rows_ratios_checks_and_table_only():
+    """bench --kinds fixed_rank second_order (issue #28's bar): auto rows, ratios and the markdown cover the two
+    kinds; the untimed kinds get no auto row, and their ratio cells read '—', not a number."""
+    timed = {label: r for label, r in entry().items()
+             if label.startswith(("peft", "fixed_rank/", "second_order/"))}
+    timed.update(tables.auto_rows(timed, "gpt2-medium", 32, 256, STEPS))
+    assert sorted(k for k in timed if k.endswith("/auto")) == ["fixed_rank/auto", "second_order/auto"]
+    timed["ratios"] = tables.ratios(timed, ["eager", "graphs", "inductor", "auto"])
+    assert timed["ratios"]["inductor"]["second_order_ratio_vs_compiled"] == 2.4
+    assert "first_order_ratio" not in timed["ratios"]["inductor"]
+    timed["checks"] = tables.checks(timed)
+    assert timed["checks"]["second_order"]["ok"] and timed["checks"]["first_order_auto_total"] is None
+    report = {"command": "c", "commit": "abc", "device": "GPU", "date": "2026-01-01", "versions": {"torch": "x"},
+              "steps": 20, "warmup": 3, "modes": ["inductor"], "shapes": {"gpt2-medium@32x256": timed}}
+    assert "| gpt2-medium@32x256 | 2.4 | 0.8 | 0.75 | 1.0 | — | 0.333 | 0.75 | — | 0.417 |" in tables.markdown(report)
+
+
+def test_the_bench_times_only_the_step_kinds_asked_for():
+    assert bench.variant_names(["graphs"], ["second_order"]) == [
+        ("peft_lora", "eager"), ("peft_compiled", "inductor"), ("second_order", "graphs")]

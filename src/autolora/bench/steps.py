@@ -31,7 +31,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,9 +251,9 @@ def parse_shape(text: str) -> tuple[str, int, int]:
     return model, batch, length
 
 
-def variant_names(modes: list[str]) -> list[tuple[str, str]]:
-    """(step, mode) pairs to time: both anchors, then each of our steps in each mode."""
-    return [("peft_lora", "eager"), ("peft_compiled", "inductor")] + [(w, m) for w in OURS for m in modes]
+def variant_names(modes: list[str], kinds: Sequence[str] = tuple(OURS)) -> list[tuple[str, str]]:
+    """(step, mode) pairs to time: both anchors, then each of our step kinds in each mode."""
+    return [("peft_lora", "eager"), ("peft_compiled", "inductor")] + [(w, m) for w in kinds for m in modes]
 
 
 def run_steps(name: str, batch: int, override: int | None = None) -> dict[str, int]:
@@ -268,7 +268,7 @@ def run_steps(name: str, batch: int, override: int | None = None) -> dict[str, i
 
 def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes: list[str],
               inductor_shapes: list[tuple[str, int, int]], save: Callable[[dict], None],
-              auto_steps: int | None = None) -> dict:
+              auto_steps: int | None = None, kinds: Sequence[str] = tuple(OURS)) -> dict:
     """Time every variant at every shape (plus mode inductor at `inductor_shapes`), then add the auto rows,
     totals, ratios and checks (bench.tables); `save` gets the report after each shape, so that a run stopped
     early keeps what it measured."""
@@ -282,7 +282,7 @@ def run_bench(steps: int, warmup: int, shapes: list[tuple[str, int, int]], modes
         entry = {}
         shape_modes = modes + (["inductor"] if (name, batch, length) in inductor_shapes and "inductor" not in modes
                                else [])
-        for which, mode in variant_names(shape_modes):
+        for which, mode in variant_names(shape_modes, kinds):
             label = which if which.startswith("peft") else f"{which}/{mode}"
             timed = time_steps(variant(name, which, mode, train, val, autocast, device), steps, warmup)
             useful = flops_per_pass(name, batch, length) * PASSES[which]
@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shapes", nargs="+", type=parse_shape, default=[parse_shape(s) for s in DEFAULT_SHAPES],
                         metavar="MODEL@BxL", help=f"default: {' '.join(DEFAULT_SHAPES)}")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="how our steps run")
+    parser.add_argument("--kinds", nargs="+", choices=list(OURS), default=list(OURS),
+                        help="our step kinds to time (default: all; issue #28's bar needs fixed_rank second_order)")
     parser.add_argument("--inductor-shapes", nargs="*", type=parse_shape, default=[], metavar="MODEL@BxL",
                         help="also time mode inductor at these shapes (when --modes leaves it out)")
     parser.add_argument("--auto-steps", type=int, default=None, metavar="N",
@@ -361,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out.with_suffix(".md").write_text(tables.markdown(report))
 
         print(tables.markdown(run_bench(args.steps, args.warmup, args.shapes, args.modes, args.inductor_shapes,
-                                        save, args.auto_steps)))
+                                        save, args.auto_steps, args.kinds)))
     if args.profile is not None or args.profile_only:  # after the timing, so that profiling cannot disturb it
         name, batch, length = args.shapes[-1]
         args.out.with_name(args.out.name + "_profile.txt").write_text(profile_text(name, batch, length, profiled))

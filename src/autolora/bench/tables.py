@@ -35,12 +35,17 @@ def total_s(row: Mapping, steps: int) -> float:
     return round(row["warmup_s"] + steps * row["ms"] / 1000, 2)
 
 
+def timed_kinds(entry: Mapping[str, dict]) -> list[str]:
+    """Our step kinds with at least one timed row at this shape (bench --kinds may leave some out)."""
+    return [which for which in OURS if any(label.startswith(f"{which}/") for label in entry)]
+
+
 def auto_rows(entry: Mapping[str, dict], model: str, batch: int, length: int, steps: Mapping[str, int]) -> dict:
-    """Per step kind, the `auto` row: the mode compile=auto picks for `steps[which]` steps at this shape (one
-    shape: the bench times one), with that mode's timings when it was timed; and `steps`/`total_s` added to
-    every row of ours, for comparing totals."""
+    """Per timed step kind, the `auto` row: the mode compile=auto picks for `steps[which]` steps at this shape
+    (one shape: the bench times one), with that mode's timings when it was timed; and `steps`/`total_s` added
+    to every row of ours, for comparing totals."""
     rows = {}
-    for which in OURS:
+    for which in timed_kinds(entry):
         for label, row in entry.items():
             if label.startswith(f"{which}/"):
                 row.update(steps=steps[which], total_s=total_s(row, steps[which]))
@@ -58,15 +63,17 @@ def ratios(entry: Mapping[str, dict], modes: list[str]) -> dict:
     (`*_vs_compiled`) and over peft's eager step; a mode whose rows lack a timing (auto's pick not timed) is left
     out."""
     eager, compiled = entry["peft_lora"], entry["peft_compiled"]
+    kinds = timed_kinds(entry)
     out = {}
     for mode in modes:
-        mine = {which: entry.get(f"{which}/{mode}", {}) for which in OURS}
-        if not all("ms" in row for row in mine.values()):
+        mine = {which: entry.get(f"{which}/{mode}", {}) for which in kinds}
+        if not mine or not all("ms" in row for row in mine.values()):
             continue
         out[mode] = {}
         for base, suffix in ((compiled, "_vs_compiled"), (eager, "")):
-            out[mode].update({f"{which}_ratio{suffix}": round(mine[which]["ms"] / base["ms"], 3) for which in OURS})
-            out[mode][f"memory_ratio{suffix}"] = round(mine["second_order"]["peak_mib"] / base["peak_mib"], 3)
+            out[mode].update({f"{which}_ratio{suffix}": round(mine[which]["ms"] / base["ms"], 3) for which in kinds})
+            if "second_order" in mine:
+                out[mode][f"memory_ratio{suffix}"] = round(mine["second_order"]["peak_mib"] / base["peak_mib"], 3)
     out["peft_compiled"] = round(compiled["ms"] / eager["ms"], 3)
     return out
 
@@ -151,10 +158,10 @@ def markdown(report: dict) -> str:
             r = entry["ratios"].get(mode)
             if r is None:
                 continue
-            lines.append(f"| {key} | {r['second_order_ratio_vs_compiled']} | {r['fixed_rank_ratio_vs_compiled']} | "
-                         f"{r['memory_ratio_vs_compiled']} | {r['second_order_ratio']} | {r['first_order_ratio']} | "
-                         f"{r['fixed_rank_ratio']} | {r['memory_ratio']} | {r['second_order_central_ratio']} | "
-                         f"{entry['ratios']['peft_compiled']} |")
+            cells = [r.get(k, "—") for k in ("second_order_ratio_vs_compiled", "fixed_rank_ratio_vs_compiled",
+                                              "memory_ratio_vs_compiled", "second_order_ratio", "first_order_ratio",
+                                              "fixed_rank_ratio", "memory_ratio", "second_order_central_ratio")]
+            lines.append(f"| {key} | " + " | ".join(map(str, cells)) + f" | {entry['ratios']['peft_compiled']} |")
     lines += ["", f"Issue #28's bar (fastest captured step vs peft compiled: second order <= {CHECKS['second_order']}, "
               f"fixed rank <= {CHECKS['fixed_rank']}, second-order memory <= {CHECKS['memory']} where peft "
               f"compiled's is over {CHECKS['memory_floor_mib']} MiB; auto's total <= {CHECKS['auto_total']:.2f}x "
