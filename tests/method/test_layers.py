@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from autolora.method.layers import PartSpec, SelectableLoRA, initial_alpha, normalise
+from autolora.method.layers import PartSpec, SelectableLoRA, initial_alpha, normalise, sparsemax
 from autolora.models.targets import WHOLE
 
 
@@ -177,8 +177,9 @@ def test_merge_equals_unmerged_and_unmerge_restores(kind):
 
 
 def test_initial_gates_are_neutral():
-    """softmax and none start at 1/k per component, sigmoid at 0.5."""
+    """softmax, sparsemax and none start at 1/k per component, sigmoid at 0.5."""
     assert torch.allclose(normalise(initial_alpha(8, "softmax"), "softmax"), torch.full((8,), 1 / 8))
+    assert torch.allclose(normalise(initial_alpha(8, "sparsemax"), "sparsemax"), torch.full((8,), 1 / 8))
     assert torch.allclose(normalise(initial_alpha(8, "none"), "none"), torch.full((8,), 1 / 8))
     assert torch.allclose(normalise(initial_alpha(8, "sigmoid"), "sigmoid"), torch.full((8,), 0.5))
     with pytest.raises(ValueError, match="alpha_norm"):
@@ -204,3 +205,34 @@ def test_bad_parts_are_rejected():
         SelectableLoRA(conv, [PartSpec("q", 0, 4, 0)], lora_alpha=1, dropout=0, alpha_norm=None)
     with pytest.raises(TypeError, match="nn.Linear or transformers Conv1D"):
         SelectableLoRA(nn.Embedding(3, 4), [PartSpec(WHOLE, 0, 4, 1)], lora_alpha=1, dropout=0, alpha_norm=None)
+
+
+def _simplex_projection(z: torch.Tensor) -> torch.Tensor:
+    """argmin_p ||p - z||^2 on the simplex by bisection on tau (sum max(z - tau, 0) = 1): the definition, solved
+    independently of sparsemax's sort-based closed form."""
+    lo, hi = float(z.min()) - 1.0, float(z.max())
+    for _ in range(200):
+        tau = (lo + hi) / 2
+        lo, hi = (tau, hi) if float(torch.clamp(z - tau, min=0).sum()) > 1 else (lo, tau)
+    return torch.clamp(z - (lo + hi) / 2, min=0)
+
+
+def test_sparsemax_is_the_projection_onto_the_simplex_with_its_jacobian():
+    """On random vectors (some spread wide, so that components hit 0) it equals the bisection projection; its
+    autograd Jacobian is identity - 1/|S| on the support S and 0 elsewhere; near-uniform input moves the gates as
+    far as alpha (softmax's: 1/k as far)."""
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.01, 0.3, 3.0):
+        for _ in range(20):
+            z = scale * torch.randn(8, generator=gen, dtype=torch.float64)
+            p = sparsemax(z)
+            torch.testing.assert_close(p, _simplex_projection(z), rtol=0, atol=1e-10)
+            support = p > 0
+            n = int(support.sum())
+            jac = torch.autograd.functional.jacobian(sparsemax, z)
+            want = (torch.eye(8, dtype=torch.float64) - 1.0 / n) * support[:, None] * support[None, :]
+            torch.testing.assert_close(jac, want, rtol=0, atol=1e-12)
+    assert (sparsemax(torch.tensor([3.0, 0.0, 0.0, 0.0])) == torch.tensor([1.0, 0.0, 0.0, 0.0])).all()
+    nudge = torch.tensor([0.01, 0.0, 0.0, 0.0], dtype=torch.float64)
+    assert float(sparsemax(nudge)[0] - 0.25) == pytest.approx(0.0075)  # 0.01 x (1 - 1/4)
+    assert float(torch.softmax(nudge, -1)[0] - 0.25) == pytest.approx(0.0075 / 4, rel=0.01)

@@ -129,7 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m autolora.analysis.planted_readouts",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--alpha-norms", nargs="+", default=["softmax", "global_softmax"],
-                        choices=["softmax", "global_softmax"])
+                        choices=["softmax", "global_softmax", "sparsemax"])
     parser.add_argument("--strengths", type=float, nargs="+", default=[0.25, 1.0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1024])

@@ -17,15 +17,32 @@ from transformers.pytorch_utils import Conv1D
 
 from autolora.models.targets import projection_shape
 
-ALPHA_NORMS = ("softmax", "none", "sigmoid", "global_softmax")
+ALPHA_NORMS = ("softmax", "none", "sigmoid", "global_softmax", "sparsemax")
+
+
+def sparsemax(z: Tensor) -> Tensor:
+    """The Euclidean projection of z onto the simplex (Martins & Astudillo 2016), along the last dimension:
+    max(z - tau, 0) with tau such that the result sums to one. Autograd through the sort and cumulative sum
+    gives its Jacobian (identity minus 1/|support| inside the support, 0 outside). No host sync: capturable."""
+    ordered = torch.sort(z, dim=-1, descending=True).values
+    count = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
+    cumulative = ordered.cumsum(dim=-1)
+    support = (1 + count * ordered > cumulative).sum(dim=-1, keepdim=True)  # >= 1: the largest is always in
+    tau = (cumulative.gather(-1, support - 1) - 1) / support.to(z.dtype)
+    return torch.clamp(z - tau, min=0)
 
 
 def normalise(alpha: Tensor, alpha_norm: str) -> Tensor:
     """The gate the forward pass multiplies each rank-1 component by (docs/method.md §1, ablations §5).
 
-    global_softmax couples matrices (GateGroup); on one matrix's alpha alone it is that matrix's softmax."""
+    global_softmax couples matrices (GateGroup); on one matrix's alpha alone it is that matrix's softmax.
+    sparsemax (issue #27's sharper normalisation): on the simplex like softmax, but its gates move as far as
+    alpha does (softmax's near 1/k move 1/k as far) and can reach exactly 0, after which that component gets
+    no gradient."""
     if alpha_norm in ("softmax", "global_softmax"):  # the paper: alpha on the simplex
         return torch.softmax(alpha, dim=-1)
+    if alpha_norm == "sparsemax":
+        return sparsemax(alpha)
     if alpha_norm == "sigmoid":  # ablation: element-wise gate in (0, 1)
         return torch.sigmoid(alpha)
     if alpha_norm == "none":  # ablation: unconstrained
@@ -34,10 +51,10 @@ def normalise(alpha: Tensor, alpha_norm: str) -> Tensor:
 
 
 def initial_alpha(k: int, alpha_norm: str) -> Tensor:
-    """Raw alpha such that the gate starts neutral: uniform 1/k (softmax, none) or 0.5 (sigmoid)."""
+    """Raw alpha such that the gate starts neutral: uniform 1/k (softmax, sparsemax, none) or 0.5 (sigmoid)."""
     if alpha_norm == "none":
         return torch.full((k,), 1.0 / k)
-    if alpha_norm in ("softmax", "sigmoid", "global_softmax"):
+    if alpha_norm in ("softmax", "sigmoid", "global_softmax", "sparsemax"):
         return torch.zeros(k)
     raise ValueError(f"alpha_norm must be one of {ALPHA_NORMS}, got {alpha_norm!r}")
 

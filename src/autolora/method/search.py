@@ -51,7 +51,7 @@ class SearchConfig:
     """The `search` config group (conf/search/*.yaml); every value comes from there."""
 
     k: int  # components per matrix before selection (the initial rank)
-    alpha_norm: str  # softmax (paper) | none | sigmoid (ablations)
+    alpha_norm: str  # softmax (paper) | none | sigmoid (ablations) | global_softmax | sparsemax (issue #27)
     hypergrad: str  # fd (finite difference, docs/method.md §2) | exact (double backward)
     fd: str  # the finite difference: forward (3 passes, O(eps)) | central (4 passes, O(eps^2))
     eta: float  # look-ahead learning rate; 0 = first order
@@ -83,8 +83,9 @@ class SearchConfig:
         check_types(self, "search")
         checks = [
             (self.k >= 1, f"search.k must be >= 1, got {self.k}"),
-            (self.k >= 2 or self.alpha_norm != "softmax",
-             "search.k must be >= 2 under alpha_norm=softmax: one component's gate is 1 whatever alpha is"),
+            (self.k >= 2 or self.alpha_norm not in ("softmax", "sparsemax"),
+             f"search.k must be >= 2 under alpha_norm={self.alpha_norm}: one component's gate is 1 whatever alpha "
+             "is"),
             (0 < self.energy <= 1, f"search.energy must lie in (0, 1], got {self.energy}"),
             (self.alpha_norm in ALPHA_NORMS,
              f"search.alpha_norm must be one of {ALPHA_NORMS}, got {self.alpha_norm!r}"),
