@@ -20,9 +20,19 @@ def test_each_alpha_lr_gets_its_rows_and_its_pooled_line():
     records = [record(s, lr) for s in range(3) for lr in (0.01, 0.1)] + [record(0, 0.01, control=True)]
     rows = [line for line in planted_readouts.table(records).splitlines() if line.startswith("| softmax")]
     budget = [row for row in rows if "ΔW global budget" in row]
-    assert len(budget) == 3 and "| 0.1 | 0 | 0 | 1 | 128 | 1024 | ΔW global budget | +0.91 ± 0.01 |" in budget[2]
+    assert len(budget) == 3 and "| 0.1 | 0 | 0 | 16 | 1 | 128 | 1024 | ΔW global budget | +0.91 ± 0.01 |" in budget[2]
     assert sum("control" in row for row in rows) == 4  # every readout but the oracle
     pooled = planted_readouts.pooled_lines(records)
     assert [line.split(",")[2] for line in pooled] == [" alpha_lr=0.01", " alpha_lr=0.1"]
-    assert all(" alpha_warmup=0," in line for line in pooled)
+    assert all(" alpha_warmup=0," in line and " val_batch_size=16," in line for line in pooled)
     assert "ΔW global budget ρ +0.91 ± 0.01 (> gates: p 0.12)" in pooled[1]
+
+
+def test_a_larger_validation_batch_is_its_own_variant():
+    """Records with val_batch_size 128 (8 batches per alpha step) form their own rows and pooled line; records
+    without the key (made before the option) count as the study's batch of 16."""
+    records = [record(s, 0.01) for s in range(3)] + [{**record(s, 0.01), "val_batch_size": 128} for s in range(3)]
+    assert {planted_readouts.variant(r)[-1] for r in records} == {16, 128}
+    pooled = planted_readouts.pooled_lines(records)
+    assert len(pooled) == 2 and " val_batch_size=128," in pooled[1]
+    assert sum("| 128 | 1 | 128 | 1024 |" in line for line in planted_readouts.table(records).splitlines()) == 5

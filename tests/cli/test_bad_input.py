@@ -149,6 +149,7 @@ def bad_inputs(tmp_path):
         ("k < 1", [*TINY, "search.k=0"], r"search.k must be >= 1, got 0"),
         ("threshold", [*TINY, "search.threshold=1.5"], r"search.threshold must lie in \(0, 1\], got 1.5"),
         ("val_fraction", [*TINY, "search.val_fraction=1.0"], r"search.val_fraction must lie in \(0, 1\), got 1.0"),
+        ("val_batch_size", [*TINY, "search.val_batch_size=0"], r"search.val_batch_size must be >= 1 or null, got 0"),
         ("max length", [*TINY, "task.max_length=3"], r"task.max_length=3 is too small for glue/sst2"),
         ("wrong type", [*TINY, "search.alpha_lr=fast"], r"search.alpha_lr must be float, got .fast."),
         ("ranks file", [*TINY, f"search.ranks_file={ranks}"], r"not in the model \['transformer.h.0.attn.c_attn:q'\]"),

@@ -65,6 +65,7 @@ class Study:
     eta: float | None = None  # the look-ahead step; None: lr (conf/search/default.yaml's eta: ${.lr})
     alpha_warmup: float = 0.0  # share of the steps before alpha moves (search.alpha_warmup)
     alpha_average: float = 0.0  # share of the last steps whose alpha is averaged (search.alpha_average)
+    val_batch_size: int | None = None  # D_val rows per alpha step (search.val_batch_size); None: batch_size
 
 
 @dataclass(frozen=True)
@@ -119,16 +120,19 @@ def teacher(model: BertModel, ranks: dict[str, int], strength: float, seed: int)
     return planted
 
 
-def make_batches(source: BertModel, n: int, study: Study, noise: float, seed: int) -> list[dict]:
-    """n random token sequences in batches; labels = the source model's last hidden state + fixed Gaussian noise
-    of std noise x the clean target's std (drawn once: every pass sees the same targets)."""
+def make_batches(source: BertModel, n: int, study: Study, noise: float, seed: int,
+                 batch_size: int | None = None) -> list[dict]:
+    """n random token sequences in batches (of study.batch_size unless given); labels = the source model's last
+    hidden state + fixed Gaussian noise of std noise x the clean target's std (drawn once: every pass sees the
+    same targets)."""
+    size = batch_size or study.batch_size
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, study.vocab, (n, study.seq_len), generator=gen)  # id 0 is BERT's pad
     with torch.no_grad():
         target = source(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
     target = target + noise * float(target.std()) * torch.randn(target.shape, generator=gen)
-    return [{"input_ids": ids[i:i + study.batch_size], "attention_mask": torch.ones_like(ids[i:i + study.batch_size]),
-             "labels": target[i:i + study.batch_size]} for i in range(0, n, study.batch_size)]
+    return [{"input_ids": ids[i:i + size], "attention_mask": torch.ones_like(ids[i:i + size]),
+             "labels": target[i:i + size]} for i in range(0, n, size)]
 
 
 def hidden_mse(outputs, batch: dict) -> torch.Tensor:
@@ -147,7 +151,7 @@ def search_config(study: Study, steps: int, batches: int) -> SearchConfig:
                         warmup_ratio=0.06, epochs=steps // batches, batch_size=study.batch_size, val_fraction=0.5,
                         lora_alpha=16.0, dropout=0.0, threshold=None, min_rank=0, max_grad_norm=None,
                         ranks_file=None, evaluate=False, alpha_warmup=study.alpha_warmup,
-                        alpha_average=study.alpha_average)
+                        alpha_average=study.alpha_average, val_batch_size=study.val_batch_size)
 
 
 def mean_loss(model: torch.nn.Module, batches: list[dict]) -> float:
@@ -194,7 +198,7 @@ def run(study: Study, setting: Setting) -> dict:
     planted = planted_ranks(base, setting.control)
     source = teacher(base, planted, setting.strength, seed + 1000)
     train = make_batches(source, setting.n_train, study, study.noise, seed + 2000)
-    val = make_batches(source, setting.n_train, study, study.noise, seed + 3000)
+    val = make_batches(source, setting.n_train, study, study.noise, seed + 3000, study.val_batch_size)
     student = copy.deepcopy(base)
     inject(student, TARGETS, {name: study.k for name in planted}, lora_alpha=16.0, dropout=0.0,
            alpha_norm=study.alpha_norm, trainable_modules=[])

@@ -38,20 +38,21 @@ def components(record: dict, readout: str) -> float:
 
 
 def variant(record: dict) -> tuple:
-    """The search variant a record ran: alpha_norm, eta, alpha lr, alpha warm-up, alpha averaging."""
+    """The search variant a record ran: alpha_norm, eta, alpha lr, alpha warm-up, alpha averaging, D_val rows
+    per alpha step (records from before that option: the study's batch of 16)."""
     return (record["alpha_norm"], record["eta"], record["alpha_lr"], record.get("alpha_warmup", 0.0),
-            record.get("alpha_average", 0.0))
+            record.get("alpha_average", 0.0), int(record.get("val_batch_size") or planted.Study().batch_size))
 
 
 def table(records: list[dict]) -> str:
     """One row per (alpha_norm, eta, setting) and readout: rho, exact, MAE, 0->0, components retrained."""
     key = lambda r: (*variant(r), r["control"], r["strength"], r["n_train"], r["steps"])  # noqa: E731
-    header = ["alpha_norm", "eta", "α lr", "α warm-up", "α avg", "s", "D_tr", "steps", "readout", "ρ", "exact /8",
-              "MAE", "0→0", "components"]
+    header = ["alpha_norm", "eta", "α lr", "α warm-up", "α avg", "val batch", "s", "D_tr", "steps", "readout", "ρ",
+              "exact /8", "MAE", "0→0", "components"]
     lines = []
     for group_key in sorted({key(r) for r in records}):
         group = [r for r in records if key(r) == group_key]
-        norm, eta, alpha_lr, warmup, average, control, strength, n, steps = group_key
+        norm, eta, alpha_lr, warmup, average, val_batch, control, strength, n, steps = group_key
         for readout in READOUTS:
             if control and readout == "svd":
                 continue
@@ -59,7 +60,7 @@ def table(records: list[dict]) -> str:
             const = sum(not math.isfinite(x) for x in rho)
             zeros = sum(r[f"{readout}/zeros_hit"] for r in group)
             zeros_total = sum(r[f"{readout}/zeros_total"] for r in group)
-            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", f"{warmup:g}", f"{average:g}",
+            lines.append([norm, f"{eta:g}", f"{alpha_lr:g}", f"{warmup:g}", f"{average:g}", str(val_batch),
                           "control" if control else f"{strength:g}", str(n), str(steps),
                           LABELS[readout], pm(planted.mean_std(rho), signed=True) + (f" ({const} const.)" if const
                                                                                      else ""),
@@ -75,8 +76,8 @@ def pooled_lines(records: list[dict]) -> list[str]:
     """Per alpha_norm and eta, pooled over the planted runs: each readout's rho, its paired Wilcoxon p against the
     gates readout, exact matches and planted-0 matrices given 0."""
     lines = []
-    for norm, eta, alpha_lr, warmup, average in sorted({variant(r) for r in records}):
-        same = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup, average)]
+    for norm, eta, alpha_lr, warmup, average, val_batch in sorted({variant(r) for r in records}):
+        same = [r for r in records if variant(r) == (norm, eta, alpha_lr, warmup, average, val_batch)]
         runs, control = [r for r in same if not r["control"]], [r for r in same if r["control"]]
         parts = []
         for readout in READOUTS:
@@ -96,7 +97,7 @@ def pooled_lines(records: list[dict]) -> list[str]:
                          + ("" if readout == "svd" else f", 0→0 {zeros}/{zeros_total}, control ρ "
                             f"{pm(chance, signed=True)}"))
         lines.append(f"alpha_norm={norm}, eta={eta:g}, alpha_lr={alpha_lr:g}, alpha_warmup={warmup:g}, "
-                     f"alpha_average={average:g}, "
+                     f"alpha_average={average:g}, val_batch_size={val_batch}, "
                      f"{len(runs)} planted runs: "
                      + "; ".join(parts) + ".")
     return lines
@@ -141,6 +142,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="share(s) of the search's steps before alpha moves (search.alpha_warmup)")
     parser.add_argument("--alpha-averages", type=float, nargs="+", default=[0.0],
                         help="share(s) of the last steps whose alpha is averaged (search.alpha_average)")
+    parser.add_argument("--val-batch-sizes", type=int, nargs="+", default=[None],
+                        help="D_val rows per alpha step (search.val_batch_size); default the study's batch")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
@@ -156,13 +159,15 @@ def main(argv=None) -> None:
     settings = planted.sweep_settings(args.strengths, args.sizes, args.budgets, args.seeds)
     for norm in args.alpha_norms:
         for eta in args.etas:
-            for alpha_lr, warmup, average in [(a, w, m) for a in args.alpha_lrs for w in args.alpha_warmups
-                                              for m in args.alpha_averages]:
+            for alpha_lr, warmup, average, val_batch in [(a, w, m, v) for a in args.alpha_lrs
+                                                         for w in args.alpha_warmups for m in args.alpha_averages
+                                                         for v in args.val_batch_sizes]:
                 study = replace(planted.Study(), alpha_norm=norm, eta=eta, alpha_warmup=warmup, alpha_average=average,
-                                **({} if alpha_lr is None else {"alpha_lr": alpha_lr}))
+                                val_batch_size=val_batch, **({} if alpha_lr is None else {"alpha_lr": alpha_lr}))
                 for record in planted.run_sweep(study, settings, args.workers):
                     records.append({"alpha_norm": norm, "eta": study.lr if eta is None else eta,
                                     "alpha_lr": study.alpha_lr, "alpha_warmup": warmup, "alpha_average": average,
+                                    "val_batch_size": study.val_batch_size or study.batch_size,
                                     **record})
     seconds = time.time() - began
     planted.write_csv(args.out / "search_signal_readouts.csv", records)

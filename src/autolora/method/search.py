@@ -78,6 +78,8 @@ class SearchConfig:
     alpha_average: float = 0.0  # share of the last steps whose alpha is averaged into the final alpha; 0: the last
     ranks_readout: str | None = None  # with ranks_file: retrain at this readout's ranks from the file's
     # "readouts" (one search, a retrain per readout); None: the file's "ranks" (its search's own readout)
+    val_batch_size: int | None = None  # D_val rows per alpha step; None: batch_size (paper). N x batch_size is the
+    # hypergradient over N validation batches (the mean loss of their union), one step's noise cut by sqrt(N)
 
     def __post_init__(self):
         check_types(self, "search")
@@ -101,6 +103,8 @@ class SearchConfig:
             (self.fd_eps > 0, f"search.fd_eps must be > 0, got {self.fd_eps}"),
             (self.epochs >= 1, f"search.epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"search.batch_size must be >= 1, got {self.batch_size}"),
+            (self.val_batch_size is None or self.val_batch_size >= 1,
+             f"search.val_batch_size must be >= 1 or null, got {self.val_batch_size}"),
             (0 < self.val_fraction < 1, f"search.val_fraction must lie in (0, 1), got {self.val_fraction}"),
             (self.threshold is None or 0 < self.threshold <= 1,
              f"search.threshold must lie in (0, 1], got {self.threshold}"),

@@ -59,7 +59,7 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     job.ready_to_train(model)
     tr_idx, val_idx = search_split(len(job.train), s.val_fraction, job.settings.seed)
     train_loader = job.loader(job.train.select(tr_idx), s.batch_size)
-    val_loader = job.loader(job.train.select(val_idx), s.batch_size)
+    val_loader = job.loader(job.train.select(val_idx), s.val_batch_size or s.batch_size)
     searched = search(model, train_loader, val_loader, s, compute_loss=job.task.loss, seed=job.seed,
                       loop=job.loop("search", tracker.log))
     every = readout.every_readout(gates=searched.gates, alphas=searched.alphas, spectra=searched.spectra,
