@@ -59,3 +59,15 @@ def test_identical_seeds_agree_beyond_chance_and_shuffled_ones_do_not():
     assert summary["rank_spearman_p"] < 0.01 and summary["entropy_spearman_p"] < 0.01
     shuffled = np.array([[1, 2, 3, 4, 5, 6, 7, 8], [8, 1, 6, 3, 2, 7, 4, 5], [4, 7, 2, 8, 6, 1, 5, 3]])
     assert agreement.seed_agreement(shuffled, None)["rank_spearman_p"] > 0.05
+
+
+def test_consensus_of_the_other_seeds_against_each_seed():
+    """Three seeds that order four matrices the same way: the mean of any two orders them so too (rho 1); one seed
+    reversed: held out, it disagrees with the others' mean (whose order is flat-ish), and the consensus of one
+    agreeing and one reversed seed is constant, left out; fewer than 3 seeds: None."""
+    same = np.array([[1, 2, 3, 4], [2, 3, 4, 5], [0, 1, 5, 9]])
+    assert agreement.consensus_spearman(same) == pytest.approx(1.0)
+    mixed = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [4, 3, 2, 1]])
+    # held out 0 or 1: consensus of [1,2,3,4] and [4,3,2,1] is constant (NaN, left out); held out 2: rho -1
+    assert agreement.consensus_spearman(mixed) == pytest.approx(-1.0)
+    assert agreement.consensus_spearman(same[:2]) is None

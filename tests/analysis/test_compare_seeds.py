@@ -41,6 +41,9 @@ def test_a_readout_that_repeats_is_told_from_one_that_does_not(sweep, capsys):
             if line.startswith("| glue/")}
     assert "repeat across seeds" in rows[("glue/rte", "budget")] and "+1.00" in rows[("glue/rte", "budget")]
     assert "do not repeat" in rows[("glue/rte", "ranks")] and "do not repeat" in rows[("glue/mrpc", "ranks")]
+    assert rows[("glue/rte", "budget")].rstrip().endswith("| +1.00 |")  # the others' consensus predicts each seed
+    consensus = float(rows[("glue/rte", "ranks")].split("|")[-2])  # random ranks: the consensus predicts nothing
+    assert abs(consensus) < 0.5
     cross = {row[0]: row for row in compare_seeds.across_tasks(compare_seeds.collect(compare_seeds.find_runs([sweep])))}
     assert cross["budget"][1:] == ["+1.00", "+1.00"]  # the same across tasks: the model's structure
 

@@ -60,6 +60,20 @@ def mean_spearman(table: np.ndarray) -> float | None:
     return None if np.isnan(rhos).all() else float(np.nanmean(rhos))
 
 
+def consensus_spearman(table: np.ndarray) -> float | None:
+    """Leave one seed out: Spearman's rho between the held-out seed's values and the mean of the other seeds'
+    (ranks by consensus over N - 1 search seeds, issue #27's `search.seeds=N`), averaged over the held-out seeds;
+    None with fewer than 3 seeds or when every held-out seed or consensus is constant."""
+    table = np.asarray(table, dtype=float)
+    if table.shape[0] < 3:
+        return None
+    rhos = []
+    for held in range(table.shape[0]):
+        consensus = np.delete(table, held, axis=0).mean(axis=0)
+        rhos.append(spearman_pairs(np.stack([table[held], consensus]))[0])
+    return None if np.isnan(rhos).all() else float(np.nanmean(rhos))
+
+
 def permutation_p(table: np.ndarray, permutations: int = PERMUTATIONS, seed: int = 0) -> float | None:
     """One-sided p-value of the mean Spearman's rho under 'matrices carry no identity across seeds': the
     matrix labels are shuffled independently within each seed. Small p = the seeds agree beyond chance."""

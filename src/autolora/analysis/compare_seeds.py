@@ -93,9 +93,13 @@ def within_task(by_task: dict[str, dict[int, dict]]) -> list[list[str]]:
     for task, seeds in by_task.items():
         if len(seeds) < 2:
             continue
-        for readout, _, rho, p in agreement.by_readout([values for _, values in sorted(seeds.items())]):
+        per_seed = [values for _, values in sorted(seeds.items())]
+        for readout, _, rho, p in agreement.by_readout(per_seed):
+            names = sorted(per_seed[0][readout])
+            consensus = agreement.consensus_spearman(np.array([[v[readout][n] for n in names] for v in per_seed]))
             rows.append([task, readout, str(len(seeds)), "–" if rho is None else f"{rho:+.2f}",
-                         "–" if p is None else f"{p:.3f}", verdict(p)])
+                         "–" if p is None else f"{p:.3f}", verdict(p),
+                         "–" if consensus is None else f"{consensus:+.2f}"])
     return rows
 
 
@@ -121,8 +125,10 @@ def report(folders: list[Path]) -> str:
         raise ConfigError("agree: every task has one seed only: compare at least 2 seeds of a task "
                           "(autolora-run -m seed=0,1,2 ...)")
     lines = ["Spearman rho between seeds over the matrices (mean over seed pairs); permutation p: the matrices' "
-             f"labels shuffled within each seed (one-sided, level {LEVEL}). 'ranks' is what each run retrained at.",
-             "", markdown_table(["task", "readout", "seeds", "rho", "p", "the values"], rows)]
+             f"labels shuffled within each seed (one-sided, level {LEVEL}). 'ranks' is what each run retrained at. "
+             "Consensus: rho between each seed and the mean of the other seeds' values (3+ seeds), what ranks "
+             "agreed by several searches would tell about one more.",
+             "", markdown_table(["task", "readout", "seeds", "rho", "p", "the values", "consensus rho"], rows)]
     if cross := across_tasks(by_task):
         lines += ["", "Between seeds of the same task and of different tasks (as high across tasks: the model's "
                       "structure, not the task's need):", "",
