@@ -3,6 +3,7 @@ the backbone, and one tiny search end to end gives finite metrics and a write-up
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -76,7 +77,7 @@ def test_a_tiny_study_runs_end_to_end_and_writes_its_section(tmp_path):
     settings = [Setting(1.0, 32, 4, 0), Setting(0.0, 32, 4, 0, control=True)]
     records = planted.run_sweep(STUDY, settings, workers=1)
     keys = {f"{r}/{m}" for r in planted.READOUTS for m in planted.METRICS if m != "val_ratio"}
-    assert keys | {"val_ratio", "planted", "gates/ranks"} <= set(records[0])
+    assert keys | {"val_ratio", "planted", "gates/ranks", "init_gradient/gate_order_rho"} <= set(records[0])
     first = records[0]
     for key in ("gates/exact", "gates/mae", "released/mae", "svd/mae", "val_ratio"):
         assert math.isfinite(first[key]), key
@@ -91,3 +92,32 @@ def test_a_tiny_study_runs_end_to_end_and_writes_its_section(tmp_path):
     text = (tmp_path / "search_signal.md").read_text()
     assert "STALE-TEXT" not in text and text.count(planted_report.SECTION) == 1 and text.endswith("## Other\nkept\n")
     assert "| 1 | 32 | 4 |" in text and (tmp_path / planted_report.FIGURE).stat().st_size > 0
+
+
+def test_the_init_alignment_is_the_frozen_weights_gradient_projected_on_each_row_of_a(base):
+    """For one matrix, ‖G A_jᵀ‖ from a separate autograd pass over the same loss (G = ∂L/∂W of the frozen
+    weight, B = 0) and ‖A_j‖; the frozen weights stay frozen and get no gradient left behind; the order
+    agreement of a quantity with itself is 1 and with its reverse -1."""
+    from autolora.analysis.planted import TARGETS, hidden_mse, init_alignment, inject, make_batches, order_agreement
+
+    student = copy.deepcopy(base)
+    inject(student, TARGETS, {n: STUDY.k for n in planted.planted_ranks(base)}, lora_alpha=16.0, dropout=0.0,
+           alpha_norm="softmax", trainable_modules=[])
+    batches = make_batches(base, 32, STUDY, STUDY.noise, seed=5)
+    got = init_alignment(student, batches)
+    name = sorted(got)[0]
+    module = student.get_submodule(name)
+    weight = module.base.weight.detach().clone().requires_grad_(True)
+    reference = copy.deepcopy(student)
+    reference.get_submodule(name).base.weight = torch.nn.Parameter(weight)
+    loss = sum(hidden_mse(reference(input_ids=b["input_ids"], attention_mask=b["attention_mask"]), b)
+               for b in batches) / len(batches)
+    (grad,) = torch.autograd.grad(loss, reference.get_submodule(name).base.weight)
+    A = module.parts[next(iter(module.parts))].A.detach()
+    torch.testing.assert_close(torch.tensor(got[name]["gradient"]), (A @ grad.T).norm(dim=1), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(torch.tensor(got[name]["norm"]), A.norm(dim=1))
+    assert not any(m.base.weight.requires_grad or m.base.weight.grad is not None
+                   for m in student.modules() if isinstance(m, planted.SelectableLoRA))
+    values = {n: q["gradient"] for n, q in got.items()}
+    assert order_agreement(values, values) == pytest.approx(1.0)
+    assert order_agreement(values, {n: [-x for x in q] for n, q in values.items()}) == pytest.approx(-1.0)

@@ -32,7 +32,8 @@ from transformers import BertConfig, BertModel
 # TargetConfig and Loop are the types inject() and search() take; they are imported from the method modules
 # whose signatures name them (tests/test_architecture.py: analysis may import method, not models or engine).
 from autolora.method import readout as rank_readouts
-from autolora.method.inject import TargetConfig, inject
+from autolora.method.inject import TargetConfig, inject, public_name
+from autolora.method.layers import SelectableLoRA
 from autolora.method.search import Loop, SearchConfig, search
 
 TARGETS = TargetConfig(("query", "value"), (), ())
@@ -175,6 +176,42 @@ def learned_ranks(student: torch.nn.Module, base: BertModel, names, strength: fl
     return ranks
 
 
+def init_alignment(student: torch.nn.Module, batches: list[dict]) -> dict[str, dict[str, list[float]]]:
+    """What the draw of A sets before the search moves anything (issue #31's lead): per search matrix and
+    component j, `gradient`: ‖G A_jᵀ‖ with G = ∂L/∂W of the frozen weight on D_tr at the start (B = 0, so B_j's
+    first gradient is scale · G A_jᵀ: the component that can grow fastest), and `norm`: ‖A_j‖ (a quantity that
+    knows nothing of the data). The weights' requires_grad is restored."""
+    modules = {name: m for name, m in student.named_modules() if isinstance(m, SelectableLoRA)}
+    for module in modules.values():
+        module.base.weight.requires_grad_(True)
+        module.base.weight.grad = None
+    try:
+        for batch in batches:
+            (hidden_mse(student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch)
+             / len(batches)).backward()
+        out = {}
+        with torch.no_grad():
+            for name, module in modules.items():
+                grad = module.base.weight.grad  # (out, in): nn.Linear
+                for part_name, part in module.parts.items():
+                    out[public_name(name, part_name)] = {"gradient": (part.A @ grad.T).norm(dim=1).tolist(),
+                                                         "norm": part.A.norm(dim=1).tolist()}
+    finally:
+        for module in modules.values():
+            module.base.weight.requires_grad_(False)
+            module.base.weight.grad = None
+        student.zero_grad(set_to_none=True)
+    return out
+
+
+def order_agreement(quantity: dict[str, list[float]], gates: dict[str, list[float]]) -> float:
+    """Mean over matrices of Spearman's rho between a per-component quantity and the final gates (matrices whose
+    gates or quantity are constant left out; NaN if all are)."""
+    rhos = [spearmanr(quantity[n], gates[n]).statistic for n in gates
+            if np.ptp(gates[n]) > 0 and np.ptp(quantity[n]) > 0]
+    return float(np.mean(rhos)) if rhos else math.nan
+
+
 def recovery(found: dict[str, float], planted: dict[str, int], reference: dict[str, int]) -> dict[str, float]:
     """Per run: Spearman's rho of found vs reference ranks over matrices (NaN if either is constant), exact matches
     (found rounded), mean |found - reference|, how many planted-0 matrices got 0 (rounded), and the mean found rank.
@@ -203,6 +240,7 @@ def run(study: Study, setting: Setting) -> dict:
     inject(student, TARGETS, {name: study.k for name in planted}, lora_alpha=16.0, dropout=0.0,
            alpha_norm=study.alpha_norm, trainable_modules=[])
     cfg = search_config(study, setting.steps, len(train))
+    alignment = init_alignment(student, train)
     start = mean_loss(student, val)
     torch.manual_seed(seed + 4000)
     searched = search(student, train, val, cfg, compute_loss=hidden_mse, seed=seed,
@@ -220,6 +258,9 @@ def run(study: Study, setting: Setting) -> dict:
         record.update({f"{readout}/{key}": value for key, value in metrics.items()})
         record[f"{readout}/ranks"] = "" if ranks is None else " ".join(f"{ranks[n]:g}" if isinstance(ranks[n], int)
                                                                        else f"{ranks[n]:.2f}" for n in planted)
+    for quantity in ("gradient", "norm"):  # does the start already fix the gates' order inside each matrix?
+        record[f"init_{quantity}/gate_order_rho"] = order_agreement(
+            {n: q[quantity] for n, q in alignment.items()}, searched.gates)
     record["planted"] = " ".join(str(planted[n]) for n in planted)
     record["reference"] = " ".join(str(reference[n]) for n in planted)
     record["cpu_s"] = time.process_time() - began  # this process's CPU time (one thread in a worker)
