@@ -16,7 +16,8 @@
 set -uo pipefail
 mode=${1:?usage: device_matrix.sh stash | install | run SECONDS [options]}; shift
 mkdir -p /tmp/bundle
-[ -d bundle ] && cp -r bundle/. /tmp/bundle/
+BUNDLE_DIR=${BUNDLE_DIR:-bundle}  # the carried parts' folder (another bundle: e.g. one with MiniLM only)
+[ -d "$BUNDLE_DIR" ] && cp -r "$BUNDLE_DIR"/. /tmp/bundle/
 if [ "$mode" = stash ]; then ls /tmp/bundle; du -sh /tmp/bundle; exit 0; fi
 install() {
   [ -f /tmp/venv/.installed ] && return 0
