@@ -166,5 +166,6 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"bundle: {out} ({len(json.loads((out / 'manifest.json').read_text())['parts'])} parts); on the node: "
+    parts = len(json.loads((out / 'manifest.json').read_text())['parts'])
+    print(f"bundle: {out} ({parts} part{'s' * (parts != 1)}); on the node: "
           f"bash {out / INSTALL}")
