@@ -4,9 +4,11 @@
 # After `bash scripts/device_matrix.sh stash` calls (a bundle made with MODELS="minilm=... ...") and `install`:
 #   bash scripts/device_readouts.sh SECONDS            (TASKS, SEEDS, JOBS: below)
 # Per (variant, task, seed) one chain of scripts/readout_retrain.sh (search + gates retrain, then the budget
-# readout's retrain), per (task, seed) the two uniform runs; longest tasks first, JOBS at a time. At SECONDS the
-# runs get SIGTERM (they checkpoint; the next call resumes them). $OUT/readouts.tgz: the finished runs' small
-# files under VARIANT/TASK/sSEED/ARM (the table: python -m autolora.analysis.readout_retrain per variant and task).
+# readout's retrain), per (task, seed) the two uniform runs; in TASKS order (the default: longest first), JOBS
+# at a time. At SECONDS the runs get SIGTERM (they checkpoint; the next call resumes them). $OUT/readouts.tgz:
+# the finished runs' small files under VARIANT/TASK/sSEED/ARM; the tables: python -m autolora.analysis.readout_grid
+# ROOT (pooled over tasks), python -m autolora.analysis.readout_retrain ROOT/VARIANT/TASK (one task).
+# Tested on CPU at 64 rows: tests/analysis/test_readout_scripts.py (slow).
 set -uo pipefail
 seconds=${1:?usage: device_readouts.sh SECONDS}
 TASKS=${TASKS:-cola stsb mrpc rte}; SEEDS=${SEEDS:-0 1 2}; JOBS=${JOBS:-12}
