@@ -128,3 +128,16 @@ def test_a_signal_on_one_process_stops_all_at_the_same_step_and_rank_0_saves(tmp
     assert [(tmp_path / f"stopped{r}").read_text() for r in range(2)] == [str(STOP_POLL)] * 2
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["step"] == STOP_POLL and saved["phase"] == "search"
+
+
+def test_a_validation_batch_that_does_not_split_is_refused_before_anything_starts():
+    """search.val_batch_size is split over the processes like search.batch_size: a size that does not split is a
+    one-line config error that names its key, raised before the process group starts."""
+    from autolora.errors import ConfigError
+    from autolora.runner.preflight import distributed_settings
+    from autolora.runner.run_config import build_settings
+    from tests.conftest import compose
+
+    settings = build_settings(compose("debug=tiny", "search.val_batch_size=5"))
+    with pytest.raises(ConfigError, match="search.val_batch_size=5 does not split over 2 processes"):
+        distributed_settings(settings, World(rank=0, size=2))

@@ -170,6 +170,7 @@ def distributed_settings(settings: Settings, world: World) -> Settings:
     if settings.search.hypergrad == "exact" and settings.method == "autolora":
         raise ConfigError("search.hypergrad=exact runs in one process only (it is the reference for fd)")
     for key, size in (("search.batch_size", settings.search.batch_size),
+                      ("search.val_batch_size", settings.search.val_batch_size or settings.search.batch_size),
                       ("retrain.batch_size", settings.retrain.batch_size)):
         try:
             world.per_process(size, key)
