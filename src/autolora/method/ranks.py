@@ -27,7 +27,8 @@ FORMAT_VERSION = 1
 
 
 def default_threshold(k: int, alpha_norm: str) -> float:
-    """1/k on the simplex (the paper; global_softmax's mean gate is 1/k too); 0.5 for the sigmoid ablation."""
+    """1/k on the simplex (the paper; global_softmax's and sparsemax's mean gate is 1/k too); 0.5 for the sigmoid
+    ablation."""
     return 0.5 if alpha_norm == "sigmoid" else 1.0 / k
 
 
