@@ -24,9 +24,8 @@ from scipy import stats
 from autolora.analysis.agreement import seed_agreement
 from autolora.analysis.finished_runs import find_runs
 from autolora.analysis.readout_retrain import arms_of, nearest_uniform, provenance
-from autolora.analysis.tables import replace_section
+from autolora.analysis.tables import print_or_write_section
 from autolora.errors import ConfigError
-from autolora.files import write_text
 
 SECTION = "## Readouts retrained at equal parameters on MiniLM GLUE, four tasks (issues #27, #31)"
 
@@ -122,11 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.write is None:
-        print(text)
-    else:
-        existing = args.write.read_text() if args.write.exists() else ""
-        write_text(args.write, replace_section(existing, args.title, text))
+    print_or_write_section(text, args.write, args.title)
 
 
 if __name__ == "__main__":

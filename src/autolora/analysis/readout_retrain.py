@@ -26,9 +26,8 @@ from scipy import stats
 
 from autolora.analysis.agreement import seed_agreement
 from autolora.analysis.finished_runs import Run, find_runs
-from autolora.analysis.tables import replace_section
+from autolora.analysis.tables import print_or_write_section
 from autolora.errors import ConfigError
-from autolora.files import write_text
 from autolora.layout import RANKS
 from autolora.method.readout import READOUTS
 
@@ -226,11 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.write is None:
-        print(text)
-    else:
-        existing = args.write.read_text() if args.write.exists() else ""
-        write_text(args.write, replace_section(existing, args.title, text))
+    print_or_write_section(text, args.write, args.title)
 
 
 if __name__ == "__main__":

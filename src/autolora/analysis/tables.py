@@ -9,9 +9,11 @@ import csv
 import io
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from autolora.analysis.agreement import modal_agreement, pair_agreement
+from autolora.files import write_text
 
 METHOD_ORDER = ("AutoLoRA", "LoRA", "AdaLoRA")  # columns: AutoLoRA and its ablations, the rank grid, AdaLoRA
 Score = Mapping[str, float | None]  # {"mean": ..., "std": ...}; std None for one seed, mean None for n/a
@@ -27,6 +29,16 @@ def replace_section(existing: str, heading: str, text: str, title: str = "") -> 
     before, _, rest = existing.partition(heading)
     after = re.search(r"^## ", rest, flags=re.M)
     return before + text + ("\n" + rest[after.start():] if after else "")
+
+
+def print_or_write_section(text: str, page: Path | None, heading: str) -> None:
+    """A study's section on stdout, or in place of its section of `page` (replace_section; the page is made if
+    missing): the --write option of the analysis commands."""
+    if page is None:
+        print(text)
+        return
+    existing = page.read_text() if page.exists() else ""
+    write_text(page, replace_section(existing, heading, text))
 
 
 def method_key(label: str) -> tuple:
