@@ -28,17 +28,8 @@ for t in $TASKS; do for s in $SEEDS; do
 done; done
 one() {  # VARIANT|TASK|SEED|RECIPE|SEARCH
   IFS='|' read -r variant t s recipe search <<< "$1"
-  if [ "$variant" = uniform ]; then
-    D=$root/softmax/$t/s$s
-    for r in 4 2; do
-      [ -f "$D/lora_r$r/metrics.json" ] && continue
-      [ -e "$STOP_FILE" ] && break
-      mkdir -p "$D"; resume=false; [ -f "$D/lora_r$r/config.yaml" ] && resume=true
-      # shellcheck disable=SC2086
-      OMP_NUM_THREADS=1 $PY -m autolora $recipe logger=none progress=false search.evaluate=false seed=$s \
-        method=lora lora.r=$r resume=$resume hydra.run.dir="$D/lora_r$r" >> "$D/lora_r$r.log" 2>&1
-      echo "lora_r$r $t seed $s: rc $?"
-    done
+  if [ "$variant" = uniform ]; then  # beside the per-matrix softmax searches, whose folder they share
+    RECIPE="$recipe" UNIFORM=only bash scripts/readout_retrain.sh "$s" "$root/softmax/$t"
   else
     RECIPE="$recipe" SEARCH="$search" READOUTS=budget UNIFORM=0 bash scripts/readout_retrain.sh "$s" "$root/$variant/$t"
   fi

@@ -7,7 +7,8 @@
 # Recipe: experiment=smoke_sst2_minilm (512 rows of the packaged SST-2 sample, its committed learning rates) on
 # the full SST-2 dev set; the table: python -m autolora.analysis.readout_retrain OUT.
 # SEARCH="search.alpha_norm=global_softmax" adds overrides to the search; UNIFORM=0 skips the uniform LoRA arms
-# (another search variant on the same recipe and seeds pairs with the uniform runs already made).
+# (another search variant on the same recipe and seeds pairs with the uniform runs already made), UNIFORM=only
+# runs them alone.
 # RECIPE="experiment=minilm_glue_rte data.data_dir=DIR" replaces the recipe; READOUTS="budget" the readouts
 # retrained (default: budget energy released). A run whose folder holds metrics.json is skipped and one with
 # only its config.yaml resumes (resume=true), so a script stopped by SIGTERM (the runs checkpoint) continues;
@@ -33,6 +34,10 @@ run() {
   echo "$name seed $seed: rc $rc, $((SECONDS - started)) s; $(tail -1 "$D/$name.log")"
   [ -f "$D/$name/metrics.json" ]  # a run stopped midway stops its chain: the next readout needs its ranks.json
 }
+if [ "${UNIFORM:-1}" = only ]; then  # the uniform arms alone (a caller runs the searches in other processes)
+  run lora_r4 method=lora lora.r=4 || exit 1
+  run lora_r2 method=lora lora.r=2; exit
+fi
 # shellcheck disable=SC2086
 run gates method=autolora ${SEARCH:-} || exit 1
 for r in ${READOUTS:-budget energy released}; do
