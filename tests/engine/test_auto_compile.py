@@ -13,7 +13,7 @@ from conftest import compose
 
 from autolora.engine import auto_compile, compile_cache, step_costs
 from autolora.engine.distributed import SINGLE
-from autolora.runner.job import compile_choices
+from autolora.runner.job import compile_choices, phase_plans
 from autolora.runner.run_config import build_settings
 
 GPT2_MEDIUM = auto_compile.PhasePlan(model="gpt2-medium", step="fixed_rank", steps=1000, epochs=1, batch_size=32,
@@ -58,6 +58,34 @@ def test_more_batch_shapes_cost_more_warm_up():
     assert auto_compile.batch_shapes(dataclasses.replace(plan, short_last_batch=True, epochs=3)) == 11
     assert auto_compile.choose("auto", "graphs", plan).mode == "graphs"  # 337 s saved <= 8 x 56 s
     assert auto_compile.choose("auto", "graphs", dataclasses.replace(plan, steps=7000)).mode == "inductor"
+
+
+def test_the_searchs_validation_batches_count_as_shapes_of_their_own():
+    """Validation batches of another row count add every bucket again; their short last batch one per pass (at
+    most one per bucket); validation batches as large as the training ones add only that short last batch."""
+    plan = dataclasses.replace(GPT2_MEDIUM, pad_to_multiple=32)  # 8 buckets
+    assert auto_compile.batch_shapes(dataclasses.replace(plan, val_batch_size=32, val_passes=3)) == 8
+    assert auto_compile.batch_shapes(dataclasses.replace(plan, val_batch_size=64, val_passes=3)) == 16
+    assert auto_compile.batch_shapes(dataclasses.replace(plan, val_batch_size=32, val_short_last_batch=True,
+                                                         val_passes=3)) == 11
+    assert auto_compile.batch_shapes(dataclasses.replace(plan, val_batch_size=64, val_short_last_batch=True,
+                                                         val_passes=100)) == 24
+
+
+def test_the_search_plan_takes_its_validation_batches_from_the_settings():
+    """search.val_batch_size (else search.batch_size) and D_val's rows set the plan's validation batches, and
+    batch_shapes counts them beside the training batches' (8 buckets, a short last batch of 5 rows on each side)."""
+    base = build_settings(compose("debug=tiny", "search.batch_size=32", "search.epochs=4", "pad_to_multiple=32"))
+    settings = dataclasses.replace(base, device=torch.device("cuda"), model=dataclasses.replace(base.model,
+                                                                                                 name="gpt2-medium"))
+    task = SimpleNamespace(max_length=256)
+    plan = phase_plans(settings, task, 40_010)["search"]  # D_tr and D_val 20,005 rows each (val_fraction 0.5)
+    assert (plan.steps, plan.val_batch_size, plan.val_short_last_batch, plan.val_passes) == (2504, 32, True, 4)
+    assert auto_compile.batch_shapes(plan) == 8 + 4 + 4
+    wide = dataclasses.replace(settings, search=dataclasses.replace(settings.search, val_batch_size=128))
+    wide_plan = phase_plans(wide, task, 40_010)["search"]
+    assert (wide_plan.val_batch_size, wide_plan.val_passes) == (128, 16)  # 157 validation batches a pass
+    assert auto_compile.batch_shapes(wide_plan) == 8 + 4 + 8 + 8
 
 
 def test_unknown_shapes_keep_graphs_and_explicit_or_impossible_modes_stand():

@@ -7,7 +7,8 @@ batch shape costs a compilation first (30-140 s measured). So inductor is picked
     steps x (graphs ms - inductor ms) > shapes x warm-up per shape
 
 where `shapes` counts the batch shapes the phase can meet (the length buckets, engine/batch.bucket_length, plus
-the short last batch of a pass): an upper bound, so the pick errs towards graphs. Where no measured row stands
+the short last batch of a pass; the search's validation batches too, which have their own row count where
+search.val_batch_size differs and their own short last batch): an upper bound, so the pick errs towards graphs. Where no measured row stands
 for the phase (step_costs.lookup), auto keeps graphs, what it picked before the table existed. Where capture
 cannot run at all (CPU, data parallel, an eager-only phase: capture.resolve_compile) auto is off, as before.
 """
@@ -32,6 +33,11 @@ class PhasePlan:
     max_length: int  # the task's longest batch (tokens)
     pad_to_multiple: int
     short_last_batch: bool  # the training rows do not split into whole batches: one more shape per pass
+    # the search's validation batches (0: the phase has none): their rows per batch, whether their rows leave a
+    # short last batch, and how many passes over them the phase makes
+    val_batch_size: int = 0
+    val_short_last_batch: bool = False
+    val_passes: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,14 @@ class Choice:
 
 def batch_shapes(plan: PhasePlan) -> int:
     """An upper bound on the batch shapes the phase compiles: every length bucket, and as many short last
-    batches (one per pass) as there are passes, each of any bucket."""
+    batches (one per pass) as there are passes, each of any bucket; the same again for the validation batches,
+    whose full batches share the training batches' shapes only where they have as many rows."""
     buckets = math.ceil(plan.max_length / plan.pad_to_multiple)
-    return buckets + (min(plan.epochs, buckets) if plan.short_last_batch else 0)
+    shapes = buckets + (min(plan.epochs, buckets) if plan.short_last_batch else 0)
+    if plan.val_batch_size:
+        shapes += buckets if plan.val_batch_size != plan.batch_size else 0
+        shapes += min(plan.val_passes, buckets) if plan.val_short_last_batch else 0
+    return shapes
 
 
 def choose(requested: str, feasible: str, plan: PhasePlan, blocker: str | None = None,

@@ -68,12 +68,17 @@ def compile_modes(settings: Settings, world: World) -> dict[str, str]:
 def phase_plans(settings: Settings, task, n_train: int) -> dict[str, auto_compile.PhasePlan]:
     """Each phase's steps and batch shapes, as compile=auto weighs them (the search trains on D_tr only)."""
     s, r = settings.search, settings.retrain
-    n_search = len(search_split(n_train, s.val_fraction, settings.seed)[0]) if n_train >= 2 else n_train
+    n_search, n_val = (map(len, search_split(n_train, s.val_fraction, settings.seed)) if n_train >= 2
+                       else (n_train, n_train))
     common = dict(model=settings.model.name, max_length=task.max_length, pad_to_multiple=settings.pad_to_multiple)
+    search_steps = s.epochs * math.ceil(n_search / s.batch_size)
+    val_batch = s.val_batch_size or s.batch_size  # as runner/phases.search_phase's validation loader
     return {
         "search": auto_compile.PhasePlan(step=auto_compile.search_step(s.hypergrad, s.fd, s.eta),
-                                         steps=s.epochs * math.ceil(n_search / s.batch_size), epochs=s.epochs,
+                                         steps=search_steps, epochs=s.epochs,
                                          batch_size=s.batch_size, short_last_batch=n_search % s.batch_size != 0,
+                                         val_batch_size=val_batch, val_short_last_batch=n_val % val_batch != 0,
+                                         val_passes=math.ceil(search_steps / max(1, math.ceil(n_val / val_batch))),
                                          **common),
         "retrain": auto_compile.PhasePlan(step="fixed_rank", steps=r.epochs * math.ceil(n_train / r.batch_size),
                                           epochs=r.epochs, batch_size=r.batch_size,
