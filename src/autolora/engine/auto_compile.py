@@ -8,9 +8,10 @@ batch shape costs a compilation first (30-140 s measured). So inductor is picked
 
 where `shapes` counts the batch shapes the phase can meet (the length buckets, engine/batch.bucket_length, plus
 the short last batch of a pass; the search's validation batches too, which have their own row count where
-search.val_batch_size differs and their own short last batch): an upper bound, so the pick errs towards graphs. Where no measured row stands
-for the phase (step_costs.lookup), auto keeps graphs, what it picked before the table existed. Where capture
-cannot run at all (CPU, data parallel, an eager-only phase: capture.resolve_compile) auto is off, as before.
+search.val_batch_size differs and their own short last batch): an upper bound, so the pick errs towards graphs.
+Where no measured row stands for the phase (step_costs.lookup), auto keeps graphs, what it picked before the
+table existed. Where capture cannot run at all (CPU, data parallel, an eager-only phase: capture.resolve_compile)
+auto is off, as before.
 """
 
 from __future__ import annotations
