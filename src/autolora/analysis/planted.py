@@ -18,6 +18,7 @@ import csv
 import itertools
 import math
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -176,19 +177,26 @@ def learned_ranks(student: torch.nn.Module, base: BertModel, names, strength: fl
     return ranks
 
 
-def init_alignment(student: torch.nn.Module, batches: list[dict]) -> dict[str, dict[str, list[float]]]:
+BatchLoss = Callable[[torch.nn.Module, dict], torch.Tensor]
+
+
+def init_alignment(student: torch.nn.Module, batches: Iterable[dict],
+                   loss: BatchLoss | None = None) -> dict[str, dict[str, list[float]]]:
     """What the draw of A sets before the search moves anything (issue #31's lead): per search matrix and
     component j, `gradient`: ‖G A_jᵀ‖ with G = ∂L/∂W of the frozen weight on D_tr at the start (B = 0, so B_j's
     first gradient is scale · G A_jᵀ: the component that can grow fastest), and `norm`: ‖A_j‖ (a quantity that
-    knows nothing of the data). The weights' requires_grad is restored."""
+    knows nothing of the data). `loss(model, batch)`: the batch's loss (default: the planted teacher's
+    hidden_mse); G is the mean over the batches. The weights' requires_grad is restored."""
+    loss = loss or (lambda model, batch: hidden_mse(model(input_ids=batch["input_ids"],
+                                                           attention_mask=batch["attention_mask"]), batch))
+    batches = list(batches)
     modules = {name: m for name, m in student.named_modules() if isinstance(m, SelectableLoRA)}
     for module in modules.values():
         module.base.weight.requires_grad_(True)
         module.base.weight.grad = None
     try:
         for batch in batches:
-            (hidden_mse(student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]), batch)
-             / len(batches)).backward()
+            (loss(student, batch) / len(batches)).backward()
         out = {}
         with torch.no_grad():
             for name, module in modules.items():

@@ -25,7 +25,7 @@ from autolora.method import ranks as ranks_io
 from autolora.method import readout
 from autolora.method.inject import inject
 from autolora.method.registry import METHODS
-from autolora.method.search import search
+from autolora.method.search import Searched, search
 from autolora.method.train import train
 from autolora.models.targets import describe, target_names
 from autolora.record import PhaseRecord, SearchRecord
@@ -48,10 +48,9 @@ class Outcome:
     search: SearchRecord | None = None
 
 
-def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchRecord]:
-    """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
+def search_start(job: Job) -> tuple[nn.Module, DataLoader, DataLoader]:
+    """The search's model at its start (k components per target matrix, B = 0) and its D_tr, D_val loaders."""
     s = job.settings.search
-    job.checkpoint.start_phase("search")
     model = job.fresh_model()
     inject(model, job.settings.model.targets, {n: s.k for n in target_names(model, job.settings.model.targets)},
            lora_alpha=s.lora_alpha, dropout=s.dropout, alpha_norm=s.alpha_norm,
@@ -60,16 +59,30 @@ def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchReco
     tr_idx, val_idx = search_split(len(job.train), s.val_fraction, job.settings.seed)
     train_loader = job.loader(job.train.select(tr_idx), s.batch_size)
     val_loader = job.loader(job.train.select(val_idx), s.val_batch_size or s.batch_size)
-    searched = search(model, train_loader, val_loader, s, compute_loss=job.task.loss, seed=job.seed,
-                      loop=job.loop("search", tracker.log))
+    return model, train_loader, val_loader
+
+
+def run_search(job: Job, model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, log) -> Searched:
+    """The search from search_start's model and loaders (resuming from the job's checkpoint if it holds one)."""
+    return search(model, train_loader, val_loader, job.settings.search, compute_loss=job.task.loss, seed=job.seed,
+                  loop=job.loop("search", log))
+
+
+def search_phase(job: Job, tracker: Tracker) -> tuple[dict[str, int], SearchRecord]:
+    """Search on D_tr/D_val, threshold, save ranks.json (with this phase's record); returns both."""
+    s = job.settings.search
+    job.checkpoint.start_phase("search")
+    model, train_loader, val_loader = search_start(job)
+    searched = run_search(job, model, train_loader, val_loader, tracker.log)
     every = readout.every_readout(gates=searched.gates, alphas=searched.alphas, spectra=searched.spectra,
                                   threshold=s.selection_threshold, min_rank=s.min_rank, energy=s.energy)
     found = every[s.readout]
     job.checkpoint.safe_point("after the search loop, before its evaluation")
     scores = job.evaluate(model)[0] if s.evaluate else {}
     job.checkpoint.safe_point("after the search's evaluation")
-    record = SearchRecord(scores=scores, steps=s.epochs * len(train_loader), n_train=len(tr_idx), n_val=len(val_idx),
-                          trainable_params=trainable(model), threshold=s.selection_threshold, cost=job.phase_cost(),
+    record = SearchRecord(scores=scores, steps=s.epochs * len(train_loader), n_train=len(train_loader.dataset),
+                          n_val=len(val_loader.dataset), trainable_params=trainable(model),
+                          threshold=s.selection_threshold, cost=job.phase_cost(),
                           capture=searched.capture,
                           gate_report=ranks_io.search_diagnostics(searched.gates, s.selection_threshold,
                                                                       searched.noise))

@@ -1,0 +1,114 @@
+"""Issue #31's lead on a real task: does what the draw of A fixes at the search's start predict the order of
+the final gates inside each matrix? Per seed, one search of a run's config (the same model, split, loaders
+and search as `autolora-run method=autolora`, no retrain), with two start quantities per component j:
+‖G A_jᵀ‖ (G = ∂L/∂W on D_tr at the start, B = 0: B_j's first gradient) and ‖A_j‖ (blind to the data), each
+ranked against the final gates by Spearman's rho inside every matrix (analysis.planted.order_agreement).
+
+    python -m autolora.cli.init_order experiment=minilm_glue_cola data.data_dir=DIR seed=0 --out s0.json
+    python -m autolora.cli.init_order --table s0.json s1.json s2.json    # mean ± sd over the seeds
+
+The planted teacher's version of the same measurement: analysis.planted (init_*/gate_order_rho columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from autolora.analysis.planted import init_alignment, order_agreement
+from autolora.engine.batch import model_inputs, to_device
+from autolora.engine.checkpoint import Checkpointer
+from autolora.errors import ConfigError, UserError
+from autolora.runner.job import Job, seed_everything
+from autolora.runner.phases import run_search, search_start
+from autolora.runner.preflight import load_inputs
+from autolora.runner.run_config import check_config
+
+QUANTITIES = ("gradient", "norm")
+LABELS = {"gradient": "‖G A_jᵀ‖ at the start", "norm": "‖A_j‖"}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from autolora.layout import config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="init_order"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def measure(overrides: list[str], batches: int | None = None) -> dict:
+    """The start quantities, the final gates and their order agreement for one config. `batches`: D_tr batches
+    the start's gradient averages over (None: all of D_tr)."""
+    settings, task = check_config(compose(overrides))
+    if settings.method != "autolora":
+        raise ConfigError(f"method={settings.method}: the start-order measurement runs AutoLoRA's search")
+    seed_everything(settings.seed)
+    inputs = load_inputs(settings, task)
+    with tempfile.TemporaryDirectory() as scratch:  # the search's checkpoints, never kept
+        job = Job(settings, task, Path(scratch), inputs.tokenizer, task.encode(inputs.splits.train, inputs.tokenizer),
+                  inputs.splits.scored(), Checkpointer(Path(scratch), 10**9, device=settings.device))
+        model, train_loader, val_loader = search_start(job)
+
+        def batch_loss(m, batch):
+            with job.autocast():
+                return task.loss(m(**model_inputs(batch)), batch)
+
+        model.eval()  # the expected gradient: no dropout draw in it
+        start = init_alignment(model, (to_device(b, settings.device) for b in itertools.islice(train_loader, batches)),
+                               batch_loss)
+        searched = run_search(job, model, train_loader, val_loader, lambda *args, **kwargs: None)
+    per_matrix = {q: {n: float(spearmanr(start[n][q], g).statistic) for n, g in searched.gates.items()
+                      if np.ptp(g) > 0 and np.ptp(start[n][q]) > 0} for q in QUANTITIES}
+    return {"overrides": overrides, "seed": settings.seed, "batches": batches,
+            "rho": {q: order_agreement({n: v[q] for n, v in start.items()}, searched.gates) for q in QUANTITIES},
+            "rho_per_matrix": per_matrix, "start": start, "gates": searched.gates}
+
+
+def table(paths: list[Path]) -> str:
+    """Mean ± sd over seeds of each quantity's rho, and how many seeds had it above 0."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    lines = ["| start quantity | rho with the final gates, mean ± sd | seeds > 0 | per seed |", "|---|---|---|---|"]
+    for q in QUANTITIES:
+        rhos = [r["rho"][q] for r in runs]
+        sd = statistics.stdev(rhos) if len(rhos) > 1 else float("nan")
+        lines.append(f"| {LABELS[q]} | {statistics.mean(rhos):+.2f} ± {sd:.2f} | {sum(x > 0 for x in rhos)} of "
+                     f"{len(rhos)} | " + " ".join(f"{x:+.2f}" for x in rhos) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="the run's config overrides, as autolora-run takes them")
+    parser.add_argument("--batches", type=int, default=None, help="D_tr batches for the start's gradient (all)")
+    parser.add_argument("--out", type=Path, help="write the measurement here (JSON)")
+    parser.add_argument("--table", type=Path, nargs="+", help="tabulate these measurements instead")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(args.table))
+        return
+    if args.out is None:
+        parser.error("--out is required for a measurement")
+    from hydra.errors import HydraException
+
+    try:
+        result = measure(args.overrides, args.batches)
+    except (UserError, HydraException) as err:
+        print(f"init_order: error: {str(err).splitlines()[0]}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"seed {result['seed']}: " + ", ".join(f"{q} rho {result['rho'][q]:+.3f}" for q in QUANTITIES))
+
+
+if __name__ == "__main__":
+    main()
