@@ -133,3 +133,30 @@ def test_a_bench_of_two_step_kinds_gets_their_rows_ratios_checks_and_table_only(
 def test_the_bench_times_only_the_step_kinds_asked_for():
     assert bench.variant_names(["graphs"], ["second_order"]) == [
         ("peft_lora", "eager"), ("peft_compiled", "inductor"), ("second_order", "graphs")]
+
+
+def test_parts_of_a_split_bench_join_into_one_report_and_mismatched_parts_fail(tmp_path, capsys):
+    """Disjoint shapes join (commands and dates listed); parts from another commit, or sharing a shape, fail in
+    one line with status 2."""
+    import json
+
+    import pytest
+
+    base = {"command": "bench A", "commit": "abc", "device": "GPU", "date": "2026-01-01", "peak_bf16_tflops": 1.0,
+            "versions": {"torch": "x"}, "steps": 20, "warmup": 3, "modes": ["eager"], "shapes": {"m@1x1": {"a": 1}}}
+    other = {**base, "command": "bench B", "date": "2026-01-02", "shapes": {"m@2x2": {"b": 2}}}
+    joined = tables.merge([base, other])
+    assert joined["shapes"] == {"m@1x1": {"a": 1}, "m@2x2": {"b": 2}}
+    assert joined["command"] == "bench A ; bench B" and joined["date"] == "2026-01-01, 2026-01-02"
+    with pytest.raises(ValueError, match="differ in commit"):
+        tables.merge([base, {**other, "commit": "def"}])
+    with pytest.raises(ValueError, match="shape m@1x1 is in more than one part"):
+        tables.merge([base, {**other, "shapes": base["shapes"]}])
+    paths = []
+    for i, part in enumerate([base, {**other, "commit": "def"}]):
+        paths.append(tmp_path / f"p{i}.json")
+        paths[-1].write_text(json.dumps(part))
+    with pytest.raises(SystemExit) as stop:
+        tables.main(["--merge", *map(str, paths), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith("bench.tables: error: the parts differ")
+    assert not (tmp_path / "out.json").exists()

@@ -5,12 +5,19 @@ The headline ratios are to **peft's compiled step** (torch.compile, reduce-overh
 moves little with the host CPU; the ratios to peft's eager step stay beside them. A total is
 `warm-up + steps x ms`: the bench's warm-up (its first steps' wall time: compilation and capture of one shape)
 plus the assumed run's steps at the measured step time.
+
+A bench split over several calls (one shape set each, on the same machine) joins into one report:
+    python -m autolora.bench.tables --merge A.json B.json --out results/bench
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from autolora.engine import auto_compile, step_costs
 
@@ -174,3 +181,42 @@ def markdown(report: dict) -> str:
                      f"{_cell(c.get('memory'))} | {_cell(c.get('fixed_rank_auto_total'))} | "
                      f"{_cell(c.get('second_order_auto_total'))} |")
     return "\n".join(lines) + "\n"
+
+
+SAME = ("device", "peak_bf16_tflops", "steps", "warmup", "modes", "commit", "versions")  # what parts must share
+
+
+def merge(reports: Sequence[dict]) -> dict:
+    """One report from benches of disjoint shape sets that share device, timing settings, commit and versions
+    (ValueError otherwise); its command lists each part's, its date the parts' dates."""
+    first = reports[0]
+    for key in SAME:
+        differ = sorted({json.dumps(r[key], sort_keys=True) for r in reports})
+        if len(differ) > 1:
+            raise ValueError(f"the parts differ in {key}: {', '.join(differ)}")
+    shapes: dict[str, dict] = {}
+    for report in reports:
+        if twice := sorted(set(shapes) & set(report["shapes"])):
+            raise ValueError(f"shape {', '.join(twice)} is in more than one part")
+        shapes.update(report["shapes"])
+    return {**{key: first[key] for key in SAME}, "command": " ; ".join(r["command"] for r in reports),
+            "date": ", ".join(dict.fromkeys(r["date"] for r in reports)), "shapes": shapes}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Join bench reports of disjoint shape sets: OUT.json, OUT.md.")
+    parser.add_argument("--merge", type=Path, nargs="+", required=True, help="the parts' OUT.json files, in order")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        report = merge([json.loads(path.read_text()) for path in args.merge])
+    except (OSError, ValueError, KeyError) as err:
+        print(f"bench.tables: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
