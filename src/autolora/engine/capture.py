@@ -1,9 +1,9 @@
 """Training steps at the speed of the GPU: each batch shape's step captured once as a CUDA graph, then replayed.
 
 At the shapes the runs use (MiniLM, 16 x 32-64 tokens) an eager step spends most of its time in Python and
-kernel launches (results/bench.md): the GPU idles. A CUDA graph records every kernel of a step once and
-replays them with one launch. A graph is only valid for the shapes, addresses and host-side values it was
-recorded with, hence the rules the steps follow:
+kernel launches (results/bench_history/bench_2026-12-02.md): the GPU idles. A CUDA graph records every kernel
+of a step once and replays them with one launch. A graph is only valid for the shapes, addresses and host-side
+values it was recorded with, hence the rules the steps follow:
 - batches are padded to a few lengths (`pad_to_multiple`, batch.pad_to_bucket), and each shape gets its own
   graph; a shape runs eagerly the first time it is seen (warm-up: lazy library set-up, compilation), is
   captured the second time and replayed from then on. Graphs of one step share one memory pool: each graph's

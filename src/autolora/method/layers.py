@@ -193,8 +193,9 @@ class SelectableLoRA(nn.Module):
             return out + parts[0](x).to(out.dtype)
         # Several parts (GPT-2's fused c_attn: q and v), or one part of the output: one adapter over the
         # whole projection, as peft has, instead of one per part plus a concatenation of the (.., out)
-        # output (bench.md: 1.6x the GEMM calls and a full extra copy of the output). A stacks the parts'
-        # components; B is block-structured, zero outside each part's rows, so untouched slices get + 0.
+        # output (results/bench_history/bench_2026-12-01.md: 1.6x the GEMM calls and a full extra copy of the
+        # output). A stacks the parts' components; B is block-structured, zero outside each part's rows, so
+        # untouched slices get + 0.
         hidden = F.linear(x, torch.cat([part.A for part in parts]))  # (..., R), R = sum of the parts' ranks
         column_scale = torch.cat([part.column_scale() for part in parts])  # (R,): scale, or gate * scale
         block_b = torch.cat([part.placed(part.B, self.out_features) for part in parts], dim=1)  # (out, R)

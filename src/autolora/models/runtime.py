@@ -15,8 +15,9 @@ def store_frozen_linears_in(model: nn.Module, dtype: torch.dtype) -> int:
     of trainable weights only) and keeps that copy alive for the backward, beside the fp32 original. Storing
     the frozen weights in bf16 once gives the matmuls the same bf16 values (tests/test_models.py checks bit
     equality) without the copies: the second-order step's peak memory fell by 24% at roberta-base 16x128; its
-    wall time moved within noise (results/bench.md). Trainable tensors (LoRA factors, alpha, heads) stay fp32 for
-    the optimiser; a weight shared with an embedding (a tied LM head) is skipped, since lookups are not autocast.
+    wall time moved within noise (results/bench_history/bench_frozen_ab.json). Trainable tensors (LoRA factors,
+    alpha, heads) stay fp32 for the optimiser; a weight shared with an embedding (a tied LM head) is skipped, since
+    lookups are not autocast.
     Call it with torch.float32 before saving weights, so that files hold the dtype the model was loaded in.
     """
     tied = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
