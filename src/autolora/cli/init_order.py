@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from autolora.analysis.planted import init_alignment, order_agreement
 from autolora.engine.batch import model_inputs, to_device
 from autolora.engine.checkpoint import Checkpointer
 from autolora.errors import ConfigError, UserError
+from autolora.files import write_json
 from autolora.runner.job import Job, seed_everything
 from autolora.runner.phases import run_search, search_start
 from autolora.runner.preflight import load_inputs
@@ -79,7 +81,7 @@ def table(paths: list[Path]) -> str:
     runs = [json.loads(p.read_text()) for p in paths]
     lines = ["| start quantity | rho with the final gates, mean ± sd | seeds > 0 | per seed |", "|---|---|---|---|"]
     for q in QUANTITIES:
-        rhos = [r["rho"][q] for r in runs]
+        rhos = [math.nan if r["rho"][q] is None else r["rho"][q] for r in runs]
         sd = statistics.stdev(rhos) if len(rhos) > 1 else float("nan")
         lines.append(f"| {LABELS[q]} | {statistics.mean(rhos):+.2f} ± {sd:.2f} | {sum(x > 0 for x in rhos)} of "
                      f"{len(rhos)} | " + " ".join(f"{x:+.2f}" for x in rhos) + " |")
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"init_order: error: {str(err).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)  # atomic; an undefined rho (every matrix constant) is written as null
     print(f"seed {result['seed']}: " + ", ".join(f"{q} rho {result['rho'][q]:+.3f}" for q in QUANTITIES))
 
 
