@@ -212,11 +212,16 @@ def init_alignment(student: torch.nn.Module, batches: Iterable[dict],
     return out
 
 
+def order_rhos(quantity: dict[str, list[float]], gates: dict[str, list[float]]) -> dict[str, float]:
+    """Per matrix, Spearman's rho between a per-component quantity and the final gates (matrices whose gates or
+    quantity are constant left out)."""
+    return {n: float(spearmanr(quantity[n], gates[n]).statistic) for n in gates
+            if np.ptp(gates[n]) > 0 and np.ptp(quantity[n]) > 0}
+
+
 def order_agreement(quantity: dict[str, list[float]], gates: dict[str, list[float]]) -> float:
-    """Mean over matrices of Spearman's rho between a per-component quantity and the final gates (matrices whose
-    gates or quantity are constant left out; NaN if all are)."""
-    rhos = [spearmanr(quantity[n], gates[n]).statistic for n in gates
-            if np.ptp(gates[n]) > 0 and np.ptp(quantity[n]) > 0]
+    """Mean over matrices of order_rhos (NaN if every matrix is constant)."""
+    rhos = list(order_rhos(quantity, gates).values())
     return float(np.mean(rhos)) if rhos else math.nan
 
 

@@ -2,7 +2,7 @@
 the final gates inside each matrix? Per seed, one search of a run's config (the same model, split, loaders
 and search as `autolora-run method=autolora`, no retrain), with two start quantities per component j:
 ‖G A_jᵀ‖ (G = ∂L/∂W on D_tr at the start, B = 0: B_j's first gradient) and ‖A_j‖ (blind to the data), each
-ranked against the final gates by Spearman's rho inside every matrix (analysis.planted.order_agreement).
+ranked against the final gates by Spearman's rho inside every matrix (analysis.planted.order_rhos).
 
     python -m autolora.cli.init_order experiment=minilm_glue_cola data.data_dir=DIR seed=0 --out s0.json
     python -m autolora.cli.init_order --table s0.json s1.json s2.json    # mean ± sd over the seeds
@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
 
-from autolora.analysis.planted import init_alignment, order_agreement
+from autolora.analysis.planted import init_alignment, order_rhos
+from autolora.cli.overrides import check_overrides
 from autolora.engine.batch import model_inputs, to_device
 from autolora.engine.checkpoint import Checkpointer
 from autolora.errors import ConfigError, UserError
@@ -38,20 +38,11 @@ QUANTITIES = ("gradient", "norm")
 LABELS = {"gradient": "‖G A_jᵀ‖ at the start", "norm": "‖A_j‖"}
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from autolora.layout import config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir()), job_name="init_order"):
-        return hydra_compose("config", overrides=overrides)
-
-
 def measure(overrides: list[str], batches: int | None = None) -> dict:
     """The start quantities, the final gates and their order agreement for one config. `batches`: D_tr batches
     the start's gradient averages over (None: all of D_tr)."""
-    settings, task = check_config(compose(overrides))
+    # composed and checked as autolora-run does (unknown keys and groups, bad values: one ConfigError line)
+    settings, task = check_config(check_overrides(list(overrides))[0].cfg)
     if settings.method != "autolora":
         raise ConfigError(f"method={settings.method}: the start-order measurement runs AutoLoRA's search")
     seed_everything(settings.seed)
@@ -69,10 +60,9 @@ def measure(overrides: list[str], batches: int | None = None) -> dict:
         start = init_alignment(model, (to_device(b, settings.device) for b in itertools.islice(train_loader, batches)),
                                batch_loss)
         searched = run_search(job, model, train_loader, val_loader, lambda *args, **kwargs: None)
-    per_matrix = {q: {n: float(spearmanr(start[n][q], g).statistic) for n, g in searched.gates.items()
-                      if np.ptp(g) > 0 and np.ptp(start[n][q]) > 0} for q in QUANTITIES}
+    per_matrix = {q: order_rhos({n: v[q] for n, v in start.items()}, searched.gates) for q in QUANTITIES}
     return {"overrides": overrides, "seed": settings.seed, "batches": batches,
-            "rho": {q: order_agreement({n: v[q] for n, v in start.items()}, searched.gates) for q in QUANTITIES},
+            "rho": {q: float(np.mean(list(rhos.values()))) if rhos else math.nan for q, rhos in per_matrix.items()},
             "rho_per_matrix": per_matrix, "start": start, "gates": searched.gates}
 
 
@@ -100,11 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         parser.error("--out is required for a measurement")
-    from hydra.errors import HydraException
-
     try:
         result = measure(args.overrides, args.batches)
-    except (UserError, HydraException) as err:
+    except UserError as err:
         print(f"init_order: error: {str(err).splitlines()[0]}", file=sys.stderr)
         raise SystemExit(2) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
