@@ -97,19 +97,27 @@ def test_a_symlink_placed_as_the_lock_leaves_its_target_untouched(tmp_path, caps
     assert precious.read_text() == "the user's thesis\n"
 
 
-def test_a_resumed_sweep_does_not_skip_a_finished_point_whose_data_changed(tmp_path, capsys):
+def test_a_resumed_sweep_does_not_skip_a_finished_point_whose_data_changed(tmp_path, capsys, monkeypatch):
     """A finished sweep point whose data file was edited afterwards: resume=true refuses it (one line naming
-    the file) instead of skipping it as finished, which would report the old data's result as the new one's."""
+    the file) instead of skipping it as finished, which would report the old data's result as the new one's.
+    The skip reads the data only: no tokenizer (nor model file) loads for a point that does not run."""
     from conftest import compose
 
     from autolora.errors import ConfigError
+    from autolora.runner import preflight
     from autolora.runner.pipeline import execute
 
     data = glue_files(tmp_path / "data", GOOD_ROWS)
     args = [*TINY, "task=glue/rte", f"data.data_dir={data}", "search.batch_size=2"]  # 2 steps: the gates move
     run_dir = tmp_path / "point"
     assert execute(compose(*args), run_dir) is not None
-    assert execute(compose(*args, "resume=true"), run_dir, sweep=True) is None  # same data: skipped
+
+    def no_tokenizer(*_args, **_kwargs):
+        raise AssertionError("a skipped sweep point loaded its tokenizer")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(preflight, "load_tokenizer", no_tokenizer)
+        assert execute(compose(*args, "resume=true"), run_dir, sweep=True) is None  # same data: skipped
     train = data / "glue" / "RTE" / "train.tsv"
     train.write_text(train.read_text().replace("sentence 3", "sentence three"))
     with pytest.raises(ConfigError, match=r"holds a finished run of other data: .*RTE/train.tsv changed"):

@@ -28,7 +28,7 @@ from autolora.runner import joblog, outputs
 from autolora.runner import run_folder as runfolder
 from autolora.runner.job import Job, compile_modes, seed_everything
 from autolora.runner.phases import PHASES
-from autolora.runner.preflight import Inputs, distributed_settings, load_inputs
+from autolora.runner.preflight import Inputs, distributed_settings, load_inputs, load_splits
 from autolora.runner.quiet import silence_libraries
 from autolora.runner.run_config import check_config
 from autolora.runner.summary import flat_summary, summary_text
@@ -60,11 +60,12 @@ def execute(cfg: DictConfig, run_dir: Path, world: World = SINGLE, *, sweep: boo
     with (stop or StopFlag()).installed() as stop:
         checkpoint = Checkpointer(run_dir, settings.checkpoint_every, world, settings.device, stop)
         seed_everything(settings.seed)
-        inputs = load_inputs(settings, task)
+        splits = load_splits(settings, task)
         if decided.action == "skip":  # finished, but on this data? Its result would stand for the new data
-            runfolder.check_same_data(run_dir, fingerprint(inputs.splits), finished=True)
+            runfolder.check_same_data(run_dir, fingerprint(splits), finished=True)
             print(f"autolora-run: {run_dir} holds a finished run: skipped", flush=True)
-            return None
+            return None  # before the tokenizer and the model's files: a skipped point reads only its data
+        inputs = load_inputs(settings, task, splits)
         checkpoint.safe_point("before the run started", started=False)
         first_files = {layout.CONFIG: OmegaConf.to_yaml(cfg, resolve=True),
                        **{f".hydra/{name}": text for name, text in (hydra_files or {}).items()}}

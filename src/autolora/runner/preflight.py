@@ -40,10 +40,17 @@ def read_ranks_file(settings: Settings) -> Mapping[str, int] | None:
                          readout=settings.search.ranks_readout)["ranks"]
 
 
-def load_inputs(settings: Settings, task) -> Inputs:
-    """The splits, the tokenizer (checked against task.max_length), the model's architecture and a ranks file
-    against it. Everything here runs before the run folder is claimed and a model loads."""
-    splits = select_on_heldout(task.load(settings.data), settings.data)
+def load_splits(settings: Settings, task):
+    """The data splits as the run reads them (data.select_on's held-out part included): all that a resumed sweep
+    needs to fingerprint a finished point it skips, without the tokenizer and the architecture checks."""
+    return select_on_heldout(task.load(settings.data), settings.data)
+
+
+def load_inputs(settings: Settings, task, splits=None) -> Inputs:
+    """The splits (`splits`, if load_splits read them already), the tokenizer (checked against task.max_length),
+    the model's architecture and a ranks file against it. Everything here runs before the run folder is claimed
+    and a model loads."""
+    splits = load_splits(settings, task) if splits is None else splits
     check_labels(splits)
     try:
         tokenizer = load_tokenizer(settings.model, split_words=task.head == "token_classification")
