@@ -71,13 +71,18 @@ class GateGroup:
 
     def __init__(self, parts: Sequence[LoRAPart]):
         self.parts = list(parts)
+        starts = [0]
+        for p in self.parts:
+            starts.append(starts[-1] + p.rank)
+        self.slices = {id(p): slice(a, b) for p, a, b in zip(self.parts, starts, starts[1:])}  # part -> its gates
 
     def gate(self, part: LoRAPart) -> Tensor:
-        alphas = [p.alpha for p in self.parts]
-        index = next(i for i, p in enumerate(self.parts) if p is part)
-        start = sum(a.shape[0] for a in alphas[:index])
-        gates = torch.softmax(torch.cat(alphas), dim=0) * len(alphas)  # (sum of k,): mean 1/k per matrix
-        return gates[start : start + alphas[index].shape[0]]
+        # Each part's call normalises the whole group again (M softmaxes of sum-of-k elements per forward pass)
+        # instead of reusing one: a reused result would have to know whether the alphas it came from are still the
+        # ones in use (functional_call substitutes them, the optimiser steps them in place, grad mode may differ),
+        # and in the captured steps, the default, the M small kernels are replayed or fused, not launched by Python.
+        gates = torch.softmax(torch.cat([p.alpha for p in self.parts]), dim=0) * len(self.parts)  # mean 1/k each
+        return gates[self.slices[id(part)]]
 
 
 @dataclass(frozen=True)
