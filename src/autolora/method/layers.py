@@ -74,7 +74,8 @@ class GateGroup:
         starts = [0]
         for p in self.parts:
             starts.append(starts[-1] + p.rank)
-        self.slices = {id(p): slice(a, b) for p, a, b in zip(self.parts, starts, starts[1:])}  # part -> its gates
+        # part -> its gates' slice of the group's softmax; starts is one longer than the parts
+        self.slices = {id(p): slice(a, b) for p, a, b in zip(self.parts, starts, starts[1:], strict=False)}
 
     def gate(self, part: LoRAPart) -> Tensor:
         # Each part's call normalises the whole group again (M softmaxes of sum-of-k elements per forward pass)
