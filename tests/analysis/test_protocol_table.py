@@ -4,6 +4,7 @@ Wilcoxon test on the paired differences, the chosen learning rates and the rank 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,19 @@ def test_readouts_that_agree_as_much_across_tasks_are_shown_as_such(root):
     rows = {row[1]: row for row in protocol_table.across_task_rows(runs, ["rte", "mrpc"])}
     assert rows["budget"][2:] == ["+1.00", "+1.00", "2"]
     assert protocol_table.across_task_rows(protocol_table.read_finals(root), ["rte", "mrpc"]) == []  # one task
+
+
+def test_the_command_line_ends_bad_input_in_one_line_with_status_2(root, tmp_path, capsys):
+    """A missing root, an unreadable report.json and a missing --notes file: one line naming it, exit 2."""
+    out = tmp_path / "results"
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "report.json").write_text("{not json")
+    for argv, message in [([str(tmp_path / "absent")], "absent: not a folder"),
+                          ([str(tmp_path / "broken")], "report.json: not readable JSON"),
+                          ([str(root), "--device", "cpu", "--command", "cmd", "--notes", str(tmp_path / "none.md")],
+                           "--notes .*none.md: No such file")]:
+        with pytest.raises(SystemExit) as exit_info:
+            protocol_table.main([*argv, "--name", "glue_test", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not out.exists()

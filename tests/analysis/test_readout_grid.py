@@ -47,8 +47,15 @@ def test_each_task_and_the_pooled_pairs(tmp_path):
 
 def test_a_variant_without_uniform_arms_and_a_missing_root_are_one_line(tmp_path, capsys):
     _grid(tmp_path)
-    with pytest.raises(ConfigError, match="no folder 'uniform'"):
+    with pytest.raises(ConfigError, match=r"no folder 'uniform' for the uniform arms \(found: global_softmax, "
+                                          r"softmax\)"):
         readout_grid.section(tmp_path, "uniform", [])
+    for i in range(8):  # a root of many folders (the wrong one): the line names six and counts the rest
+        (tmp_path / f"other{i}").mkdir()
+    with pytest.raises(ConfigError, match=r"\(found: global_softmax, other0, .*, other4 and 4 more\)$"):
+        readout_grid.section(tmp_path, "uniform", [])
+    for i in range(8):
+        (tmp_path / f"other{i}").rmdir()
     shutil.rmtree(tmp_path / "softmax" / "rte")
     shutil.copytree(tmp_path / "global_softmax" / "rte", tmp_path / "softmax" / "rte")
     with pytest.raises(ConfigError, match="no uniform LoRA arm"):

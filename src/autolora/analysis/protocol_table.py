@@ -228,17 +228,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--command", default=None, help="default: ROOT/report.json's")
     parser.add_argument("--notes", type=Path, default=None, help="markdown file put under the provenance lines")
     args = parser.parse_args(argv)
-    recorded = json.loads((args.root / "report.json").read_text()) if (args.root / "report.json").is_file() else {}
-    device, command = args.device or recorded.get("device"), args.command or recorded.get("command")
-    if not device or not command:
-        raise SystemExit(f"protocol_table: {args.root}/report.json records no device or command; pass --device and "
-                         "--command")
-    notes = args.notes.read_text() if args.notes else ""
     try:
-        print(write(args.root, args.out, args.name, device, command, notes))
+        print(write(args.root, args.out, args.name, *provenance(args), notes_text(args.notes)))
     except ReportError as err:
         print(f"protocol_table: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def provenance(args: argparse.Namespace) -> tuple[str, str]:
+    """(device, command): the flags', else ROOT/report.json's (written by reproduce); a ReportError names what
+    is missing or unreadable."""
+    if not args.root.is_dir():
+        raise ReportError(f"{args.root}: not a folder")
+    report = args.root / "report.json"
+    try:
+        recorded = json.loads(report.read_text()) if report.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ReportError(f"{report}: not readable JSON ({err})") from None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    device, command = args.device or recorded.get("device"), args.command or recorded.get("command")
+    if not device or not command:
+        raise ReportError(f"{report} records no device or command; pass --device and --command")
+    return str(device), str(command)
+
+
+def notes_text(notes: Path | None) -> str:
+    try:
+        return notes.read_text() if notes else ""
+    except (OSError, UnicodeDecodeError) as err:
+        raise ReportError(f"--notes {notes}: {getattr(err, 'strerror', None) or err}") from None
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def grid(root: Path, uniform_from: str) -> tuple[str, list]:
     """The pooled table (markdown) and every run read."""
     variants = sorted(p.name for p in root.iterdir() if p.is_dir())
     if uniform_from not in variants:
-        raise ConfigError(f"{root}: no folder {uniform_from!r} for the uniform arms (found {variants})")
+        found = ", ".join(variants[:6]) + (f" and {len(variants) - 6} more" if len(variants) > 6 else "")
+        raise ConfigError(f"{root}: no folder {uniform_from!r} for the uniform arms (found: {found or 'none'})")
     tasks = sorted({t.name for v in variants for t in (root / v).iterdir() if t.is_dir()})
     lines = ["| search | readout | " + " | ".join(f"{t}: Δ pp (vs), ρ" for t in tasks)
              + " | pooled Δ pp (pairs) | Wilcoxon p |", "|---|---|" + "---|" * (len(tasks) + 2)]
