@@ -330,3 +330,13 @@ def test_reproduce_never_deletes_a_runs_folder_it_did_not_write(tmp_path, monkey
                         "--continue", str(tmp_path / "root")])
     assert stop.value.code == 2 and "was not written by reproduce" in capsys.readouterr().err
     assert mine.read_text() == "my notes\n"
+
+
+def test_an_unknown_matrix_is_one_line_naming_the_known_ones(capsys):
+    from autolora.cli import reproduce
+
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--matrix", "glue_bsae", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("reproduce: error: no matrix 'glue_bsae'; choose one of ") and "glue_base" in err

@@ -160,3 +160,17 @@ def test_parts_of_a_split_bench_join_into_one_report_and_mismatched_parts_fail(t
         tables.main(["--merge", *map(str, paths), "--out", str(tmp_path / "out")])
     assert stop.value.code == 2 and capsys.readouterr().err.startswith("bench.tables: error: the parts differ")
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_part_that_is_missing_broken_or_not_a_report_is_named_in_one_line(tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for name, message in [("absent.json", "absent.json: No such file"), ("broken.json", "broken.json: Expecting"),
+                          ("list.json", "list.json: not a bench report")]:
+        with pytest.raises(SystemExit) as stop:
+            tables.main(["--merge", str(tmp_path / name), "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and f"bench.tables: error: {tmp_path / message}" in err, err
+    assert not (tmp_path / "out.json").exists()

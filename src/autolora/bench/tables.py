@@ -203,14 +203,25 @@ def merge(reports: Sequence[dict]) -> dict:
             "date": ", ".join(dict.fromkeys(r["date"] for r in reports)), "shapes": shapes}
 
 
+def read_report(path: Path) -> dict:
+    """One part's OUT.json; a ValueError names the file that is missing, unreadable or not a bench report."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ValueError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("shapes"), dict):
+        raise ValueError(f"{path}: not a bench report (no 'shapes' table)")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Join bench reports of disjoint shape sets: OUT.json, OUT.md.")
     parser.add_argument("--merge", type=Path, nargs="+", required=True, help="the parts' OUT.json files, in order")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        report = merge([json.loads(path.read_text()) for path in args.merge])
-    except (OSError, ValueError, KeyError) as err:
+        report = merge([read_report(path) for path in args.merge])
+    except (ValueError, KeyError) as err:
         print(f"bench.tables: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -169,3 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parts = len(json.loads((out / 'manifest.json').read_text())['parts'])
     print(f"bundle: {out} ({parts} part{'s' * (parts != 1)}); on the node: "
           f"bash {out / INSTALL}")
+
+
+if __name__ == "__main__":
+    main()

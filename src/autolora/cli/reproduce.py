@@ -35,7 +35,8 @@ def load_matrix(name: str) -> dict:
     path = config_dir() / "matrix" / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise SystemExit(f"reproduce: no matrix {name!r}; choose one of {known}")
+        print(f"reproduce: error: no matrix {name!r}; choose one of {', '.join(known)}", file=sys.stderr)
+        raise SystemExit(2)
     return yaml.safe_load(path.read_text())
 
 
