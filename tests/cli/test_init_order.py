@@ -50,3 +50,23 @@ def test_bad_input_ends_in_one_line_and_status_2(capsys):
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("init_order: error:") and "\n" not in err, err
+
+
+def test_a_bad_out_or_table_file_is_refused_before_the_search_in_one_line(tmp_path, capsys, monkeypatch):
+    """--out naming a file of the user's (or a folder) is refused before any search runs, and the file is kept;
+    --table files that are missing, broken or not measurements are named."""
+    mine = tmp_path / "thesis.json"
+    mine.write_text('{"chapter": 1}')
+    (tmp_path / "broken.json").write_text("{not json")
+    monkeypatch.setattr(init_order, "measure", lambda *a: pytest.fail("the search ran"))
+    cases = [(["debug=tiny", "--out", str(mine)], "thesis.json exists and is not a start-order measurement"),
+             (["debug=tiny", "--out", str(tmp_path)], "is a folder"),
+             (["--table", str(tmp_path / "absent.json")], "absent.json: No such file"),
+             (["--table", str(tmp_path / "broken.json")], "broken.json: Expecting"),
+             (["--table", str(mine)], "thesis.json: not a start-order measurement")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stop:
+            init_order.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and "\n" not in err and message in err, err
+    assert mine.read_text() == '{"chapter": 1}'

@@ -16,6 +16,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -66,9 +67,36 @@ def measure(overrides: list[str], batches: int | None = None) -> dict:
             "rho_per_matrix": per_matrix, "start": start, "gates": searched.gates}
 
 
+def read_measurement(path: Path) -> dict:
+    """One --out file; a ConfigError names a file that is missing, unreadable or not a measurement."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    rho = found.get("rho") if isinstance(found, dict) else None
+    if not isinstance(rho, dict) or any(not isinstance(rho.get(q), (int, float, type(None))) for q in QUANTITIES):
+        raise ConfigError(f"{path}: not a start-order measurement (no rho per quantity {', '.join(QUANTITIES)})")
+    return found
+
+
+def check_out(out: Path) -> None:
+    """Before the search runs: --out is a new file, or an earlier measurement (a rerun replaces it), in a folder
+    that can be written; never a file of the user's."""
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder; name a JSON file")
+    if out.exists():
+        try:
+            read_measurement(out)
+        except ConfigError:
+            raise ConfigError(f"--out {out} exists and is not a start-order measurement: not written over") from None
+    folder = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {folder} cannot be written")
+
+
 def table(paths: list[Path]) -> str:
     """Mean ± sd over seeds of each quantity's rho, and how many seeds had it above 0."""
-    runs = [json.loads(p.read_text()) for p in paths]
+    runs = [read_measurement(p) for p in paths]
     lines = ["| start quantity | rho with the final gates, mean ± sd | seeds > 0 | per seed |", "|---|---|---|---|"]
     for q in QUANTITIES:
         rhos = [math.nan if r["rho"][q] is None else r["rho"][q] for r in runs]
@@ -85,12 +113,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the measurement here (JSON)")
     parser.add_argument("--table", type=Path, nargs="+", help="tabulate these measurements instead")
     args = parser.parse_args(argv)
-    if args.table:
-        print(table(args.table))
-        return
-    if args.out is None:
+    if args.table is None and args.out is None:
         parser.error("--out is required for a measurement")
+    if args.batches is not None and args.batches < 1:
+        parser.error("--batches must be at least 1")
     try:
+        if args.table:
+            print(table(args.table))
+            return
+        check_out(args.out)
         result = measure(args.overrides, args.batches)
     except UserError as err:
         print(f"init_order: error: {str(err).splitlines()[0]}", file=sys.stderr)
