@@ -174,3 +174,30 @@ def test_a_part_that_is_missing_broken_or_not_a_report_is_named_in_one_line(tmp_
         err = capsys.readouterr().err
         assert stop.value.code == 2 and f"bench.tables: error: {tmp_path / message}" in err, err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_bench_writes_over_its_own_files_only(tmp_path):
+    """OUT.json/OUT.md of an earlier bench are replaced (the committed results/bench.* pass as the bench's own);
+    a user's OUT.md or OUT.json with the same name is kept and named."""
+    import json
+
+    import pytest
+    from conftest import REPO
+
+    committed = REPO / "results" / "bench"
+    tables.check_out(committed)  # the committed pair is the bench's own: a re-bench replaces it
+    report = json.loads(committed.with_suffix(".json").read_text())
+    out = tmp_path / "bench"
+    tables.save(out, report)
+    tables.save(out, report)  # again: over its own files
+    assert json.loads(out.with_suffix(".json").read_text()) == report
+    assert out.with_suffix(".md").read_text() == tables.markdown(report)
+    out.with_suffix(".md").write_text("# my notes\n")
+    with pytest.raises(ValueError, match=r"bench.md: not a page the bench wrote"):
+        tables.save(out, report)
+    assert out.with_suffix(".md").read_text() == "# my notes\n"
+    out.with_suffix(".md").unlink()
+    out.with_suffix(".json").write_text('{"mine": true}')
+    with pytest.raises(ValueError, match=r"bench.json: not a bench report"):
+        tables.save(out, report)
+    assert out.with_suffix(".json").read_text() == '{"mine": true}' and not out.with_suffix(".md").exists()

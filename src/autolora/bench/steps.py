@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import datetime as dt
 import functools
-import json
 import math
 import statistics
 import sys
@@ -350,6 +349,10 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         parser.error("make bench needs a CUDA device (run it through the device tool)")
     command = "python -m autolora.bench.steps " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:  # before any GPU time is spent
+        tables.check_out(args.out)
+    except ValueError as err:
+        parser.error(str(err))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.profile is not None or args.profile_only:
         profiled = [tuple(v.split("/")) for v in (args.profile or ["second_order/eager", "peft_lora/eager"])]
@@ -357,10 +360,9 @@ def main(argv: list[str] | None = None) -> None:
         provenance = dict(command=command, commit=args.commit or git_commit(), date=dt.date.today().isoformat(),
                           versions=versions())
 
-        def save(report: dict) -> None:
+        def save(report: dict) -> None:  # after each shape: a bench cut off midway keeps the shapes it timed
             report.update(provenance)
-            args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-            args.out.with_suffix(".md").write_text(tables.markdown(report))
+            tables.save(args.out, report)
 
         print(tables.markdown(run_bench(args.steps, args.warmup, args.shapes, args.modes, args.inductor_shapes,
                                         save, args.auto_steps, args.kinds)))

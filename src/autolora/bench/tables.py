@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autolora.engine import auto_compile, step_costs
+from autolora.files import read_text, write_text
 
 OURS = step_costs.STEPS  # our steps, by the names bench.steps.OURS gives them
 CAPTURED = ("graphs", "inductor")
@@ -126,7 +127,7 @@ def _cell(check: Mapping | None) -> str:
 
 def markdown(report: dict) -> str:
     """OUT.md: provenance, one table of every step per shape, the ratios (to peft compiled first), the checks."""
-    lines = ["# Training-step cost (make bench)", "",
+    lines = [TITLE, "",
              f"- command: `{report['command']}`", f"- commit: {report['commit']}", f"- device: {report['device']}",
              f"- date: {report['date']}", f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
              f"- timing: median of {report['steps']} steps after {report['warmup']} warm-up steps (their wall time, "
@@ -214,19 +215,39 @@ def read_report(path: Path) -> dict:
     return report
 
 
+TITLE = "# Training-step cost (make bench)"
+
+
+def check_out(out: Path) -> None:
+    """OUT.json and OUT.md are new or a bench's own (see save); a ValueError names the one that is not."""
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    if json_path.exists():
+        read_report(json_path)
+    if md_path.exists() and not read_text(md_path).startswith(TITLE):
+        raise ValueError(f"{md_path}: not a page the bench wrote (it does not start with {TITLE!r}): not written over")
+
+
+def save(out: Path, report: dict) -> None:
+    """OUT.json and OUT.md, each written whole (files.write_text: a killed bench leaves the old file, not half
+    of one), and only over files a bench wrote: an OUT.json that is no bench report, or an OUT.md that does not
+    start with the bench's title, is the user's and stays (ValueError)."""
+    check_out(out)
+    json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(md_path, markdown(report))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Join bench reports of disjoint shape sets: OUT.json, OUT.md.")
     parser.add_argument("--merge", type=Path, nargs="+", required=True, help="the parts' OUT.json files, in order")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     try:
-        report = merge([read_report(path) for path in args.merge])
+        save(args.out, merge([read_report(path) for path in args.merge]))
     except (ValueError, KeyError) as err:
         print(f"bench.tables: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
