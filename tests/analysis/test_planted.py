@@ -121,3 +121,22 @@ def test_the_init_alignment_is_the_frozen_weights_gradient_projected_on_each_row
     values = {n: q["gradient"] for n, q in got.items()}
     assert order_agreement(values, values) == pytest.approx(1.0)
     assert order_agreement(values, {n: [-x for x in q] for n, q in values.items()}) == pytest.approx(-1.0)
+
+
+def test_the_csv_is_written_whole_and_as_committed(tmp_path):
+    """write_csv (atomic: a temporary file renamed over the old one) writes the committed records back byte for
+    byte, and a failed write leaves the earlier file and no temporary behind."""
+    import csv
+
+    import pytest
+    from conftest import REPO
+
+    committed = REPO / "results" / "search_signal_planted.csv"
+    with committed.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
+    out = tmp_path / "planted.csv"
+    planted.write_csv(out, records)
+    assert out.read_bytes() == committed.read_bytes()
+    with pytest.raises(ValueError):
+        planted.write_csv(out, [*records, {"not a column": 1}])
+    assert out.read_bytes() == committed.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == ["planted.csv"]

@@ -32,6 +32,7 @@ from transformers import BertConfig, BertModel
 
 # TargetConfig and Loop are the types inject() and search() take; they are imported from the method modules
 # whose signatures name them (tests/test_architecture.py: analysis may import method, not models or engine).
+from autolora.files import write_atomic
 from autolora.method import readout as rank_readouts
 from autolora.method.inject import TargetConfig, inject, public_name
 from autolora.method.layers import SelectableLoRA
@@ -332,11 +333,12 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def write_csv(path: Path, records: list[dict]) -> None:
     """Every run's record (setting, metrics per readout, found and planted ranks in model order)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
+    def write(handle) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(records[0]))
         writer.writeheader()
         writer.writerows(records)
+
+    write_atomic(path, write)  # whole or not at all: the CSV is the study's record of every run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
