@@ -128,7 +128,6 @@ def test_the_csv_is_written_whole_and_as_committed(tmp_path):
     byte, and a failed write leaves the earlier file and no temporary behind."""
     import csv
 
-    import pytest
     from conftest import REPO
 
     committed = REPO / "results" / "search_signal_planted.csv"
