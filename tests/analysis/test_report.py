@@ -340,3 +340,18 @@ def test_an_unknown_matrix_is_one_line_naming_the_known_ones(capsys):
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("reproduce: error: no matrix 'glue_bsae'; choose one of ") and "glue_base" in err
+
+
+def test_meaningless_numbers_and_a_mistyped_continue_are_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from autolora.cli import reproduce
+
+    monkeypatch.setattr(reproduce, "run_multiruns", lambda planned, dry_run: pytest.fail("a multirun started"))
+    for extra, message in [(["--jobs", "0"], "--jobs must be at least 1"),
+                           (["--deadline-min", "-5"], "--deadline-min must be positive"),
+                           (["--continue", str(tmp_path / "typo")], "typo: no such folder")]:
+        with pytest.raises(SystemExit) as stop:
+            reproduce.main(["--matrix", "smoke", *extra])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and err.startswith("reproduce: error: ") and message in err, err
+        assert len(err.splitlines()) == 1
+    assert not (tmp_path / "typo").exists()

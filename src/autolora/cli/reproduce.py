@@ -105,6 +105,18 @@ def run_multiruns(planned: list[tuple[str, str, list[str]]], dry_run: bool) -> l
     return failed
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Numbers that mean nothing and a --continue that names no folder: one line, exit 2, before anything runs
+    (a mistyped --continue would otherwise start the whole matrix afresh in a new folder of that name)."""
+    problem = ("--jobs must be at least 1" if args.jobs < 1 else
+               "--deadline-min must be positive" if args.deadline_min is not None and args.deadline_min <= 0 else
+               f"--continue {args.resume}: no such folder (a new matrix goes under --root)"
+               if args.resume is not None and not args.resume.is_dir() else None)
+    if problem:
+        print(f"reproduce: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--matrix", default="paper")
@@ -126,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=None, metavar="EXP,...", help="run these experiments of the matrix only")
     parser.add_argument("--methods", default=None, metavar="SPEC,...", help="run these method specs only")
     args = parser.parse_args(argv)
+    check_arguments(args)
     matrix = subset(load_matrix(args.matrix), args.only, args.methods)
     # never reuse run dirs: a new matrix gets a new root; --continue names an earlier one
     root = args.resume or args.root / args.matrix / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
