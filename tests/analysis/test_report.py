@@ -325,6 +325,7 @@ def test_reproduce_never_deletes_a_runs_folder_it_did_not_write(tmp_path, monkey
     mine = tmp_path / "results" / "runs" / "smoke" / "notes.txt"
     mine.parent.mkdir(parents=True)
     mine.write_text("my notes\n")
+    (tmp_path / "root").mkdir()  # the matrix's earlier root, continued
     with pytest.raises(SystemExit) as stop:
         reproduce.main(["--matrix", "smoke", "--results", str(tmp_path / "results"),
                         "--continue", str(tmp_path / "root")])
