@@ -164,6 +164,15 @@ def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
     return _decode(Path(path), error, 1 << 20, keep=True)
 
 
+def read_json(path: str | Path, error: type[Exception] = ValueError) -> Any:
+    """A JSON file, read as read_text does and parsed by strict_json; `error` names the file (and the line)."""
+    text = read_text(path, error)
+    try:
+        return strict_json(text)
+    except ValueError as err:  # JSONDecodeError is one; its message names the line and column
+        raise error(f"{path}: not valid JSON ({err})") from None
+
+
 def check_text(path: str | Path, error: type[Exception] = ValueError, chunk: int = 1 << 20) -> None:
     """read_text's checks without holding the file: for a large table that another library will parse."""
     _decode(Path(path), error, chunk, keep=False)

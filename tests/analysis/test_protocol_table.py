@@ -129,11 +129,33 @@ def test_the_command_line_ends_bad_input_in_one_line_with_status_2(root, tmp_pat
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "report.json").write_text("{not json")
     for argv, message in [([str(tmp_path / "absent")], "absent: not a folder"),
-                          ([str(tmp_path / "broken")], "report.json: not readable JSON"),
+                          ([str(tmp_path / "broken")], "report.json: not valid JSON"),
                           ([str(root), "--device", "cpu", "--command", "cmd", "--notes", str(tmp_path / "none.md")],
-                           "--notes .*none.md: No such file")]:
+                           "none.md: file not found")]:
         with pytest.raises(SystemExit) as exit_info:
             protocol_table.main([*argv, "--name", "glue_test", "--out", str(out)])
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not out.exists()
+
+
+def test_a_broken_or_foreign_run_file_is_named_in_one_line(root, tmp_path, capsys):
+    """A finals folder whose metrics.json is not JSON, holds a NaN, or is another program's, and a broken
+    selection.json: exit 2 with the file named, nothing written."""
+    out = tmp_path / "results"
+    metrics = next(root.glob("final/*/*/seed-0/metrics.json"))
+    good = metrics.read_text()
+    for text, message in [("{not json", "metrics.json: not valid JSON"),
+                          (good.replace("}", ', "loss": NaN}', 1), "metrics.json: not valid JSON .*NaN"),
+                          ('{"chapter": 1}', "seed-0: not a finished run of the matrix")]:
+        metrics.write_text(text)
+        with pytest.raises(SystemExit) as exit_info:
+            protocol_table.main([str(root), "--device", "cpu", "--command", "cmd", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+    metrics.write_text(good)
+    (root / "selection.json").write_text("[")
+    with pytest.raises(SystemExit):
+        protocol_table.main([str(root), "--device", "cpu", "--command", "cmd", "--out", str(out)])
+    assert "selection.json: not valid JSON" in capsys.readouterr().err
     assert not out.exists()

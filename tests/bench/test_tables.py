@@ -167,7 +167,10 @@ def test_a_part_that_is_missing_broken_or_not_a_report_is_named_in_one_line(tmp_
 
     (tmp_path / "broken.json").write_text("{not json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    for name, message in [("absent.json", "absent.json: No such file"), ("broken.json", "broken.json: Expecting"),
+    (tmp_path / "nan.json").write_text('{"shapes": {}, "x": NaN}')  # save writes a NaN as null
+    for name, message in [("absent.json", "absent.json: file not found"),
+                          ("broken.json", "broken.json: not valid JSON (Expecting"),
+                          ("nan.json", "nan.json: not valid JSON (line 1: NaN is not a number"),
                           ("list.json", "list.json: not a bench report")]:
         with pytest.raises(SystemExit) as stop:
             tables.main(["--merge", str(tmp_path / name), "--out", str(tmp_path / "out")])

@@ -61,8 +61,8 @@ def test_a_bad_out_or_table_file_is_refused_before_the_search_in_one_line(tmp_pa
     monkeypatch.setattr(init_order, "measure", lambda *a: pytest.fail("the search ran"))
     cases = [(["debug=tiny", "--out", str(mine)], "thesis.json exists and is not a start-order measurement"),
              (["debug=tiny", "--out", str(tmp_path)], "is a folder"),
-             (["--table", str(tmp_path / "absent.json")], "absent.json: No such file"),
-             (["--table", str(tmp_path / "broken.json")], "broken.json: Expecting"),
+             (["--table", str(tmp_path / "absent.json")], "absent.json: file not found"),
+             (["--table", str(tmp_path / "broken.json")], "broken.json: not valid JSON (Expecting"),
              (["--table", str(mine)], "thesis.json: not a start-order measurement")]
     for argv, message in cases:
         with pytest.raises(SystemExit) as stop:

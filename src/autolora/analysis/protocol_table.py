@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -25,7 +24,7 @@ from scipy import stats
 from autolora.analysis import agreement, compare_seeds, figures
 from autolora.analysis.report import OWNED, ReportError
 from autolora.analysis.tables import markdown_table
-from autolora.files import write_owned
+from autolora.files import read_json, read_text, write_owned
 from autolora.layout import CONFIG, METRICS, RANKS
 from autolora.provenance import git_commit
 
@@ -43,17 +42,20 @@ def read_finals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
     runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for path in sorted(root.glob(f"final/*/*/seed-*/{METRICS}")):
         folder = path.parent
-        metrics, config = json.loads(path.read_text()), yaml.safe_load((folder / CONFIG).read_text())
-        task = metrics["task"].split("/")[-1]
-        found = json.loads((folder / RANKS).read_text()) if (folder / RANKS).is_file() else {}
-        ranks = found.get("ranks")
-        phases = [metrics[p] for p in ("search", "retrain") if metrics.get(p)]
-        runs[(task, folder.parent.name)][int(config["seed"])] = {
-            "score": float(metrics["retrain"]["dev"][metrics["main_metric"]]),
-            "params": int(metrics["retrain"]["trainable_params"]),
-            "gpu_s": sum(float(p.get("gpu_seconds") or p.get("wall_time_s") or 0) for p in phases),
-            "ranks": ranks or metrics.get("ranks"), "lr": float(config["retrain"]["lr"]),
-            "readouts": agreement.readout_values(found)}
+        metrics = read_json(path, ReportError)
+        found = read_json(folder / RANKS, ReportError) if (folder / RANKS).exists() else {}
+        try:
+            config = yaml.safe_load(read_text(folder / CONFIG, ReportError))
+            task = metrics["task"].split("/")[-1]
+            phases = [metrics[p] for p in ("search", "retrain") if metrics.get(p)]
+            runs[(task, folder.parent.name)][int(config["seed"])] = {
+                "score": float(metrics["retrain"]["dev"][metrics["main_metric"]]),
+                "params": int(metrics["retrain"]["trainable_params"]),
+                "gpu_s": sum(float(p.get("gpu_seconds") or p.get("wall_time_s") or 0) for p in phases),
+                "ranks": found.get("ranks") or metrics.get("ranks"), "lr": float(config["retrain"]["lr"]),
+                "readouts": agreement.readout_values(found)}
+        except (KeyError, TypeError, AttributeError, ValueError, yaml.YAMLError) as err:  # a folder not a run's
+            raise ReportError(f"{folder}: not a finished run of the matrix ({type(err).__name__}: {err})") from None
     return runs
 
 
@@ -120,7 +122,7 @@ def write(root: Path, out: Path, name: str, device: str, command: str, notes: st
     """results/NAME.md from ROOT's finished runs; `notes` (markdown: what ran, deviations from the protocol, the
     reading) goes under the provenance lines, so that a regenerated page keeps them."""
     runs = read_finals(root)
-    selection = json.loads((root / "selection.json").read_text()) if (root / "selection.json").is_file() else {}
+    selection = read_json(root / "selection.json", ReportError) if (root / "selection.json").exists() else {}
     tasks = [t for t in ("rte", "mrpc", "stsb", "cola") if any(k[0] == t for k in runs)]
     specs = [s for s in LABELS if any(k[1] == s for k in runs)]
     seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
@@ -241,10 +243,7 @@ def provenance(args: argparse.Namespace) -> tuple[str, str]:
     if not args.root.is_dir():
         raise ReportError(f"{args.root}: not a folder")
     report = args.root / "report.json"
-    try:
-        recorded = json.loads(report.read_text()) if report.is_file() else {}
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ReportError(f"{report}: not readable JSON ({err})") from None
+    recorded = read_json(report, ReportError) if report.exists() else {}
     recorded = recorded if isinstance(recorded, dict) else {}
     device, command = args.device or recorded.get("device"), args.command or recorded.get("command")
     if not device or not command:
@@ -253,10 +252,7 @@ def provenance(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def notes_text(notes: Path | None) -> str:
-    try:
-        return notes.read_text() if notes else ""
-    except (OSError, UnicodeDecodeError) as err:
-        raise ReportError(f"--notes {notes}: {getattr(err, 'strerror', None) or err}") from None
+    return read_text(notes, ReportError) if notes else ""
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from autolora.engine import auto_compile, step_costs
-from autolora.files import read_text, write_text
+from autolora.files import read_json, read_text, write_json, write_text
 
 OURS = step_costs.STEPS  # our steps, by the names bench.steps.OURS gives them
 CAPTURED = ("graphs", "inductor")
@@ -206,10 +206,7 @@ def merge(reports: Sequence[dict]) -> dict:
 
 def read_report(path: Path) -> dict:
     """One part's OUT.json; a ValueError names the file that is missing, unreadable or not a bench report."""
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    report = read_json(path)
     if not isinstance(report, dict) or not isinstance(report.get("shapes"), dict):
         raise ValueError(f"{path}: not a bench report (no 'shapes' table)")
     return report
@@ -234,7 +231,7 @@ def save(out: Path, report: dict) -> None:
     check_out(out)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_json(json_path, report)  # a NaN as null: read_report reads strictly
     write_text(md_path, markdown(report))
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import statistics
@@ -29,7 +28,7 @@ from autolora.cli.overrides import check_overrides
 from autolora.engine.batch import model_inputs, to_device
 from autolora.engine.checkpoint import Checkpointer
 from autolora.errors import ConfigError, UserError
-from autolora.files import write_json
+from autolora.files import read_json, write_json
 from autolora.runner.job import Job, seed_everything
 from autolora.runner.phases import run_search, search_start
 from autolora.runner.preflight import load_inputs
@@ -69,10 +68,7 @@ def measure(overrides: list[str], batches: int | None = None) -> dict:
 
 def read_measurement(path: Path) -> dict:
     """One --out file; a ConfigError names a file that is missing, unreadable or not a measurement."""
-    try:
-        found = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    found = read_json(path, ConfigError)
     rho = found.get("rho") if isinstance(found, dict) else None
     if not isinstance(rho, dict) or any(not isinstance(rho.get(q), (int, float, type(None))) for q in QUANTITIES):
         raise ConfigError(f"{path}: not a start-order measurement (no rho per quantity {', '.join(QUANTITIES)})")

@@ -27,6 +27,7 @@ import yaml
 from autolora.analysis import protocol_table
 from autolora.analysis.report import report_folder
 from autolora.cli.protocol import SELECTION, run_matrix
+from autolora.files import write_json
 from autolora.layout import METRICS, SMALL_FILES, config_dir
 from autolora.provenance import git_commit
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "notes": f"{found} finished runs; {len(failed)} multiruns failed: {failed or 'none'}. Each run's own command "
                  "and resolved config are in its metrics.json and config.yaml.",
     }
-    (target / "report.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    write_json(target / "report.json", provenance)  # whole or not at all: protocol_table reads it strictly
     if "select" in matrix:  # its own table (selection, paired tests), from the copied select/ and final/ runs
         shutil.copy2(root / SELECTION, target / SELECTION)
         written, warnings = [protocol_table.write(target, args.results, args.matrix, device,
