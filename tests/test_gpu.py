@@ -289,3 +289,22 @@ def test_the_pipeline_runs_captured_on_the_gpu(tmp_path):
     assert metrics["compile"] == {"search": "graphs", "retrain": "graphs"}
     for phase in ("search", "retrain"):
         assert metrics[phase]["capture"]["graphs"] >= 1, metrics[phase]["capture"]
+
+
+def test_mpnet_runs_captured_on_the_gpu(tmp_path):
+    """A tiny random MPNet (no SDPA attention: eager) with compile=auto: both phases captured. Before
+    models.runtime.cache_position_bias, transformers < 5.18 copied MPNet's position buckets from the host in
+    every forward pass, which capture refused (the 2026-12-07 H100 traceback)."""
+    import json
+
+    from conftest import compose
+
+    from autolora.runner.pipeline import execute
+
+    execute(compose("debug=tiny", "device=cuda", "model.name=tiny-mpnet", "model.config.model_type=mpnet",
+                    "model.targets.modules=[q,v]", "data.max_train_samples=64", "search.epochs=3",
+                    "retrain.epochs=3"), tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["compile"] == {"search": "graphs", "retrain": "graphs"}, metrics["compile_reason"]
+    for phase in ("search", "retrain"):
+        assert metrics[phase]["capture"]["graphs"] >= 1, metrics[phase]["capture"]

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import transformers
-from packaging import version
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -66,7 +65,6 @@ class ModelConfig:
     fan_in_fan_out: bool | None  # weights stored (in, out) as in GPT-2's Conv1D (peft's flag); None: detected
     gguf_file: str | None  # a GGUF file inside `path` (transformers dequantises it on load)
     special_tokens: Mapping[str, str] | None  # tokenizer overrides, e.g. {eos_token: ..., pad_token: ...}
-    capture_blocker: str | None = None  # why its forward cannot be a CUDA graph here (resolve_auto; None: it can)
 
     def __post_init__(self):
         if self.kind not in ("encoder", "decoder", "auto"):
@@ -236,23 +234,6 @@ def attention(cfg: ModelConfig, config, head: str) -> str:
     return "eager"
 
 
-# Architectures whose forward, in transformers before the version named, copies a tensor it built on the CPU to the
-# GPU at every call: CUDA graph capture refuses such a copy. MPNet built its relative-position buckets with
-# torch.arange on the CPU (modeling_mpnet.compute_position_bias) up to 5.17 and on the input's device from 5.18.0
-# (read in the 5.17.0 and 5.18.0 wheels; the 5.17.0 traceback seen on an H100 on 2026-12-07).
-HOST_COPY_IN_FORWARD = {"mpnet": "5.18.0"}
-
-
-def capture_blocker(model_type: str, installed: str | None = None) -> str | None:
-    """Why this architecture's steps must run eagerly with the installed transformers (None: they can be captured)."""
-    installed = installed or transformers.__version__
-    fixed = HOST_COPY_IN_FORWARD.get(model_type)
-    if fixed is None or version.parse(installed) >= version.parse(fixed):
-        return None
-    return (f"transformers {installed}'s {model_type} copies a CPU tensor to the GPU in every forward, which CUDA "
-            f"graphs cannot capture (fixed in transformers {fixed})")
-
-
 def new_modules(model: nn.Module, keys: set[str]) -> list[str]:
     """The outermost modules all of whose parameters are in `keys` (the load report's missing keys), in model order."""
     fresh = {name for name, module in model.named_modules() if name and
@@ -311,5 +292,4 @@ def resolve_auto(cfg: ModelConfig, head: str) -> ModelConfig:
     if fan_in_fan_out is None:
         fan_in_fan_out = any(isinstance(meta.get_submodule(name), Conv1D) for name in found)
     return dataclasses.replace(cfg, kind=kind, targets=targets, fan_in_fan_out=fan_in_fan_out,
-                               attn_implementation=attention(cfg, config, head),
-                               capture_blocker=capture_blocker(model_type))
+                               attn_implementation=attention(cfg, config, head))

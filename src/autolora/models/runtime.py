@@ -51,3 +51,46 @@ def four_d_attention_mask(mask: torch.Tensor, *, causal: bool, attn_implementati
         return torch.zeros(keep.shape, dtype=torch.float32, device=mask.device).masked_fill(
             ~keep, torch.finfo(torch.float32).min)
     raise ValueError(f"4D masks are built for sdpa and eager attention, not {attn_implementation!r}")
+
+
+def cache_position_bias(model: nn.Module) -> int:
+    """MPNet's relative-position bias computed once per sequence length; returns how many encoders it wraps.
+
+    Why: MPNet in transformers before 5.18 builds the bias's buckets with torch.arange on the CPU and copies them
+    to the GPU in every forward pass (modeling_mpnet.MPNetEncoder.compute_position_bias), and CUDA graph capture
+    refuses a host-to-device copy (the 2026-12-07 H100 traceback). The bias depends on nothing but the
+    length and the relative_attention_bias table, which stays frozen: each encoder keeps the original's own
+    result for one row per (length, table) and expands it to the batch, as the original does, so the values are
+    the original's bit for bit. A shape's first step runs eagerly (engine/capture.py), which fills the cache
+    before capture. The original runs as it is where its result may differ or may not be kept: explicit
+    position ids, a table that trains, inference mode (an inference tensor cannot join a later training step).
+    """
+    wrapped = 0
+    for module in model.modules():
+        if type(module).__name__ == "MPNetEncoder" and isinstance(getattr(module, "relative_attention_bias", None),
+                                                                  nn.Embedding):
+            module.compute_position_bias = _PositionBiasCache(module.compute_position_bias,
+                                                              module.relative_attention_bias)
+            wrapped += 1
+    return wrapped
+
+
+class _PositionBiasCache:
+    """compute_position_bias(x, position_ids=None, num_buckets=32) with the one-row results kept per length."""
+
+    def __init__(self, original, bias: nn.Embedding):
+        self.original, self.bias, self.kept, self.kept_for = original, bias, {}, None
+
+    def __call__(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, num_buckets: int = 32):
+        table = self.bias.weight  # looked up per call: .to() and load_state_dict may swap the tensor
+        if position_ids is not None or table.requires_grad or torch.is_inference_mode_enabled():
+            return self.original(x, position_ids, num_buckets)
+        version = (table.data_ptr(), table._version, table.dtype, table.device)
+        if version != self.kept_for:  # the table was moved, cast or written to: what was kept is stale
+            self.kept, self.kept_for = {}, version
+        key = (x.shape[1], x.device, num_buckets)
+        if key not in self.kept:
+            with torch.no_grad():
+                self.kept[key] = self.original(x[:1], None, num_buckets)
+        one = self.kept[key]
+        return one.expand((x.shape[0], *one.shape[1:])).contiguous()

@@ -23,7 +23,7 @@ from autolora.engine.distributed import SINGLE, World
 from autolora.engine.loop import Loop
 from autolora.errors import ConfigError
 from autolora.models.backbone import load_model, takes_4d_mask
-from autolora.models.runtime import four_d_attention_mask, store_frozen_linears_in
+from autolora.models.runtime import cache_position_bias, four_d_attention_mask, store_frozen_linears_in
 from autolora.record import PhaseCost
 from autolora.runner.run_config import Settings
 from autolora.tasks.base import search_split
@@ -51,8 +51,7 @@ def eager_reasons(settings: Settings) -> dict[str, str | None]:
                if settings.search.hypergrad == "exact" else None, "retrain": None}
     if settings.method == "adalora":
         reasons["retrain"] = "AdaLoRA's rank allocator reads its scores on the host every step"
-    model = settings.model.capture_blocker  # the architecture's own forward (models.backbone.capture_blocker)
-    return {phase: reason or model for phase, reason in reasons.items()}
+    return reasons
 
 
 def compile_modes(settings: Settings, world: World) -> dict[str, str]:
@@ -171,6 +170,9 @@ class Job:
         if self.task.head != "causal_lm" and not self.heads:
             raise ConfigError(f"{self.settings.model.name} has no new head module and model.head_modules is empty: "
                               f"name the classifier to train, e.g. model.head_modules=[classifier]")
+        # MPNet's position bias once per length, not rebuilt on the host and copied to the GPU in every forward
+        # pass (transformers < 5.18), which CUDA graph capture refuses (models.runtime.cache_position_bias)
+        cache_position_bias(model)
         return model.to(self.settings.device)
 
     def ready_to_train(self, model: nn.Module) -> nn.Module:
