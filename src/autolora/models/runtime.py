@@ -81,6 +81,7 @@ class _PositionBiasCache:
     def __init__(self, original, bias: nn.Embedding):
         self.original, self.bias, self.kept, self.kept_for = original, bias, {}, None
 
+    @torch.compiler.disable  # plain Python around a lookup (data_ptr, dict keys): dynamo would break here anyway
     def __call__(self, x: torch.Tensor, position_ids: torch.Tensor | None = None, num_buckets: int = 32):
         table = self.bias.weight  # looked up per call: .to() and load_state_dict may swap the tensor
         if position_ids is not None or table.requires_grad or torch.is_inference_mode_enabled():
