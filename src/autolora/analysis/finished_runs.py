@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from autolora.files import strict_json
+from autolora.files import read_text, strict_json
 from autolora.layout import ALPHA, CONFIG, MARKER, METRICS, RANKS, RESCORED, RUN_ONLY
 from autolora.method.registry import unread_groups
 
@@ -89,9 +89,10 @@ def flat_config(config: Mapping[str, Any], method: str, prefix: str = "") -> dic
 
 def _load(path: Path, parse: Callable[[str], Any]) -> Any:
     """A mapping from a file; JSON is read strictly (files.strict_json: no NaN, which write_json never writes)."""
+    text = read_text(path, RunError)  # missing, empty, binary, not UTF-8: one line naming the file
     try:
-        payload = parse(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
+        payload = parse(text)
+    except (ValueError, yaml.YAMLError) as err:  # JSONDecodeError is a ValueError
         raise RunError(f"{path}: cannot be read "
                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     if not isinstance(payload, dict):
