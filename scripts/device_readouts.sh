@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Issues #27/#31 on the borrowed GPU: readouts retrained at equal parameters on MiniLM GLUE at the task defaults,
-# for the paper's per-matrix softmax and for one softmax across all matrices, next to uniform LoRA r=2 and r=4.
+# per search variant (VARIANTS; by default the paper's per-matrix softmax and one softmax across all matrices),
+# next to uniform LoRA r=2 and r=4.
 # After `bash scripts/device_matrix.sh stash` calls (a bundle made with MODELS="minilm=... ...") and `install`:
 #   bash scripts/device_readouts.sh SECONDS            (TASKS, SEEDS, JOBS: below)
 # Per (variant, task, seed) one chain of scripts/readout_retrain.sh (search + gates retrain, then the budget
@@ -12,6 +13,10 @@
 set -uo pipefail
 seconds=${1:?usage: device_readouts.sh SECONDS}
 TASKS=${TASKS:-cola stsb mrpc rte}; SEEDS=${SEEDS:-0 1 2}; JOBS=${JOBS:-12}
+# the search variants, NAME:OVERRIDES (overrides joined by ';'), space-separated; `softmax` (the paper's search)
+# must be one: the uniform arms sit beside it. E.g. VARIANTS="softmax: warmup:search.alpha_warmup=0.3"
+VARIANTS=${VARIANTS:-softmax: global_softmax:search.alpha_norm=global_softmax}
+case " $VARIANTS " in *" softmax:"*) ;; *) echo "device_readouts.sh: VARIANTS must hold softmax:" >&2; exit 2;; esac
 # where the bundle's install put things (a CPU try-out: PY=.venv/bin/python DATA_DIR=... MODEL_PATH=pkg://...
 # EXTRA="data.max_train_samples=64 data.max_eval_samples=64" ROOT=/tmp/rr-try OUT=/tmp/out)
 DATA_DIR=${DATA_DIR:-/tmp/joined/data}; MODEL_PATH=${MODEL_PATH:-/tmp/joined/models/minilm}
@@ -22,8 +27,7 @@ start=$(date +%s)
 jobs_file=$root/jobs.txt; : > $jobs_file
 for t in $TASKS; do for s in $SEEDS; do
   recipe="experiment=minilm_glue_$t data.data_dir=$DATA_DIR model.path=$MODEL_PATH ${EXTRA:-}"
-  echo "softmax|$t|$s|$recipe|" >> $jobs_file
-  echo "global_softmax|$t|$s|$recipe|search.alpha_norm=global_softmax" >> $jobs_file
+  for v in $VARIANTS; do echo "${v%%:*}|$t|$s|$recipe|${v#*:}" | tr ';' ' ' >> $jobs_file; done
   echo "uniform|$t|$s|$recipe|" >> $jobs_file
 done; done
 one() {  # VARIANT|TASK|SEED|RECIPE|SEARCH

@@ -42,3 +42,19 @@ def test_the_device_readout_grid_stops_resumes_and_tabulates(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith(("| softmax |", "| global_softmax |"))]
     assert any("ΔW global budget" in row for row in rows) and len({row.split("|")[1] for row in rows}) == 2
     assert (out / "readouts.tgz").stat().st_size > 0
+
+
+def test_variants_become_one_chain_per_task_and_seed_and_softmax_is_required(tmp_path):
+    """VARIANTS names the search variants (NAME:OVERRIDES, ';' between overrides); the uniform arms need the
+    paper's softmax beside them. PY=true: no run starts, only the plan (ROOT/jobs.txt) is checked."""
+    env = {**os.environ, "PY": "true", "ROOT": str(tmp_path / "rr"), "OUT": str(tmp_path), "TASKS": "rte",
+           "SEEDS": "0", "JOBS": "1", "VARIANTS": "softmax: both:search.alpha_warmup=0.3;search.val_batch_size=64"}
+    script = ["bash", str(REPO / "scripts" / "device_readouts.sh"), "30"]
+    done = subprocess.run(script, env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    plan = [line.split("|") for line in (tmp_path / "rr" / "jobs.txt").read_text().splitlines()]
+    both = "search.alpha_warmup=0.3 search.val_batch_size=64"
+    assert [(p[0], p[4]) for p in plan] == [("softmax", ""), ("both", both), ("uniform", "")]
+    refused = subprocess.run(script, env={**env, "VARIANTS": "both:search.alpha_warmup=0.3"}, capture_output=True,
+                             text=True, timeout=60, cwd=REPO)
+    assert refused.returncode == 2 and "VARIANTS must hold softmax:" in refused.stderr
