@@ -316,6 +316,16 @@ def test_a_metrics_json_holding_nan_is_skipped_by_name_not_averaged(tmp_path, ca
     assert not (tmp_path / "runs" / "report").exists()
 
 
+def test_a_metrics_json_saved_as_utf16_is_named_with_the_fix(tmp_path, capsys):
+    """A run file re-saved by an editor as UTF-16 is read as every user file is (files.read_text): one line that
+    names it and says how to convert it, not a codec traceback's words."""
+    run = _run(tmp_path / "runs", "a0")
+    (run / "metrics.json").write_text((run / "metrics.json").read_text(), encoding="utf-16")
+    assert report.main([str(tmp_path / "runs")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "a0/metrics.json: UTF-16 or binary, not UTF-8 text; convert it" in lines[0], lines
+
+
 def test_reproduce_never_deletes_a_runs_folder_it_did_not_write(tmp_path, monkeypatch, capsys):
     """results/runs/NAME is replaced by each reproduction, but only when it is reproduce's own (its report.json):
     a folder of the user's there ends in one line, exit 2, every file kept."""
