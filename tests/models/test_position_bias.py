@@ -19,9 +19,11 @@ MPNET = dict(model_type="mpnet", vocab_size=100, hidden_size=32, num_hidden_laye
              intermediate_size=64)
 
 
-def test_auto_captures_mpnet_on_a_cuda_device():
-    """A tiny random MPNet resolved as the runner resolves it, on a (pretended) CUDA device: resolve_compile
-    reads only the device's type, nothing touches a GPU."""
+def test_auto_captures_mpnet_on_a_cuda_device_with_transformers_5_17(monkeypatch):
+    """A tiny random MPNet resolved as the runner resolves it, with transformers reporting 5.17.0 (where it used
+    to step eagerly), on a (pretended) CUDA device: resolve_compile reads only the device's type, nothing
+    touches a GPU."""
+    monkeypatch.setattr(backbone.transformers, "__version__", "5.17.0")
     base = build_settings(compose("debug=tiny"))
     model = dataclasses.replace(base.model, name="tiny-mpnet", config=MPNET, targets=dataclasses.replace(
         base.model.targets, modules=("q", "v"), split=(), parts=()), attn_implementation="eager")
